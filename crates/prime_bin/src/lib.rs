@@ -1,0 +1,3 @@
+//! The daemons' shared code: the prime demo's stages and simulation mode.
+
+pub mod prime;

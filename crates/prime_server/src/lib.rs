@@ -1,0 +1,56 @@
+//! prime_server: a ZeroMQ parallel pipeline ("butterfly") behind an async front server, for
+//! services whose requests cost wildly different amounts of work.
+//!
+//! ```text
+//! client <-> server ---> proxy <-> workers ---> proxy <-> workers ...
+//!              ^                      |                      |
+//!              \______ loopback ______/______________________/
+//! ```
+//!
+//! A map of the modules:
+//! - [`transport`]: the one module that talks to libzmq (inproc, ipc, tcp endpoints).
+//! - [`wire`]: protocol v1, the frames between server, proxies and workers (`docs/PROTOCOL.md`).
+//! - [`proxy`]: one stage's load balancer; workers pull, a job goes only to an idle worker.
+//! - [`worker`]: runs the application's work function; forwards or replies through the loopback.
+//! - [`server`]: the server core: request table, deadlines, interrupts, the async bridge.
+//! - [`protocol`]: client protocols (netstring) served over the server core.
+//! - [`client`]: a batch client that keeps N requests in flight.
+//! - [`shutdown`]: drain-then-stop, wired to SIGTERM/SIGINT in daemons.
+//! - [`pipeline`]: helpers to run a whole pipeline in one process.
+//!
+//! # Example
+//!
+//! A one-stage echo service over inproc, asked once through the server core:
+//!
+//! ```
+//! use prime_server::{pipeline::Pipeline, server::Answer, worker::Outcome};
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! let mut p = Pipeline::new("doc-echo");
+//! p.stage(1, |job, _interrupt| Ok(Outcome::Reply(job.frames.concat())));
+//! let running = p.start().unwrap();
+//! let answer = rt.block_on(running.server.submit(vec![b"hello".to_vec()], None));
+//! assert_eq!(answer, Answer::Reply(b"hello".to_vec()));
+//! running.stop();
+//! ```
+
+pub mod client;
+pub mod pipeline;
+pub mod protocol;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod transport;
+pub mod wire;
+pub mod worker;
+
+/// Errors of the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A zmq endpoint or socket failed.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    /// An operating-system call failed.
+    #[error("i/o: {0}")]
+    Io(#[source] std::io::Error),
+}

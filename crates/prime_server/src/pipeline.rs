@@ -1,0 +1,196 @@
+//! A whole pipeline in one process: one server core, one proxy per stage, N worker threads per
+//! stage, all over one transport (inproc by default; ipc or tcp to exercise the same code the
+//! multi-process deployment uses).
+
+use crate::proxy::{Heartbeat, Proxy, ProxyConfig, ProxyStats};
+use crate::server::{Server, ServerConfig, ServerHandle};
+use crate::shutdown::Shutdown;
+use crate::transport::Context;
+use crate::worker::{Interrupt, Job, Outcome, WorkError, Worker, WorkerConfig, WorkerStats};
+use crate::Error;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Which transport the pipeline's parts talk over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Threads of one process (`inproc://NAME-…`).
+    Inproc,
+    /// Unix domain sockets in this directory (`ipc://DIR/NAME-…`).
+    Ipc(std::path::PathBuf),
+    /// TCP on this host, ports picked by the system (`tcp://HOST:*`).
+    Tcp(String),
+}
+
+type MakeWork = Box<dyn Fn() -> crate::worker::WorkFn + Send + Sync>;
+
+struct StageSpec {
+    workers: usize,
+    make: MakeWork,
+}
+
+/// Builds a pipeline. See [`Pipeline::stage`] and [`Pipeline::start`].
+pub struct Pipeline {
+    name: String,
+    transport: Transport,
+    stages: Vec<StageSpec>,
+    /// The server core's settings (the endpoints are filled in by [`Pipeline::start`]).
+    pub timeout: Option<Duration>,
+    /// The most requests in flight at the server.
+    pub max_in_flight: usize,
+    /// Each proxy's queue limit.
+    pub queue_limit: usize,
+    /// Heartbeat timing of proxies and workers.
+    pub heartbeat: Heartbeat,
+}
+
+impl Pipeline {
+    /// An empty pipeline over inproc; `name` keeps its endpoints apart from other pipelines.
+    pub fn new(name: &str) -> Self {
+        Pipeline {
+            name: name.to_string(),
+            transport: Transport::Inproc,
+            stages: Vec::new(),
+            timeout: Some(Duration::from_secs(60)),
+            max_in_flight: 10_000,
+            queue_limit: 4096,
+            heartbeat: Heartbeat::default(),
+        }
+    }
+
+    /// Uses another transport.
+    pub fn transport(&mut self, transport: Transport) -> &mut Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Appends a stage of `workers` threads, each running a clone of `work`.
+    pub fn stage<F>(&mut self, workers: usize, work: F) -> &mut Self
+    where
+        F: FnMut(&mut Job, &Interrupt<'_>) -> Result<Outcome, WorkError> + Clone + Send + Sync + 'static,
+    {
+        self.stages.push(StageSpec {
+            workers: workers.max(1),
+            make: Box::new(move || Box::new(work.clone())),
+        });
+        self
+    }
+
+    fn endpoint(&self, part: &str) -> String {
+        match &self.transport {
+            Transport::Inproc => format!("inproc://{}-{part}", self.name),
+            Transport::Ipc(dir) => format!("ipc://{}/{}-{part}", dir.display(), self.name),
+            Transport::Tcp(host) => format!("tcp://{host}:*"),
+        }
+    }
+
+    /// Binds everything and starts every thread.
+    pub fn start(&self) -> Result<Running, Error> {
+        let ctx = Context::new();
+        let shutdown = Shutdown::new();
+        let mut proxies = Vec::new();
+        for i in 0..self.stages.len() {
+            let mut cfg = ProxyConfig::new(
+                self.endpoint(&format!("stage{}-up", i + 1)),
+                self.endpoint(&format!("stage{}-down", i + 1)),
+            );
+            cfg.queue_limit = self.queue_limit;
+            cfg.heartbeat = self.heartbeat;
+            proxies.push(Proxy::bind(&ctx, cfg)?);
+        }
+        let first = match proxies.first() {
+            Some(p) => p.upstream_endpoint()?,
+            None => self.endpoint("nowhere"),
+        };
+        let mut scfg = ServerConfig::new(first, self.endpoint("loopback"), self.endpoint("interrupt"));
+        scfg.timeout = self.timeout;
+        scfg.max_in_flight = self.max_in_flight;
+        let server = Server::start(&ctx, scfg, shutdown.clone())?;
+        let mut threads = Vec::new();
+        let mut worker_stats = Vec::new();
+        let mut ups = Vec::new();
+        let mut downs = Vec::new();
+        for p in &proxies {
+            ups.push(p.upstream_endpoint()?);
+            downs.push(p.downstream_endpoint()?);
+        }
+        for (i, spec) in self.stages.iter().enumerate() {
+            let mut stats = Vec::new();
+            for w in 0..spec.workers {
+                let mut cfg = WorkerConfig::new(
+                    downs[i].clone(),
+                    server.loopback_endpoint(),
+                    server.interrupt_endpoint(),
+                );
+                cfg.downstream = ups.get(i + 1).cloned();
+                cfg.heartbeat = self.heartbeat;
+                cfg.stage = (i + 1) as u8;
+                let worker = Worker::connect(&ctx, cfg, (spec.make)())?;
+                stats.push(worker.stats());
+                let sd = shutdown.clone();
+                threads.push(spawn(format!("stage{}-w{w}", i + 1), move || worker.run(sd))?);
+            }
+            worker_stats.push(stats);
+        }
+        let mut proxy_stats = Vec::new();
+        for (i, p) in proxies.into_iter().enumerate() {
+            proxy_stats.push(p.stats());
+            let sd = shutdown.clone();
+            threads.push(spawn(format!("stage{}-proxy", i + 1), move || p.run(sd))?);
+        }
+        Ok(Running {
+            ctx,
+            server,
+            shutdown,
+            threads,
+            proxy_stats,
+            worker_stats,
+        })
+    }
+}
+
+fn spawn<F>(name: String, f: F) -> Result<JoinHandle<()>, Error>
+where
+    F: FnOnce() -> Result<(), Error> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Err(e) = f() {
+                tracing::error!(thread = %name, error = %e, "component failed");
+            }
+        })
+        .map_err(Error::Io)
+}
+
+/// A running pipeline.
+pub struct Running {
+    /// The zmq context everything shares (for extra inproc peers).
+    pub ctx: Context,
+    /// The server core: submit requests here or serve a client protocol over it.
+    pub server: ServerHandle,
+    /// Stops everything.
+    pub shutdown: Shutdown,
+    threads: Vec<JoinHandle<()>>,
+    /// Each stage's proxy counters.
+    pub proxy_stats: Vec<Arc<ProxyStats>>,
+    /// Each stage's workers' counters.
+    pub worker_stats: Vec<Vec<Arc<WorkerStats>>>,
+}
+
+impl Running {
+    /// Stops every part and waits for every thread.
+    pub fn stop(self) {
+        self.shutdown.stop();
+        self.join();
+    }
+
+    /// Waits for every thread (after the shutdown handle stops).
+    pub fn join(self) {
+        self.server.join();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

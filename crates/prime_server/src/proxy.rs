@@ -1,0 +1,394 @@
+//! The load-balancing proxy in front of one stage's worker pool.
+//!
+//! **The balancing rule:** workers pull. A worker says [`Kind::Ready`] when it is idle; the proxy
+//! keeps idle workers in a FIFO (the one idle longest is first) and hands a job only to an idle
+//! worker, which then leaves the FIFO until it says `Ready` again. So a job never waits behind
+//! another job on a busy worker. While no worker is idle, jobs wait in the proxy's own queue,
+//! bounded by [`ProxyConfig::queue_limit`]; a job that finds the queue full is answered at once
+//! with [`Kind::Reject`] to whoever sent it, which turns it into a 503 for the client.
+//!
+//! **Affinity:** an optional [`ChooseFn`] sees the heartbeat blobs of the idle workers (in FIFO
+//! order) and the job's payload frames, and picks the worker; `None` or an index out of range
+//! means the FIFO head.
+//!
+//! **Liveness:** idle workers send [`Kind::Heartbeat`] every heartbeat interval; one silent for
+//! `liveness` intervals leaves the idle FIFO. A send to a worker that has gone away fails (the
+//! downstream ROUTER is mandatory), so the job goes to the next idle worker instead of being lost.
+//!
+//! Sockets: upstream ROUTER (bind; the server or the previous stage's workers connect DEALERs),
+//! downstream ROUTER (bind; this stage's workers connect DEALERs).
+
+use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::transport::{self, Context, Frames, Kind as SocketKind, Sent, Socket, Watch};
+use crate::wire::{self, Header, Kind};
+use crate::Error;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Picks a worker for a job: `(idle workers' heartbeat blobs in FIFO order, job payload frames)
+/// -> index into the blobs`.
+pub type ChooseFn = Box<dyn FnMut(&[&[u8]], &[Vec<u8>]) -> Option<usize> + Send>;
+
+/// Heartbeat timing shared by proxies and workers.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// How often an idle worker says it is alive.
+    pub interval: Duration,
+    /// How many intervals of silence make a worker dead.
+    pub liveness: u32,
+}
+
+impl Default for Heartbeat {
+    /// The ZeroMQ Majordomo defaults: 2.5 s, 3 misses.
+    fn default() -> Self {
+        Heartbeat {
+            interval: Duration::from_millis(2500),
+            liveness: 3,
+        }
+    }
+}
+
+impl Heartbeat {
+    /// How long a worker may stay silent before it counts as dead.
+    pub fn expiry(&self) -> Duration {
+        self.interval * self.liveness.max(1)
+    }
+}
+
+/// How to build a [`Proxy`].
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where the server or the previous stage's workers send jobs (bound).
+    pub upstream: String,
+    /// Where this stage's workers connect (bound).
+    pub downstream: String,
+    /// The most jobs that wait for an idle worker; beyond it jobs are rejected (503).
+    pub queue_limit: usize,
+    /// Heartbeat timing; must match the workers'.
+    pub heartbeat: Heartbeat,
+}
+
+impl ProxyConfig {
+    /// A config with the default queue limit (4096 jobs) and heartbeat.
+    pub fn new(upstream: impl Into<String>, downstream: impl Into<String>) -> Self {
+        ProxyConfig {
+            upstream: upstream.into(),
+            downstream: downstream.into(),
+            queue_limit: 4096,
+            heartbeat: Heartbeat::default(),
+        }
+    }
+}
+
+/// Counters of one proxy, readable while it runs.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Jobs received from upstream.
+    pub received: AtomicU64,
+    /// Jobs handed to a worker.
+    pub dispatched: AtomicU64,
+    /// Jobs refused because the queue was full.
+    pub rejected: AtomicU64,
+    /// Messages that were not valid protocol messages, dropped.
+    pub malformed: AtomicU64,
+    /// Workers dropped for silence or because they could not be reached.
+    pub expired: AtomicU64,
+    /// Jobs waiting for a worker now.
+    pub queued: AtomicU64,
+    /// Idle workers now.
+    pub idle: AtomicU64,
+}
+
+struct WorkerEntry {
+    blob: Vec<u8>,
+    idle: bool,
+    last_seen: Instant,
+}
+
+struct QueuedJob {
+    sender: Vec<u8>,
+    header: Header,
+    payload: Frames,
+}
+
+/// One stage's load balancer. Build with [`Proxy::bind`], then [`Proxy::run`] on its own thread.
+pub struct Proxy {
+    config: ProxyConfig,
+    upstream: Socket,
+    downstream: Socket,
+    choose: Option<ChooseFn>,
+    stats: Arc<ProxyStats>,
+    workers: HashMap<Vec<u8>, WorkerEntry>,
+    idle: VecDeque<Vec<u8>>,
+    queue: VecDeque<QueuedJob>,
+}
+
+impl Proxy {
+    /// Binds both sockets. Fails with the endpoint's name if either cannot be bound.
+    pub fn bind(ctx: &Context, config: ProxyConfig) -> Result<Proxy, Error> {
+        let upstream = ctx.socket(SocketKind::Router)?;
+        upstream.set_router_mandatory(true)?;
+        upstream.bind(&config.upstream)?;
+        let downstream = ctx.socket(SocketKind::Router)?;
+        downstream.set_router_mandatory(true)?;
+        downstream.bind(&config.downstream)?;
+        Ok(Proxy {
+            config,
+            upstream,
+            downstream,
+            choose: None,
+            stats: Arc::default(),
+            workers: HashMap::new(),
+            idle: VecDeque::new(),
+            queue: VecDeque::new(),
+        })
+    }
+
+    /// Sets the function that picks a worker for each job (affinity).
+    pub fn with_choose(mut self, choose: ChooseFn) -> Self {
+        self.choose = Some(choose);
+        self
+    }
+
+    /// The proxy's counters; clone the `Arc` before [`Proxy::run`].
+    pub fn stats(&self) -> Arc<ProxyStats> {
+        self.stats.clone()
+    }
+
+    /// The upstream endpoint as bound (with the real port for `tcp://…:*`).
+    pub fn upstream_endpoint(&self) -> Result<String, Error> {
+        Ok(self.upstream.last_endpoint()?)
+    }
+
+    /// The downstream endpoint as bound (with the real port for `tcp://…:*`).
+    pub fn downstream_endpoint(&self) -> Result<String, Error> {
+        Ok(self.downstream.last_endpoint()?)
+    }
+
+    /// Runs until `shutdown` stops. Jobs still queued then are rejected, so their senders answer.
+    pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+        let mut next_expiry = Instant::now() + self.config.heartbeat.interval;
+        while !shutdown.is_stopping() {
+            let timeout = POLL_INTERVAL.min(next_expiry.saturating_duration_since(Instant::now()));
+            let ready = transport::poll(
+                &[Watch::Socket(&self.downstream), Watch::Socket(&self.upstream)],
+                timeout,
+            )?;
+            if ready[0] {
+                self.drain_downstream()?;
+            }
+            if ready[1] {
+                self.drain_upstream()?;
+            }
+            self.dispatch()?;
+            if Instant::now() >= next_expiry {
+                self.expire();
+                next_expiry = Instant::now() + self.config.heartbeat.interval;
+            }
+        }
+        while let Some(job) = self.queue.pop_front() {
+            self.reject(&job.sender, &job.header, "the proxy is shutting down")?;
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn drain_downstream(&mut self) -> Result<(), Error> {
+        // Bounded batches keep one busy side from starving the other.
+        for _ in 0..1024 {
+            let Some(mut frames) = self.downstream.try_recv()? else {
+                break;
+            };
+            if frames.len() < 2 {
+                self.malformed("downstream", "no routing envelope");
+                continue;
+            }
+            let rest = frames.split_off(1);
+            let worker = frames.pop().unwrap_or_default();
+            match wire::decode(rest) {
+                Ok((h, mut payload)) => match h.kind {
+                    Kind::Ready => {
+                        let blob = payload.pop().unwrap_or_default();
+                        self.worker_ready(worker, blob);
+                    }
+                    Kind::Heartbeat => self.worker_heartbeat(worker, &h),
+                    Kind::Disconnect => self.forget(&worker),
+                    other => self.malformed("downstream", &format!("unexpected {other:?}")),
+                },
+                Err(e) => self.malformed("downstream", &e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_upstream(&mut self) -> Result<(), Error> {
+        for _ in 0..1024 {
+            let Some(mut frames) = self.upstream.try_recv()? else {
+                break;
+            };
+            if frames.len() < 2 {
+                self.malformed("upstream", "no routing envelope");
+                continue;
+            }
+            let rest = frames.split_off(1);
+            let sender = frames.pop().unwrap_or_default();
+            match wire::decode(rest) {
+                Ok((header, payload)) if header.kind == Kind::Job => {
+                    self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    if self.queue.len() >= self.config.queue_limit {
+                        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        self.reject(&sender, &header, "the stage's queue is full")?;
+                    } else {
+                        self.queue.push_back(QueuedJob {
+                            sender,
+                            header,
+                            payload,
+                        });
+                    }
+                    // Dispatch as we go so the queue only holds what no worker can take.
+                    self.dispatch()?;
+                }
+                Ok((h, _)) => self.malformed("upstream", &format!("unexpected {:?}", h.kind)),
+                Err(e) => self.malformed("upstream", &e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, side: &str, why: &str) {
+        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(side, why, "proxy dropped a malformed message");
+    }
+
+    fn worker_ready(&mut self, worker: Vec<u8>, blob: Vec<u8>) {
+        let now = Instant::now();
+        match self.workers.get_mut(&worker) {
+            Some(entry) => {
+                entry.blob = blob;
+                entry.last_seen = now;
+                if !entry.idle {
+                    entry.idle = true;
+                    self.idle.push_back(worker);
+                }
+            }
+            None => {
+                self.workers.insert(
+                    worker.clone(),
+                    WorkerEntry {
+                        blob,
+                        idle: true,
+                        last_seen: now,
+                    },
+                );
+                self.idle.push_back(worker);
+            }
+        }
+    }
+
+    fn worker_heartbeat(&mut self, worker: Vec<u8>, h: &Header) {
+        match self.workers.get_mut(&worker) {
+            Some(entry) => entry.last_seen = Instant::now(),
+            // A worker we don't know (we restarted): an idle one is welcome as if it had said
+            // Ready; a busy one will say Ready when its job is done.
+            None if h.flags & wire::flags::BUSY == 0 => self.worker_ready(worker, Vec::new()),
+            None => {}
+        }
+    }
+
+    fn forget(&mut self, worker: &[u8]) {
+        if self.workers.remove(worker).is_some() {
+            self.idle.retain(|w| w != worker);
+        }
+    }
+
+    fn expire(&mut self) {
+        let cutoff = self.config.heartbeat.expiry();
+        let now = Instant::now();
+        let dead: Vec<Vec<u8>> = self
+            .workers
+            .iter()
+            .filter(|(_, e)| e.idle && now.duration_since(e.last_seen) > cutoff)
+            .map(|(w, _)| w.clone())
+            .collect();
+        for w in dead {
+            tracing::warn!(worker = %String::from_utf8_lossy(&w), "idle worker went silent, dropped");
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+            self.forget(&w);
+        }
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        self.stats
+            .queued
+            .store(self.queue.len() as u64, Ordering::Relaxed);
+        self.stats
+            .idle
+            .store(self.idle.len() as u64, Ordering::Relaxed);
+    }
+
+    fn pick(&mut self, payload: &[Vec<u8>]) -> usize {
+        let Some(choose) = self.choose.as_mut() else {
+            return 0;
+        };
+        let blobs: Vec<&[u8]> = self
+            .idle
+            .iter()
+            .map(|w| self.workers.get(w).map(|e| e.blob.as_slice()).unwrap_or(&[]))
+            .collect();
+        match choose(&blobs, payload) {
+            Some(i) if i < blobs.len() => i,
+            _ => 0,
+        }
+    }
+
+    fn dispatch(&mut self) -> Result<(), Error> {
+        while !self.idle.is_empty() {
+            let Some(mut job) = self.queue.pop_front() else {
+                break;
+            };
+            let i = self.pick(&job.payload);
+            let Some(worker) = self.idle.remove(i) else {
+                self.queue.push_front(job);
+                break;
+            };
+            job.header.attempt = job.header.attempt.saturating_add(1);
+            let head = job.header.encode();
+            let frames = [worker.as_slice(), &head[..]]
+                .into_iter()
+                .chain(job.payload.iter().map(Vec::as_slice));
+            match self.downstream.send(frames)? {
+                Sent::Yes => {
+                    if let Some(e) = self.workers.get_mut(&worker) {
+                        e.idle = false;
+                    }
+                    self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+                }
+                Sent::Unreachable => {
+                    tracing::warn!(worker = %String::from_utf8_lossy(&worker), "worker unreachable, job goes to another");
+                    job.header.attempt -= 1;
+                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                    self.workers.remove(&worker);
+                    self.queue.push_front(job);
+                }
+            }
+        }
+        self.publish_gauges();
+        Ok(())
+    }
+
+    fn reject(&self, sender: &[u8], header: &Header, reason: &str) -> Result<(), Error> {
+        let mut h = header.with_kind(Kind::Reject);
+        h.status = 503;
+        let head = h.encode();
+        if self.upstream.send([sender, &head[..], reason.as_bytes()])? == Sent::Unreachable {
+            tracing::warn!(
+                request_id = header.request_id,
+                "could not return a rejected job to its sender"
+            );
+        }
+        Ok(())
+    }
+}

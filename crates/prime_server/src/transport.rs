@@ -1,0 +1,321 @@
+//! The one module that talks to libzmq.
+//!
+//! Everything else in the crate speaks in [`Context`], [`Socket`], [`Frames`] and [`poll`], so the
+//! rest of the code never names `zmq::`. Endpoints are zmq's: `inproc://name` (threads of one
+//! process sharing one [`Context`]), `ipc:///path` (processes on one host) and `tcp://host:port`
+//! (processes on many hosts). A bind or connect that fails is an error naming the endpoint.
+
+use std::os::unix::io::RawFd;
+use std::time::Duration;
+
+/// A multipart message: one `Vec<u8>` per zmq frame.
+pub type Frames = Vec<Vec<u8>>;
+
+/// How a socket behaves; the names are zmq's socket types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Addresses peers by routing id; the first frame received is the sender's id.
+    Router,
+    /// Round-robins sends over its peers and fair-queues receives.
+    Dealer,
+    /// Broadcasts to every subscriber.
+    Pub,
+    /// Receives what publishers broadcast.
+    Sub,
+}
+
+impl Kind {
+    fn zmq(self) -> zmq::SocketType {
+        match self {
+            Kind::Router => zmq::ROUTER,
+            Kind::Dealer => zmq::DEALER,
+            Kind::Pub => zmq::PUB,
+            Kind::Sub => zmq::SUB,
+        }
+    }
+}
+
+/// Errors of the transport layer. Each names the endpoint or operation it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The endpoint string is not `inproc://…`, `ipc://…` or `tcp://…`.
+    #[error("invalid endpoint {endpoint:?}: expected inproc://NAME, ipc:///PATH or tcp://HOST:PORT")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+    },
+    /// Binding failed (address in use, permission, bad interface…).
+    #[error("cannot bind {endpoint}: {source}")]
+    Bind {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What libzmq said.
+        source: zmq::Error,
+    },
+    /// Connecting failed (malformed address, unknown inproc name…).
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What libzmq said.
+        source: zmq::Error,
+    },
+    /// Any other libzmq failure.
+    #[error("zmq {op}: {source}")]
+    Zmq {
+        /// The operation that failed.
+        op: &'static str,
+        /// What libzmq said.
+        source: zmq::Error,
+    },
+}
+
+/// Outcome of a non-blocking send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The message was queued for sending.
+    Yes,
+    /// The peer's queue is full (high-water mark) or, with [`Kind::Router`], the peer is unknown:
+    /// the message was not sent.
+    Unreachable,
+}
+
+type Result<T> = std::result::Result<T, TransportError>;
+
+fn zerr(op: &'static str) -> impl FnOnce(zmq::Error) -> TransportError {
+    move |source| TransportError::Zmq { op, source }
+}
+
+/// EAFNOSUPPORT's value on Linux (the only target we build for); the binding has no name for it.
+fn libc_eafnosupport() -> i32 {
+    97
+}
+
+/// Checks that an endpoint has one of the three transports we support.
+pub fn validate_endpoint(endpoint: &str) -> Result<()> {
+    let ok = ["inproc://", "ipc://", "tcp://"]
+        .iter()
+        .any(|scheme| endpoint.len() > scheme.len() && endpoint.starts_with(scheme));
+    if ok {
+        Ok(())
+    } else {
+        Err(TransportError::InvalidEndpoint {
+            endpoint: endpoint.to_string(),
+        })
+    }
+}
+
+/// A zmq context: the I/O threads and the namespace of `inproc://` endpoints. Cheap to clone;
+/// every component of one process that talks over inproc must share one.
+#[derive(Clone, Default)]
+pub struct Context {
+    inner: zmq::Context,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Context")
+    }
+}
+
+impl Context {
+    /// A new context with libzmq's defaults (one I/O thread).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens a socket of the given kind with the crate's defaults: a short linger so shutdown
+    /// never hangs on unsent messages, and IPv6 dual stack for tcp.
+    pub fn socket(&self, kind: Kind) -> Result<Socket> {
+        let inner = self.inner.socket(kind.zmq()).map_err(zerr("socket"))?;
+        inner.set_linger(200).map_err(zerr("set linger"))?;
+        if kind == Kind::Sub {
+            inner.set_subscribe(b"").map_err(zerr("subscribe"))?;
+        }
+        Ok(Socket { inner, kind })
+    }
+}
+
+/// One zmq socket. `Send` but not `Sync`: it lives on one thread at a time.
+pub struct Socket {
+    inner: zmq::Socket,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Socket({:?})", self.kind)
+    }
+}
+
+impl Socket {
+    /// Binds to `endpoint`. For tcp it tries IPv6 dual stack first and falls back to IPv4 only
+    /// where the host has no IPv6.
+    pub fn bind(&self, endpoint: &str) -> Result<()> {
+        validate_endpoint(endpoint)?;
+        if endpoint.starts_with("tcp://") {
+            let _ = self.inner.set_ipv6(true);
+            if let Err(e) = self.inner.bind(endpoint) {
+                // No IPv6 on this host: libzmq reports it as an unknown address family (not in the
+                // binding's enum) or as the address not being available.
+                let no_ipv6 = e == zmq::Error::EADDRNOTAVAIL || e.to_raw() == libc_eafnosupport();
+                if !no_ipv6 {
+                    return Err(TransportError::Bind {
+                        endpoint: endpoint.to_string(),
+                        source: e,
+                    });
+                }
+                let _ = self.inner.set_ipv6(false);
+            } else {
+                return Ok(());
+            }
+        }
+        self.inner
+            .bind(endpoint)
+            .map_err(|source| TransportError::Bind {
+                endpoint: endpoint.to_string(),
+                source,
+            })
+    }
+
+    /// Connects to `endpoint`. zmq connects in the background and reconnects after failures; an
+    /// error here means the endpoint itself is unusable.
+    pub fn connect(&self, endpoint: &str) -> Result<()> {
+        validate_endpoint(endpoint)?;
+        if endpoint.starts_with("tcp://") {
+            let _ = self.inner.set_ipv6(true);
+        }
+        self.inner
+            .connect(endpoint)
+            .map_err(|source| TransportError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })
+    }
+
+    /// The endpoint this socket bound last, with the port zmq picked for `tcp://…:*`.
+    pub fn last_endpoint(&self) -> Result<String> {
+        match self.inner.get_last_endpoint() {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) => Err(zerr("last endpoint")(e)),
+        }
+    }
+
+    /// Sets the id this socket presents to peers; a ROUTER peer addresses it by this id.
+    pub fn set_routing_id(&self, id: &[u8]) -> Result<()> {
+        self.inner.set_identity(id).map_err(zerr("set routing id"))
+    }
+
+    /// With [`Kind::Router`]: a send to an unknown peer fails ([`Sent::Unreachable`]) instead of
+    /// being dropped silently.
+    pub fn set_router_mandatory(&self, on: bool) -> Result<()> {
+        self.inner
+            .set_router_mandatory(on)
+            .map_err(zerr("set router mandatory"))
+    }
+
+    /// Bounds the queues of this socket, per peer, in messages (0 = unbounded).
+    pub fn set_high_water_marks(&self, send: i32, recv: i32) -> Result<()> {
+        self.inner.set_sndhwm(send).map_err(zerr("set sndhwm"))?;
+        self.inner.set_rcvhwm(recv).map_err(zerr("set rcvhwm"))
+    }
+
+    /// Sends the frames as one message without blocking.
+    pub fn send<I, T>(&self, frames: I) -> Result<Sent>
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        let mut iter = frames.into_iter().peekable();
+        let mut first = true;
+        while let Some(frame) = iter.next() {
+            let more = if iter.peek().is_some() { zmq::SNDMORE } else { 0 };
+            match self.inner.send(frame.as_ref(), zmq::DONTWAIT | more) {
+                Ok(()) => first = false,
+                // Only the first frame can fail this way: once a message has started, zmq
+                // guarantees the remaining frames are accepted.
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) if first => {
+                    return Ok(Sent::Unreachable)
+                }
+                Err(e) => return Err(zerr("send")(e)),
+            }
+        }
+        Ok(Sent::Yes)
+    }
+
+    /// Receives one whole message without blocking; `None` when nothing is waiting.
+    pub fn try_recv(&self) -> Result<Option<Frames>> {
+        match self.inner.recv_multipart(zmq::DONTWAIT) {
+            Ok(frames) => Ok(Some(frames)),
+            Err(zmq::Error::EAGAIN) => Ok(None),
+            Err(e) => Err(zerr("recv")(e)),
+        }
+    }
+}
+
+/// What [`poll`] watches: a socket or a plain file descriptor (used to wake a loop from outside).
+pub enum Watch<'a> {
+    /// Readable when a message is waiting.
+    Socket(&'a Socket),
+    /// Readable when the descriptor is.
+    Fd(RawFd),
+}
+
+/// Waits until one of `items` is readable or `timeout` passes. Returns one flag per item.
+/// An interrupted wait (a signal) returns all false.
+pub fn poll(items: &[Watch<'_>], timeout: Duration) -> Result<Vec<bool>> {
+    let mut raw: Vec<zmq::PollItem<'_>> = items
+        .iter()
+        .map(|w| match w {
+            Watch::Socket(s) => s.inner.as_poll_item(zmq::POLLIN),
+            Watch::Fd(fd) => zmq::PollItem::from_fd(*fd, zmq::POLLIN),
+        })
+        .collect();
+    let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    match zmq::poll(&mut raw, ms) {
+        Ok(_) => Ok(raw.iter().map(|p| p.is_readable()).collect()),
+        Err(zmq::Error::EINTR) => Ok(vec![false; items.len()]),
+        Err(e) => Err(zerr("poll")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_schemes() {
+        for bad in ["", "tcp://", "udp://1.2.3.4:5", "localhost:8002", "inproc:/x"] {
+            assert!(validate_endpoint(bad).is_err(), "{bad}");
+        }
+        for good in ["inproc://a", "ipc:///tmp/x", "tcp://127.0.0.1:1", "tcp://*:8002"] {
+            assert!(validate_endpoint(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn bind_error_names_the_endpoint() {
+        let ctx = Context::new();
+        let a = ctx.socket(Kind::Router).unwrap();
+        a.bind("tcp://127.0.0.1:*").unwrap();
+        let ep = a.last_endpoint().unwrap();
+        let b = ctx.socket(Kind::Router).unwrap();
+        let err = b.bind(&ep).unwrap_err().to_string();
+        assert!(err.contains(&ep), "{err}");
+        let err = b.connect("inproc://").unwrap_err().to_string();
+        assert!(err.contains("inproc://"), "{err}");
+    }
+
+    #[test]
+    fn router_mandatory_reports_unknown_peer() {
+        let ctx = Context::new();
+        let r = ctx.socket(Kind::Router).unwrap();
+        r.set_router_mandatory(true).unwrap();
+        r.bind("inproc://t-mandatory").unwrap();
+        assert_eq!(
+            r.send([b"nobody".as_slice(), b"x"]).unwrap(),
+            Sent::Unreachable
+        );
+    }
+}

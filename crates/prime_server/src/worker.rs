@@ -1,0 +1,539 @@
+//! A worker: runs the application's work function on one job at a time.
+//!
+//! A worker connects a DEALER to its stage's proxy (jobs in, `Ready`/`Heartbeat` out), a DEALER to
+//! the next stage's proxy (intermediate results out, `Reject`s back), a ROUTER to every server's
+//! loopback (final replies, addressed to the server named in the job header) and a SUB to every
+//! server's interrupt channel.
+//!
+//! The work function returns an [`Outcome`]: [`Outcome::Forward`] sends frames on to the next
+//! stage, [`Outcome::Reply`] answers the client through the loopback, from any stage. Long work
+//! calls [`Interrupt::check`], which fails once the request was cancelled (client gone, deadline
+//! passed) or the process is stopping. A panic in the work function becomes a 500 reply and the
+//! worker lives on. An optional cleanup function runs after every job.
+
+use crate::proxy::Heartbeat;
+use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::transport::{self, Context, Frames, Kind as SocketKind, Sent, Socket, Watch};
+use crate::wire::{self, Header, Kind};
+use crate::Error;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How to connect a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This stage's proxy, its downstream endpoint.
+    pub upstream: String,
+    /// The next stage's proxy, its upstream endpoint; `None` for the last stage.
+    pub downstream: Option<String>,
+    /// Every server's loopback endpoint (usually one).
+    pub loopbacks: Vec<String>,
+    /// Every server's interrupt endpoint (usually one).
+    pub interrupts: Vec<String>,
+    /// Heartbeat timing; must match the proxy's.
+    pub heartbeat: Heartbeat,
+    /// The heartbeat blob advertised to the proxy's choose function until a job changes it.
+    pub blob: Vec<u8>,
+    /// This stage's index (1 = first stage), written into the headers this worker sends.
+    pub stage: u8,
+}
+
+impl WorkerConfig {
+    /// A worker of stage 1 for a single server, without a next stage.
+    pub fn new(
+        upstream: impl Into<String>,
+        loopback: impl Into<String>,
+        interrupt: impl Into<String>,
+    ) -> Self {
+        WorkerConfig {
+            upstream: upstream.into(),
+            downstream: None,
+            loopbacks: vec![loopback.into()],
+            interrupts: vec![interrupt.into()],
+            heartbeat: Heartbeat::default(),
+            blob: Vec::new(),
+            stage: 1,
+        }
+    }
+
+    /// Sets the next stage's proxy.
+    pub fn downstream(mut self, endpoint: impl Into<String>) -> Self {
+        self.downstream = Some(endpoint.into());
+        self
+    }
+}
+
+/// One job as the work function sees it.
+#[derive(Debug)]
+pub struct Job {
+    header: Header,
+    /// The application's frames: the client's request for stage 1, the previous stage's
+    /// [`Outcome::Forward`] frames after that.
+    pub frames: Frames,
+    blob: Option<Vec<u8>>,
+}
+
+impl Job {
+    /// The request's id, unique per server.
+    pub fn request_id(&self) -> u64 {
+        self.header.request_id
+    }
+    /// The server that will answer the client.
+    pub fn server_id(&self) -> u64 {
+        self.header.server_id
+    }
+    /// When the server accepted the request.
+    pub fn arrival(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_micros(self.header.arrival_us)
+    }
+    /// When the server gives up on the request, if ever.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        self.header.deadline()
+    }
+    /// How many times this job has been handed to a worker of this stage (1 = first).
+    pub fn attempt(&self) -> u8 {
+        self.header.attempt
+    }
+    /// Changes the heartbeat blob this worker advertises from now on (for the proxy's choose
+    /// function).
+    pub fn set_heartbeat(&mut self, blob: Vec<u8>) {
+        self.blob = Some(blob);
+    }
+}
+
+/// What the work function decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send these frames on to the next stage.
+    Forward(Frames),
+    /// Answer the client with this (protocol-specific) response, through the loopback.
+    Reply(Vec<u8>),
+}
+
+/// Why the interrupt check stopped the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Interrupted {
+    /// The server cancelled the request (the client went away or the server timed it out).
+    #[error("the request was cancelled")]
+    Cancelled,
+    /// The request's deadline passed.
+    #[error("the request's deadline passed")]
+    DeadlinePassed,
+    /// The process is stopping.
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a work function did not produce an outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkError {
+    /// The interrupt check fired; see [`Interrupted`].
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
+    /// The work failed: the client gets `status` (a 5xx or 4xx) with `reason`.
+    #[error("{status}: {reason}")]
+    Failed {
+        /// The status the client gets.
+        status: u16,
+        /// A short text for the client.
+        reason: String,
+    },
+}
+
+/// The application's work function.
+pub type WorkFn = Box<dyn FnMut(&mut Job, &Interrupt<'_>) -> Result<Outcome, WorkError> + Send>;
+/// Runs after every job, whatever its outcome.
+pub type CleanupFn = Box<dyn FnMut() + Send>;
+
+/// How long to keep remembering a cancelled request.
+const CANCEL_MEMORY: Duration = Duration::from_secs(600);
+/// The most cancelled requests remembered at once.
+const CANCEL_CAPACITY: usize = 65_536;
+/// How often the interrupt check looks at the interrupt sockets (it checks the deadline and the
+/// shutdown flag on every call).
+const INTERRUPT_DRAIN_EVERY: Duration = Duration::from_millis(1);
+/// How long a reply may wait for the server's loopback to become reachable (connection race at
+/// start-up) before it is dropped and counted.
+const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Cancelled {
+    set: HashSet<(u64, u64)>,
+    order: VecDeque<(Instant, (u64, u64))>,
+}
+
+impl Cancelled {
+    fn insert(&mut self, key: (u64, u64)) {
+        let now = Instant::now();
+        while let Some(&(t, k)) = self.order.front() {
+            if now.duration_since(t) > CANCEL_MEMORY || self.order.len() >= CANCEL_CAPACITY {
+                self.order.pop_front();
+                self.set.remove(&k);
+            } else {
+                break;
+            }
+        }
+        if self.set.insert(key) {
+            self.order.push_back((now, key));
+        }
+    }
+}
+
+/// The interrupt check handed to the work function.
+pub struct Interrupt<'a> {
+    subs: &'a [Socket],
+    cancelled: &'a RefCell<Cancelled>,
+    shutdown: &'a Shutdown,
+    key: (u64, u64),
+    deadline_us: u64,
+    last_drain: Cell<Instant>,
+    stats: &'a WorkerStats,
+}
+
+impl Interrupt<'_> {
+    /// Fails when the work should stop: the request was cancelled, its deadline passed, or the
+    /// process is stopping. Cheap enough to call in an inner loop.
+    pub fn check(&self) -> Result<(), Interrupted> {
+        if self.shutdown.is_stopping() {
+            return Err(Interrupted::ShuttingDown);
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_drain.get()) >= INTERRUPT_DRAIN_EVERY {
+            self.last_drain.set(now);
+            if self.deadline_us != 0 && wire::now_us() >= self.deadline_us {
+                return Err(Interrupted::DeadlinePassed);
+            }
+            drain_interrupts(self.subs, &mut self.cancelled.borrow_mut(), self.stats);
+        }
+        if self.cancelled.borrow().set.contains(&self.key) {
+            return Err(Interrupted::Cancelled);
+        }
+        Ok(())
+    }
+}
+
+fn drain_interrupts(subs: &[Socket], cancelled: &mut Cancelled, stats: &WorkerStats) {
+    for sub in subs {
+        while let Ok(Some(frames)) = sub.try_recv() {
+            match wire::decode(frames) {
+                Ok((h, _)) if h.kind == Kind::Interrupt => {
+                    cancelled.insert((h.server_id, h.request_id))
+                }
+                Ok(_) | Err(_) => {
+                    stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("worker dropped a malformed interrupt");
+                }
+            }
+        }
+    }
+}
+
+/// Counters of one worker, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Jobs taken in.
+    pub jobs: AtomicU64,
+    /// Jobs that arrived while this worker had not said Ready: would mean the proxy handed a job
+    /// to a busy worker. Always 0 with a correct proxy.
+    pub jobs_while_busy: AtomicU64,
+    /// Jobs answered through the loopback.
+    pub replied: AtomicU64,
+    /// Jobs forwarded to the next stage.
+    pub forwarded: AtomicU64,
+    /// Work functions that failed, panicked or were interrupted.
+    pub failed: AtomicU64,
+    /// Jobs skipped because they were already cancelled or past their deadline on arrival.
+    pub skipped: AtomicU64,
+    /// Messages that were not valid protocol messages, dropped.
+    pub malformed: AtomicU64,
+    /// Replies that could not reach their server.
+    pub undeliverable: AtomicU64,
+}
+
+/// One worker. Build with [`Worker::connect`], then [`Worker::run`] on its own thread.
+pub struct Worker {
+    config: WorkerConfig,
+    upstream: Socket,
+    downstream: Option<Socket>,
+    loopback: Socket,
+    subs: Vec<Socket>,
+    work: WorkFn,
+    cleanup: Option<CleanupFn>,
+    stats: Arc<WorkerStats>,
+    cancelled: RefCell<Cancelled>,
+    blob: Vec<u8>,
+    ready_sent: bool,
+    last_sent: Instant,
+}
+
+fn unique_worker_id() -> Vec<u8> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = wire::now_us() & 0xffff_ffff;
+    format!("w-{}-{nanos:x}-{n}", std::process::id()).into_bytes()
+}
+
+impl Worker {
+    /// Opens and connects the worker's sockets.
+    pub fn connect(ctx: &Context, config: WorkerConfig, work: WorkFn) -> Result<Worker, Error> {
+        let upstream = ctx.socket(SocketKind::Dealer)?;
+        upstream.set_routing_id(&unique_worker_id())?;
+        upstream.connect(&config.upstream)?;
+        let downstream = match &config.downstream {
+            Some(ep) => {
+                let s = ctx.socket(SocketKind::Dealer)?;
+                s.connect(ep)?;
+                Some(s)
+            }
+            None => None,
+        };
+        let loopback = ctx.socket(SocketKind::Router)?;
+        loopback.set_router_mandatory(true)?;
+        for ep in &config.loopbacks {
+            loopback.connect(ep)?;
+        }
+        let mut subs = Vec::new();
+        for ep in &config.interrupts {
+            let s = ctx.socket(SocketKind::Sub)?;
+            s.connect(ep)?;
+            subs.push(s);
+        }
+        Ok(Worker {
+            blob: config.blob.clone(),
+            config,
+            upstream,
+            downstream,
+            loopback,
+            subs,
+            work,
+            cleanup: None,
+            stats: Arc::default(),
+            cancelled: RefCell::default(),
+            ready_sent: false,
+            last_sent: Instant::now(),
+        })
+    }
+
+    /// Sets the function run after every job.
+    pub fn with_cleanup(mut self, cleanup: CleanupFn) -> Self {
+        self.cleanup = Some(cleanup);
+        self
+    }
+
+    /// The worker's counters; clone the `Arc` before [`Worker::run`].
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        self.stats.clone()
+    }
+
+    /// Serves jobs until `shutdown` stops, then tells the proxy it is leaving.
+    pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+        self.say_ready()?;
+        while !shutdown.is_stopping() {
+            let wait = self
+                .config
+                .heartbeat
+                .interval
+                .saturating_sub(self.last_sent.elapsed())
+                .min(POLL_INTERVAL);
+            let mut watch = vec![Watch::Socket(&self.upstream)];
+            watch.extend(self.subs.iter().map(Watch::Socket));
+            if let Some(d) = &self.downstream {
+                watch.push(Watch::Socket(d));
+            }
+            let ready = transport::poll(&watch, wait)?;
+            if ready[1..=self.subs.len()].iter().any(|&r| r) {
+                drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
+            }
+            if ready.last() == Some(&true) && self.downstream.is_some() {
+                self.handle_rejects()?;
+            }
+            if ready[0] {
+                while let Some(frames) = self.upstream.try_recv()? {
+                    self.handle_job(frames, &shutdown)?;
+                    if shutdown.is_stopping() {
+                        break;
+                    }
+                }
+            }
+            if self.last_sent.elapsed() >= self.config.heartbeat.interval {
+                self.send_up(Kind::Heartbeat, None)?;
+            }
+        }
+        self.send_up(Kind::Disconnect, None)?;
+        Ok(())
+    }
+
+    fn send_up(&mut self, kind: Kind, blob: Option<Vec<u8>>) -> Result<(), Error> {
+        let mut h = Header::new(kind);
+        h.stage = self.config.stage;
+        self.upstream.send(wire::message(&h, blob))?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    fn say_ready(&mut self) -> Result<(), Error> {
+        let blob = self.blob.clone();
+        self.send_up(Kind::Ready, Some(blob))?;
+        self.ready_sent = true;
+        Ok(())
+    }
+
+    fn handle_job(&mut self, frames: Frames, shutdown: &Shutdown) -> Result<(), Error> {
+        self.stats.jobs.fetch_add(1, Ordering::Relaxed);
+        if !self.ready_sent {
+            self.stats.jobs_while_busy.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ready_sent = false;
+        match wire::decode(frames) {
+            Ok((header, payload)) if header.kind == Kind::Job => {
+                self.run_job(header, payload, shutdown)?;
+                if let Some(cleanup) = self.cleanup.as_mut() {
+                    if catch_unwind(AssertUnwindSafe(cleanup)).is_err() {
+                        tracing::error!("cleanup function panicked");
+                    }
+                }
+            }
+            Ok((h, _)) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(kind = ?h.kind, "worker dropped an unexpected message");
+            }
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "worker dropped a malformed job");
+            }
+        }
+        self.say_ready()
+    }
+
+    fn run_job(&mut self, header: Header, payload: Frames, shutdown: &Shutdown) -> Result<(), Error> {
+        let key = (header.server_id, header.request_id);
+        drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
+        // The server answers cancelled and expired requests itself: skip the work, send nothing.
+        if self.cancelled.borrow().set.contains(&key) || header.expired_at(wire::now_us()) {
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let mut job = Job {
+            header,
+            frames: payload,
+            blob: None,
+        };
+        let interrupt = Interrupt {
+            subs: &self.subs,
+            cancelled: &self.cancelled,
+            shutdown,
+            key,
+            deadline_us: header.deadline_us,
+            last_drain: Cell::new(Instant::now()),
+            stats: &self.stats,
+        };
+        let work = &mut self.work;
+        let result = catch_unwind(AssertUnwindSafe(|| work(&mut job, &interrupt)));
+        if let Some(blob) = job.blob.take() {
+            self.blob = blob;
+        }
+        match result {
+            Ok(Ok(Outcome::Reply(body))) => self.reply(&header, 0, body),
+            Ok(Ok(Outcome::Forward(frames))) => self.forward(&header, frames),
+            Ok(Err(WorkError::Failed { status, reason })) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.reply(&header, status, reason.into_bytes())
+            }
+            Ok(Err(WorkError::Interrupted(why))) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(request_id = header.request_id, %why, "work interrupted");
+                match why {
+                    // The server has answered (or will, at the deadline).
+                    Interrupted::Cancelled | Interrupted::DeadlinePassed => Ok(()),
+                    Interrupted::ShuttingDown => {
+                        self.reply(&header, 503, b"the worker is shutting down".to_vec())
+                    }
+                }
+            }
+            Err(panic) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(request_id = header.request_id, panic = %msg, "work function panicked");
+                self.reply(&header, 500, format!("the worker failed: {msg}").into_bytes())
+            }
+        }
+    }
+
+    fn forward(&mut self, header: &Header, frames: Frames) -> Result<(), Error> {
+        let Some(down) = &self.downstream else {
+            return self.reply(
+                header,
+                500,
+                b"the last stage forwarded a job: no next stage".to_vec(),
+            );
+        };
+        let mut h = header.with_kind(Kind::Job);
+        h.stage = self.config.stage;
+        h.attempt = 0;
+        if down.send(wire::message(&h, frames))? == Sent::Unreachable {
+            return self.reply(header, 503, b"the next stage is unreachable".to_vec());
+        }
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn reply(&mut self, header: &Header, status: u16, body: Vec<u8>) -> Result<(), Error> {
+        let mut h = header.with_kind(Kind::Reply);
+        h.stage = self.config.stage;
+        h.status = status;
+        let head = h.encode();
+        let to = wire::server_routing_id(header.server_id);
+        let started = Instant::now();
+        loop {
+            match self.loopback.send([&to[..], &head[..], &body[..]])? {
+                Sent::Yes => {
+                    self.stats.replied.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Sent::Unreachable if started.elapsed() < LOOPBACK_PATIENCE => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Sent::Unreachable => {
+                    self.stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        request_id = header.request_id,
+                        server_id = header.server_id,
+                        "reply dropped: the server's loopback is unreachable"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn handle_rejects(&mut self) -> Result<(), Error> {
+        let Some(down) = &self.downstream else {
+            return Ok(());
+        };
+        let mut rejected = Vec::new();
+        while let Some(frames) = down.try_recv()? {
+            match wire::decode(frames) {
+                Ok((h, mut payload)) if h.kind == Kind::Reject => {
+                    let reason = payload.pop().unwrap_or_else(|| b"overloaded".to_vec());
+                    rejected.push((h, reason));
+                }
+                _ => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("worker dropped a malformed message from the next stage");
+                }
+            }
+        }
+        for (h, reason) in rejected {
+            self.reply(&h, 503, reason)?;
+        }
+        Ok(())
+    }
+}
