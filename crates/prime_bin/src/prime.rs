@@ -12,7 +12,7 @@ use prime_server::worker::{Interrupt, Job, Outcome, WorkError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// How many divisions between two interrupt checks.
+/// How many divisions between two interrupt checks (a power of two).
 const CHECK_EVERY: u64 = 1 << 16;
 
 /// Trial division by every integer from 2 up to √n, checking `interrupt` now and then.
@@ -25,11 +25,11 @@ pub fn is_prime_interruptible(
     }
     let mut d: u64 = 2;
     while d.checked_mul(d).is_some_and(|sq| sq <= n) {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return Ok(false);
         }
         d += 1;
-        if d % CHECK_EVERY == 0 {
+        if d & (CHECK_EVERY - 1) == 0 {
             interrupt()?;
         }
     }
@@ -49,7 +49,10 @@ pub fn answer_body(n: u64, prime: bool) -> Vec<u8> {
 /// Stage 1: parse. A bad request is answered here and never reaches stage 2.
 pub fn parse_stage(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
     let text = job.frames.first().map(|f| f.as_slice()).unwrap_or_default();
-    match std::str::from_utf8(text).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+    match std::str::from_utf8(text)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
         Some(n) => Ok(Outcome::Forward(vec![n.to_le_bytes().to_vec()])),
         None => Err(WorkError::Failed {
             status: 400,
@@ -77,6 +80,26 @@ pub fn test_stage(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, W
 pub fn odd_numbers(start: u64, end: u64) -> impl Iterator<Item = u64> {
     let first = start.max(3) | 1;
     (first..=end).step_by(2)
+}
+
+/// Tests every odd number of `[start, end]` on `threads` plain threads, no pipeline: the pure
+/// compute time simulation mode is measured against. Returns (primes, numbers tested).
+pub fn compute(start: u64, end: u64, threads: usize) -> (u64, u64) {
+    let numbers: Vec<u64> = odd_numbers(start, end).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let primes = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&n) = numbers.get(i) else { break };
+                if is_prime(n) {
+                    primes.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (primes.into_inner(), numbers.len() as u64)
 }
 
 /// What simulation mode found.
@@ -172,6 +195,11 @@ mod tests {
         }
         assert!(is_prime(32416190071));
         assert!(!is_prime(u64::MAX));
+    }
+
+    #[test]
+    fn compute_agrees_with_the_sieve() {
+        assert_eq!(compute(1, 30000, 2).0, sieve_count_odd(1, 30000));
     }
 
     #[test]

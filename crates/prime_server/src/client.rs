@@ -60,7 +60,9 @@ impl Decoder for NetstringAnswers {
 impl ClientCodec for NetstringClient {
     type Decoder = NetstringAnswers;
     fn decoder(&self) -> NetstringAnswers {
-        NetstringAnswers(crate::protocol::netstring::NetstringCodec::new(self.max_len))
+        NetstringAnswers(crate::protocol::netstring::NetstringCodec::new(
+            self.max_len,
+        ))
     }
     fn encode(&self, request: &[u8]) -> Vec<u8> {
         crate::protocol::netstring::encode(request)
@@ -106,9 +108,7 @@ impl<C: ClientCodec> BatchClient<C> {
         }
         let mut report = BatchReport::default();
         for t in tasks {
-            let (sent, answered) = t
-                .await
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::Other, e))??;
+            let (sent, answered) = t.await.map_err(std::io::Error::other)??;
             report.sent += sent;
             report.answered += answered;
         }
@@ -172,7 +172,10 @@ where
             None => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    format!("server closed the connection with {} requests unanswered", in_flight.len()),
+                    format!(
+                        "server closed the connection with {} requests unanswered",
+                        in_flight.len()
+                    ),
                 ))
             }
         }

@@ -68,7 +68,11 @@ impl Pipeline {
     /// Appends a stage of `workers` threads, each running a clone of `work`.
     pub fn stage<F>(&mut self, workers: usize, work: F) -> &mut Self
     where
-        F: FnMut(&mut Job, &Interrupt<'_>) -> Result<Outcome, WorkError> + Clone + Send + Sync + 'static,
+        F: FnMut(&mut Job, &Interrupt<'_>) -> Result<Outcome, WorkError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
     {
         self.stages.push(StageSpec {
             workers: workers.max(1),
@@ -103,7 +107,8 @@ impl Pipeline {
             Some(p) => p.upstream_endpoint()?,
             None => self.endpoint("nowhere"),
         };
-        let mut scfg = ServerConfig::new(first, self.endpoint("loopback"), self.endpoint("interrupt"));
+        let mut scfg =
+            ServerConfig::new(first, self.endpoint("loopback"), self.endpoint("interrupt"));
         scfg.timeout = self.timeout;
         scfg.max_in_flight = self.max_in_flight;
         let server = Server::start(&ctx, scfg, shutdown.clone())?;
@@ -129,7 +134,9 @@ impl Pipeline {
                 let worker = Worker::connect(&ctx, cfg, (spec.make)())?;
                 stats.push(worker.stats());
                 let sd = shutdown.clone();
-                threads.push(spawn(format!("stage{}-w{w}", i + 1), move || worker.run(sd))?);
+                threads.push(spawn(format!("stage{}-w{w}", i + 1), move || {
+                    worker.run(sd)
+                })?);
             }
             worker_stats.push(stats);
         }
@@ -146,6 +153,7 @@ impl Pipeline {
             threads,
             proxy_stats,
             worker_stats,
+            stage_endpoints: ups.into_iter().zip(downs).collect(),
         })
     }
 }
@@ -177,6 +185,8 @@ pub struct Running {
     pub proxy_stats: Vec<Arc<ProxyStats>>,
     /// Each stage's workers' counters.
     pub worker_stats: Vec<Vec<Arc<WorkerStats>>>,
+    /// Each stage's proxy endpoints as bound: (upstream, downstream).
+    pub stage_endpoints: Vec<(String, String)>,
 }
 
 impl Running {

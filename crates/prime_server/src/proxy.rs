@@ -173,7 +173,10 @@ impl Proxy {
         while !shutdown.is_stopping() {
             let timeout = POLL_INTERVAL.min(next_expiry.saturating_duration_since(Instant::now()));
             let ready = transport::poll(
-                &[Watch::Socket(&self.downstream), Watch::Socket(&self.upstream)],
+                &[
+                    Watch::Socket(&self.downstream),
+                    Watch::Socket(&self.upstream),
+                ],
                 timeout,
             )?;
             if ready[0] {
@@ -336,7 +339,12 @@ impl Proxy {
         let blobs: Vec<&[u8]> = self
             .idle
             .iter()
-            .map(|w| self.workers.get(w).map(|e| e.blob.as_slice()).unwrap_or(&[]))
+            .map(|w| {
+                self.workers
+                    .get(w)
+                    .map(|e| e.blob.as_slice())
+                    .unwrap_or(&[])
+            })
             .collect();
         match choose(&blobs, payload) {
             Some(i) if i < blobs.len() => i,

@@ -185,7 +185,11 @@ impl std::fmt::Debug for ServerHandle {
 impl Server {
     /// Binds the loopback and interrupt sockets, connects to the first proxy and starts the pump.
     /// The pump stops when `shutdown` stops, answering what is still open with 503.
-    pub fn start(ctx: &Context, config: ServerConfig, shutdown: Shutdown) -> Result<ServerHandle, Error> {
+    pub fn start(
+        ctx: &Context,
+        config: ServerConfig,
+        shutdown: Shutdown,
+    ) -> Result<ServerHandle, Error> {
         let dealer = ctx.socket(SocketKind::Dealer)?;
         let hwm = i32::try_from(config.max_in_flight).unwrap_or(i32::MAX);
         dealer.set_high_water_marks(hwm, 0)?;
@@ -286,7 +290,9 @@ impl ServerHandle {
         header.request_id = id;
         header.server_id = shared.config.server_id;
         header.arrival_us = arrival_us;
-        header.deadline_us = timeout.map_or(0, |t| arrival_us.saturating_add(t.as_micros() as u64).max(1));
+        header.deadline_us = timeout.map_or(0, |t| {
+            arrival_us.saturating_add(t.as_micros() as u64).max(1)
+        });
         let (tx, rx) = oneshot::channel();
         let cmd = Command::Submit {
             header,
@@ -348,9 +354,7 @@ impl Future for Pending {
             PendingState::Ready(a) => a
                 .take()
                 .unwrap_or_else(|| Answer::Failed(Failure::new(500, "answer already taken"))),
-            PendingState::Done => {
-                Answer::Failed(Failure::new(500, "answer already taken"))
-            }
+            PendingState::Done => Answer::Failed(Failure::new(500, "answer already taken")),
         };
         self.state = PendingState::Done;
         Poll::Ready(answer)
@@ -420,13 +424,20 @@ impl Pump {
         // Answer everything still open, and tell workers to stop on it.
         for cmd in self.commands.try_iter() {
             if let Command::Submit { tx, .. } = cmd {
-                let _ = tx.send(Answer::Failed(Failure::new(503, "the server is shutting down")));
+                let _ = tx.send(Answer::Failed(Failure::new(
+                    503,
+                    "the server is shutting down",
+                )));
                 self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
             }
         }
         let ids: Vec<u64> = self.table.keys().copied().collect();
         for id in ids {
-            self.finish(id, Answer::Failed(Failure::new(503, "the server is shutting down")), true)?;
+            self.finish(
+                id,
+                Answer::Failed(Failure::new(503, "the server is shutting down")),
+                true,
+            )?;
         }
         Ok(())
     }
@@ -460,7 +471,11 @@ impl Pump {
                 Command::Cancel(id) => {
                     if self.table.contains_key(&id) {
                         self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                        self.finish(id, Answer::Failed(Failure::new(499, "client went away")), true)?;
+                        self.finish(
+                            id,
+                            Answer::Failed(Failure::new(499, "client went away")),
+                            true,
+                        )?;
                     }
                 }
             }
@@ -514,7 +529,11 @@ impl Pump {
                         .map(|r| String::from_utf8_lossy(&r).into_owned())
                         .unwrap_or_else(|| "overloaded".into());
                     self.shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                    self.finish(h.request_id, Answer::Failed(Failure::new(503, reason)), false)?;
+                    self.finish(
+                        h.request_id,
+                        Answer::Failed(Failure::new(503, reason)),
+                        false,
+                    )?;
                 }
                 Ok((h, _)) => self.malformed("proxy", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("proxy", &e.to_string()),
@@ -562,7 +581,8 @@ impl Pump {
         // Keep the timer heap from holding answered requests for the whole timeout under load.
         if self.timers.len() > 2 * self.table.len() + 1024 {
             let table = &self.table;
-            self.timers.retain(|Reverse((_, id))| table.contains_key(id));
+            self.timers
+                .retain(|Reverse((_, id))| table.contains_key(id));
         }
         Ok(true)
     }

@@ -106,7 +106,10 @@ impl Shutdown {
                 if iter.next().is_none() {
                     return;
                 }
-                tracing::info!(drain_ms = drain.as_millis() as u64, "signal received, draining");
+                tracing::info!(
+                    drain_ms = drain.as_millis() as u64,
+                    "signal received, draining"
+                );
                 this.drain();
                 let stopper = this.clone();
                 std::thread::spawn(move || {

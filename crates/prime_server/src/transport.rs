@@ -39,7 +39,9 @@ impl Kind {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The endpoint string is not `inproc://…`, `ipc://…` or `tcp://…`.
-    #[error("invalid endpoint {endpoint:?}: expected inproc://NAME, ipc:///PATH or tcp://HOST:PORT")]
+    #[error(
+        "invalid endpoint {endpoint:?}: expected inproc://NAME, ipc:///PATH or tcp://HOST:PORT"
+    )]
     InvalidEndpoint {
         /// The endpoint as given.
         endpoint: String,
@@ -230,7 +232,11 @@ impl Socket {
         let mut iter = frames.into_iter().peekable();
         let mut first = true;
         while let Some(frame) = iter.next() {
-            let more = if iter.peek().is_some() { zmq::SNDMORE } else { 0 };
+            let more = if iter.peek().is_some() {
+                zmq::SNDMORE
+            } else {
+                0
+            };
             match self.inner.send(frame.as_ref(), zmq::DONTWAIT | more) {
                 Ok(()) => first = false,
                 // Only the first frame can fail this way: once a message has started, zmq
@@ -286,10 +292,21 @@ mod tests {
 
     #[test]
     fn rejects_unknown_schemes() {
-        for bad in ["", "tcp://", "udp://1.2.3.4:5", "localhost:8002", "inproc:/x"] {
+        for bad in [
+            "",
+            "tcp://",
+            "udp://1.2.3.4:5",
+            "localhost:8002",
+            "inproc:/x",
+        ] {
             assert!(validate_endpoint(bad).is_err(), "{bad}");
         }
-        for good in ["inproc://a", "ipc:///tmp/x", "tcp://127.0.0.1:1", "tcp://*:8002"] {
+        for good in [
+            "inproc://a",
+            "ipc:///tmp/x",
+            "tcp://127.0.0.1:1",
+            "tcp://*:8002",
+        ] {
             assert!(validate_endpoint(good).is_ok(), "{good}");
         }
     }

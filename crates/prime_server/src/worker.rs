@@ -409,7 +409,12 @@ impl Worker {
         self.say_ready()
     }
 
-    fn run_job(&mut self, header: Header, payload: Frames, shutdown: &Shutdown) -> Result<(), Error> {
+    fn run_job(
+        &mut self,
+        header: Header,
+        payload: Frames,
+        shutdown: &Shutdown,
+    ) -> Result<(), Error> {
         let key = (header.server_id, header.request_id);
         drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
         // The server answers cancelled and expired requests itself: skip the work, send nothing.
@@ -462,7 +467,11 @@ impl Worker {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
                 tracing::error!(request_id = header.request_id, panic = %msg, "work function panicked");
-                self.reply(&header, 500, format!("the worker failed: {msg}").into_bytes())
+                self.reply(
+                    &header,
+                    500,
+                    format!("the worker failed: {msg}").into_bytes(),
+                )
             }
         }
     }

@@ -1,53 +1,166 @@
 //! prime_serverd: the "is this number prime?" demo.
 //!
-//! `prime_serverd START,END [WORKERS]` simulates the whole service in one process and prints how
-//! many primes it found among the odd numbers of the range, how many requests it made, and the
-//! wall time.
+//! - `prime_serverd START,END [WORKERS]` simulates the whole service in one process and prints how
+//!   many primes it found among the odd numbers of the range, how many requests it made, and the
+//!   wall time.
+//! - `prime_serverd [LISTEN] [WORKERS] [DRAIN_SECONDS] [HEALTH]` serves it; LISTEN is
+//!   `tcp://*:8002`, `tcp://127.0.0.1:8002` or `host:port` (default `127.0.0.1:8002`).
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use prime_bin::prime;
+use prime_server::pipeline::Pipeline;
+use prime_server::protocol::{
+    self,
+    netstring::{HealthCheck, Netstring},
+};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Proto {
+    /// `len:payload,` requests and responses.
+    Netstring,
+}
 
 #[derive(Parser, Debug)]
 #[command(version, about = "The prime_server demo: is this number prime?")]
 struct Args {
-    /// `START,END`: simulate, testing every odd number of the range in one process.
+    /// `START,END` to simulate (test every odd number of the range in one process), or the
+    /// endpoint to listen on: `tcp://*:8002`, `tcp://127.0.0.1:8002` or `HOST:PORT`.
+    #[arg(default_value = "127.0.0.1:8002")]
     target: String,
     /// Worker threads per stage.
     #[arg(default_value_t = 1)]
     workers: usize,
+    /// Seconds to keep serving after SIGTERM/SIGINT before stopping.
+    #[arg(default_value_t = 0)]
+    drain_seconds: u64,
+    /// A request answered by the server itself ("OK", or "DRAINING" during the drain).
+    health: Option<String>,
+    /// The client protocol.
+    #[arg(long, value_enum, default_value = "netstring")]
+    protocol: Proto,
+    /// Seconds a request may take before it is answered with a timeout (0 = no limit).
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// The most requests in flight; more are answered 503 at once.
+    #[arg(long, default_value_t = 10_000)]
+    max_in_flight: usize,
+    /// The most jobs waiting at each stage; more are answered 503 at once.
+    #[arg(long, default_value_t = 4096)]
+    queue_limit: usize,
+    /// With START,END: skip the pipeline and only compute, on WORKERS plain threads (the lower
+    /// bound simulation mode is measured against).
+    #[arg(long)]
+    compute_only: bool,
 }
 
-fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
-    let (a, b) = s
-        .split_once(',')
-        .with_context(|| format!("expected START,END, got {s:?}"))?;
-    let a: u64 = a.trim().parse().with_context(|| format!("bad START {a:?}"))?;
-    let b: u64 = b.trim().parse().with_context(|| format!("bad END {b:?}"))?;
-    if a >= b {
-        bail!("START must be below END, got {a},{b}");
-    }
-    Ok((a, b))
+fn parse_range(s: &str) -> Option<anyhow::Result<(u64, u64)>> {
+    let (a, b) = s.split_once(',')?;
+    Some((|| {
+        let a: u64 = a
+            .trim()
+            .parse()
+            .with_context(|| format!("bad START {a:?}"))?;
+        let b: u64 = b.trim().parse().with_context(|| format!("bad END {b:?}"))?;
+        if a >= b {
+            bail!("START must be below END, got {a},{b}");
+        }
+        Ok((a, b))
+    })())
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let (start, end) = parse_range(&args.target)?;
     if args.workers == 0 {
         bail!("WORKERS must be at least 1");
     }
-    let sim = prime_bin::prime::simulate(start, end, args.workers)?;
+    match parse_range(&args.target) {
+        Some(range) if args.compute_only => {
+            let (start, end) = range?;
+            let t = std::time::Instant::now();
+            let (primes, n) = prime::compute(start, end, args.workers);
+            println!("{primes} primes found");
+            println!("{n} numbers tested");
+            println!("{:.3} s wall time", t.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Some(range) => simulate(range?, args.workers),
+        None => serve(&args),
+    }
+}
+
+fn simulate((start, end): (u64, u64), workers: usize) -> anyhow::Result<()> {
+    let sim = prime::simulate(start, end, workers)?;
     println!("{} primes found", sim.primes);
     println!("{} requests made", sim.report.sent);
     println!("{:.3} s wall time", sim.report.elapsed.as_secs_f64());
     if sim.errors > 0 {
         bail!("{} requests were not answered cleanly", sim.errors);
     }
+    Ok(())
+}
+
+fn serve(args: &Args) -> anyhow::Result<()> {
+    let mut p = Pipeline::new("prime_serverd");
+    p.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+    p.max_in_flight = args.max_in_flight;
+    p.queue_limit = args.queue_limit;
+    p.stage(args.workers, prime::parse_stage)
+        .stage(args.workers, prime::test_stage);
+    let running = p.start()?;
+    running
+        .shutdown
+        .on_signals(Duration::from_secs(args.drain_seconds))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let served = rt.block_on(async {
+        let listener = protocol::bind_listener(&args.target)?;
+        let addr = listener.local_addr()?;
+        match args.protocol {
+            Proto::Netstring => {
+                println!("prime_serverd listening on {addr} (netstring)");
+                println!(
+                    "try: printf '11:32416190071,' | nc -q1 {} {}",
+                    addr.ip(),
+                    addr.port()
+                );
+                std::io::stdout().flush()?;
+                let proto = Netstring {
+                    health: args.health.as_ref().map(|h| {
+                        Arc::new(HealthCheck {
+                            request: h.clone().into_bytes().into(),
+                            response: "OK".into(),
+                        })
+                    }),
+                    ..Netstring::default()
+                };
+                protocol::serve(
+                    listener,
+                    running.server.clone(),
+                    proto,
+                    running.shutdown.clone(),
+                )
+                .await;
+            }
+        }
+        // Accepting stopped (the drain began); wait for the stop.
+        running.shutdown.stopped().await;
+        anyhow::Ok(())
+    });
+    running.shutdown.stop();
+    running.join();
+    served?;
+    tracing::info!("prime_serverd stopped");
     Ok(())
 }

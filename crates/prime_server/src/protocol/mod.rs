@@ -64,7 +64,7 @@ pub trait StreamProtocol: Clone + Send + Sync + 'static {
     /// The response to a health check, answered by the server itself; `None` if `req` is not one.
     fn health(&self, req: &Self::Request, draining: bool) -> Option<Vec<u8>>;
     /// The frames the first stage receives for `req`.
-    fn into_job(&self, req: Self::Request) -> Frames;
+    fn job_frames(&self, req: Self::Request) -> Frames;
     /// The response bytes for an answer.
     fn answer(&self, answer: Answer) -> Vec<u8>;
     /// The response to a request that could not be decoded (the connection closes after it).
@@ -75,8 +75,10 @@ pub trait StreamProtocol: Clone + Send + Sync + 'static {
 /// reading from it.
 pub const MAX_PIPELINE: usize = 1024;
 
-/// Serves `protocol` on `listener` until the drain starts (then stops accepting) and closes
-/// connections when `shutdown` stops. Each connection's answers go back in request order.
+/// Serves `protocol` on `listener`. When the drain starts it stops accepting; connections already
+/// open go on being served until `shutdown` stops, when each answers what it has in flight
+/// (503 for what the pipeline did not finish) and closes. Returns when every connection is closed.
+/// Each connection's answers go back in request order.
 pub async fn serve<P: StreamProtocol>(
     listener: TcpListener,
     server: ServerHandle,
@@ -84,13 +86,14 @@ pub async fn serve<P: StreamProtocol>(
     shutdown: Shutdown,
 ) {
     let protocol = Arc::new(protocol);
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
             _ = shutdown.draining() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(stream, server.clone(), protocol.clone(), shutdown.clone()));
+                    connections.spawn(connection(stream, server.clone(), protocol.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -99,6 +102,9 @@ pub async fn serve<P: StreamProtocol>(
             }
         }
     }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
 type Reply = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
@@ -121,7 +127,9 @@ async fn connection<P: StreamProtocol>(
         }
         tokio::select! {
             biased;
-            _ = shutdown.stopped() => return,
+            // Stopping: read no more; what is in flight is answered (the server core answers
+            // everything still open with 503 as it stops), then the connection closes.
+            _ = shutdown.stopped(), if reading => reading = false,
             Some(bytes) = pending.next(), if !pending.is_empty() => {
                 if writer.write_all(&bytes).await.is_err() {
                     return;
@@ -141,7 +149,7 @@ async fn connection<P: StreamProtocol>(
                     if let Some(resp) = protocol.health(&req, shutdown.is_draining()) {
                         pending.push_back(Box::pin(std::future::ready(resp)));
                     } else {
-                        let p = server.submit(protocol.into_job(req), None);
+                        let p = server.submit(protocol.job_frames(req), None);
                         let proto = protocol.clone();
                         pending.push_back(Box::pin(p.map(move |a| proto.answer(a))));
                     }
@@ -162,4 +170,92 @@ async fn connection<P: StreamProtocol>(
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// The listen backlog of front servers: large, so a burst of connections is not left waiting for
+/// SYN retransmits (the C++ server's 100 caused 1-second stalls at 256 connections).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Parses a listen endpoint: the seed's `tcp://*:8002` / `tcp://127.0.0.1:8002` or plain
+/// `host:port`. `*` means every interface. Returns the candidate addresses, preferred first.
+pub fn listen_addrs(endpoint: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let hostport = endpoint.strip_prefix("tcp://").unwrap_or(endpoint);
+    if hostport.contains("://") {
+        return Err(format!(
+            "listen endpoint {endpoint:?}: only tcp:// (or host:port) is served"
+        ));
+    }
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("listen endpoint {endpoint:?}: expected HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("listen endpoint {endpoint:?}: bad port {port:?}"))?;
+    if host == "*" || host.is_empty() {
+        return Ok(vec![
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        ]);
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("listen endpoint {endpoint:?}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("listen endpoint {endpoint:?}: no address"));
+    }
+    Ok(addrs)
+}
+
+/// Binds a listener for a listen endpoint (see [`listen_addrs`]) with [`LISTEN_BACKLOG`],
+/// trying each candidate address in turn. The error names the endpoint.
+pub fn bind_listener(endpoint: &str) -> std::io::Result<TcpListener> {
+    let addrs = listen_addrs(endpoint)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut last = None;
+    for addr in addrs {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let attempt = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(LISTEN_BACKLOG)
+        });
+        match attempt {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                last = Some(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {endpoint} ({addr}): {e}"),
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("cannot listen on {endpoint}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_endpoints() {
+        assert_eq!(listen_addrs("tcp://*:8002").unwrap().len(), 2);
+        assert_eq!(
+            listen_addrs("tcp://127.0.0.1:8002").unwrap(),
+            vec!["127.0.0.1:8002".parse().unwrap()]
+        );
+        assert_eq!(
+            listen_addrs("127.0.0.1:0").unwrap(),
+            vec!["127.0.0.1:0".parse().unwrap()]
+        );
+        for bad in ["ipc:///tmp/x", "tcp://127.0.0.1", "127.0.0.1:http", "nope"] {
+            assert!(listen_addrs(bad).is_err(), "{bad}");
+        }
+    }
 }

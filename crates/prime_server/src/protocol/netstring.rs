@@ -26,7 +26,10 @@ pub struct NetstringCodec {
 impl NetstringCodec {
     /// A codec refusing payloads over `max_len` bytes.
     pub fn new(max_len: usize) -> Self {
-        NetstringCodec { max_len, want: None }
+        NetstringCodec {
+            max_len,
+            want: None,
+        }
     }
 }
 
@@ -147,7 +150,7 @@ impl StreamProtocol for Netstring {
         })
     }
 
-    fn into_job(&self, req: Bytes) -> Frames {
+    fn job_frames(&self, req: Bytes) -> Frames {
         vec![req.to_vec()]
     }
 
@@ -194,17 +197,26 @@ mod tests {
             }
         }
         assert_eq!(got, vec![&b"abgeschnitte"[..], b"", b"abc"]);
-        assert_eq!(&buf[..], b"ab");
+        assert_eq!(&buf[..], b"4:ab");
     }
 
     #[test]
     fn errors() {
         let mut c = NetstringCodec::new(10);
-        assert!(decode_all(&mut c, b"x:").unwrap_err().reason.contains("Non-numeric"));
+        assert!(decode_all(&mut c, b"x:")
+            .unwrap_err()
+            .reason
+            .contains("Non-numeric"));
         let mut c = NetstringCodec::new(10);
-        assert!(decode_all(&mut c, b"11:").unwrap_err().reason.contains("maximum"));
+        assert!(decode_all(&mut c, b"11:")
+            .unwrap_err()
+            .reason
+            .contains("maximum"));
         let mut c = NetstringCodec::new(10);
-        assert!(decode_all(&mut c, b"2:abc").unwrap_err().reason.contains("','"));
+        assert!(decode_all(&mut c, b"2:abc")
+            .unwrap_err()
+            .reason
+            .contains("','"));
         let mut c = NetstringCodec::new(10);
         assert!(decode_all(&mut c, &[b'9'; 30]).is_err());
         let mut c = NetstringCodec::new(10);

@@ -1,0 +1,552 @@
+//! The butterfly end to end over real zmq sockets: stages, transports, short-circuit, interrupts,
+//! deadlines, load balancing, affinity, malformed input and panics.
+
+use prime_server::pipeline::{Pipeline, Running, Transport};
+use prime_server::proxy::{Proxy, ProxyConfig};
+use prime_server::server::{Answer, Failure, Server, ServerConfig};
+use prime_server::shutdown::Shutdown;
+use prime_server::transport::{Context, Kind as SocketKind};
+use prime_server::worker::{Interrupted, Outcome, WorkError, Worker, WorkerConfig};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn unique(name: &str) -> String {
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        prime_server::server::random_id()
+    )
+}
+
+/// Each stage appends its number to the single frame; the last one replies.
+fn chain(stages: usize, transport: Transport, name: &str) -> Running {
+    let mut p = Pipeline::new(&unique(name));
+    p.transport(transport);
+    for i in 1..=stages {
+        let last = i == stages;
+        p.stage(2, move |job, _| {
+            let mut body = job.frames.concat();
+            body.extend_from_slice(format!("/{i}").as_bytes());
+            Ok(if last {
+                Outcome::Reply(body)
+            } else {
+                Outcome::Forward(vec![body])
+            })
+        });
+    }
+    p.start().unwrap()
+}
+
+fn ask(running: &Running, body: &[u8]) -> Answer {
+    rt().block_on(running.server.submit(vec![body.to_vec()], None))
+}
+
+#[test]
+fn a_job_crosses_one_two_and_three_stages_over_every_transport() {
+    let dir = std::env::temp_dir().join(unique("ps-ipc"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let transports = [
+        Transport::Inproc,
+        Transport::Ipc(dir.clone()),
+        Transport::Tcp("127.0.0.1".into()),
+    ];
+    for transport in transports {
+        for stages in 1..=3 {
+            let running = chain(stages, transport.clone(), "chain");
+            let want: String = (1..=stages).map(|i| format!("/{i}")).collect();
+            for k in 0..20 {
+                let body = format!("job{k}");
+                assert_eq!(
+                    ask(&running, body.as_bytes()),
+                    Answer::Reply(format!("{body}{want}").into_bytes()),
+                    "{transport:?} with {stages} stages"
+                );
+            }
+            running.stop();
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn many_concurrent_requests_all_get_their_own_answer() {
+    let running = chain(2, Transport::Inproc, "concurrent");
+    let answers = rt().block_on(async {
+        let futs: Vec<_> = (0..2000)
+            .map(|k| {
+                running
+                    .server
+                    .submit(vec![format!("{k}").into_bytes()], None)
+            })
+            .collect();
+        futures_join(futs).await
+    });
+    for (k, a) in answers.into_iter().enumerate() {
+        assert_eq!(a, Answer::Reply(format!("{k}/1/2").into_bytes()));
+    }
+    assert_eq!(running.server.in_flight(), 0);
+    running.stop();
+}
+
+/// Waits until `n` workers of stage `stage` (0-based) have registered as idle with their proxy.
+fn wait_idle(running: &Running, stage: usize, n: u64) {
+    let t = Instant::now();
+    while running.proxy_stats[stage].idle.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "workers never became idle"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(futs.len());
+    for f in futs {
+        out.push(f.await);
+    }
+    out
+}
+
+#[test]
+fn stage_one_replies_early_and_stage_two_never_sees_the_job() {
+    let mut p = Pipeline::new(&unique("early"));
+    p.stage(1, |job, _| {
+        if job.frames[0] == b"bad" {
+            Err(WorkError::Failed {
+                status: 400,
+                reason: "bad input".into(),
+            })
+        } else if job.frames[0] == b"cached" {
+            Ok(Outcome::Reply(b"from cache".to_vec()))
+        } else {
+            Ok(Outcome::Forward(job.frames.clone()))
+        }
+    });
+    p.stage(1, |_, _| Ok(Outcome::Reply(b"computed".to_vec())));
+    let running = p.start().unwrap();
+    assert_eq!(
+        ask(&running, b"bad"),
+        Answer::Failed(Failure::new(400, "bad input"))
+    );
+    assert_eq!(
+        ask(&running, b"cached"),
+        Answer::Reply(b"from cache".to_vec())
+    );
+    assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 0);
+    assert_eq!(ask(&running, b"other"), Answer::Reply(b"computed".to_vec()));
+    assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 1);
+    running.stop();
+}
+
+/// A stage whose work loops on the interrupt check and reports why it stopped.
+fn looping_pipeline(
+    name: &str,
+    timeout: Option<Duration>,
+) -> (Running, mpsc::Receiver<&'static str>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let tx = std::sync::Arc::new(tx);
+    let mut p = Pipeline::new(&unique(name));
+    p.timeout = timeout;
+    p.stage(1, move |_, interrupt| {
+        let tx = tx.lock().unwrap().clone();
+        tx.send("started").unwrap();
+        loop {
+            if let Err(why) = interrupt.check() {
+                tx.send(match why {
+                    Interrupted::Cancelled => "cancelled",
+                    Interrupted::DeadlinePassed => "deadline",
+                    Interrupted::ShuttingDown => "shutdown",
+                })
+                .unwrap();
+                return Err(why.into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    });
+    (p.start().unwrap(), rx)
+}
+
+#[test]
+fn client_going_away_interrupts_a_long_job() {
+    let (running, rx) = looping_pipeline("cancel", None);
+    let rt = rt();
+    let pending = running.server.submit(vec![b"x".to_vec()], None);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+    let dropped = Instant::now();
+    drop(pending);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("cancelled"));
+    assert!(
+        dropped.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        dropped.elapsed()
+    );
+    let stats = running.server.stats();
+    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+    // The worker is free again and serves the next request (which we let time out quickly).
+    let a = rt.block_on(
+        running
+            .server
+            .submit(vec![b"y".to_vec()], Some(Duration::from_millis(100))),
+    );
+    assert_eq!(
+        a,
+        Answer::Failed(Failure::new(504, "the request's deadline passed"))
+    );
+    running.stop();
+}
+
+#[test]
+fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
+    let (running, rx) = looping_pipeline("deadline", Some(Duration::from_millis(300)));
+    let started = Instant::now();
+    let answer = rt().block_on(running.server.submit(vec![b"x".to_vec()], None));
+    let took = started.elapsed();
+    assert_eq!(
+        answer,
+        Answer::Failed(Failure::new(504, "the request's deadline passed"))
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1300),
+        "{took:?}"
+    );
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+    let why = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(why == "cancelled" || why == "deadline", "{why}");
+    assert_eq!(running.server.stats().timeouts.load(Ordering::Relaxed), 1);
+    running.stop();
+}
+
+#[test]
+fn stopping_interrupts_a_long_job_and_every_thread_ends() {
+    let (running, rx) = looping_pipeline("stop", None);
+    let rt = rt();
+    let pending = running.server.submit(vec![b"x".to_vec()], None);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+    let t = Instant::now();
+    let server = running.server.clone();
+    running.stop();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok("shutdown"));
+    let a = rt.block_on(pending);
+    assert!(
+        matches!(a, Answer::Failed(Failure { status: 503, .. })),
+        "{a:?}"
+    );
+    // A stopped server answers at once.
+    let a = rt.block_on(server.submit(vec![b"late".to_vec()], None));
+    assert!(
+        matches!(a, Answer::Failed(Failure { status: 503, .. })),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn the_proxy_never_hands_a_job_to_a_busy_worker() {
+    let mut p = Pipeline::new(&unique("busy"));
+    // Worker pool of 2 where the work takes 20 ms (slow) or 0 ms depending on the payload; with
+    // pull-based balancing both workers serve and neither ever gets a job while busy.
+    p.stage(2, |job, _| {
+        if job.frames[0].starts_with(b"slow") {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Outcome::Reply(job.frames[0].clone()))
+    });
+    let running = p.start().unwrap();
+    wait_idle(&running, 0, 2);
+    let answers = rt().block_on(async {
+        let futs: Vec<_> = (0..60)
+            .map(|k| {
+                let body = if k % 3 == 0 {
+                    format!("slow{k}")
+                } else {
+                    format!("fast{k}")
+                };
+                running.server.submit(vec![body.into_bytes()], None)
+            })
+            .collect();
+        futures_join(futs).await
+    });
+    assert!(answers.iter().all(|a| matches!(a, Answer::Reply(_))));
+    let stats = &running.worker_stats[0];
+    let jobs: Vec<u64> = stats
+        .iter()
+        .map(|s| s.jobs.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(jobs.iter().sum::<u64>(), 60);
+    for s in stats {
+        assert_eq!(s.jobs_while_busy.load(Ordering::Relaxed), 0);
+    }
+    assert!(jobs.iter().all(|&j| j > 0), "{jobs:?}");
+    let proxy = &running.proxy_stats[0];
+    assert_eq!(proxy.dispatched.load(Ordering::Relaxed), 60);
+    running.stop();
+}
+
+#[test]
+fn a_slow_worker_does_not_hold_up_jobs_behind_it() {
+    // One worker is stuck on a long job; every other job must go to the other worker at once.
+    let mut p = Pipeline::new(&unique("hol"));
+    p.stage(2, |job, _| {
+        if job.frames[0] == b"long" {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        Ok(Outcome::Reply(job.frames[0].clone()))
+    });
+    let running = p.start().unwrap();
+    wait_idle(&running, 0, 2);
+    let rt = rt();
+    let long = running.server.submit(vec![b"long".to_vec()], None);
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    for k in 0..20 {
+        let a = rt.block_on(
+            running
+                .server
+                .submit(vec![format!("{k}").into_bytes()], None),
+        );
+        assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()));
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(rt.block_on(long), Answer::Reply(b"long".to_vec()));
+    running.stop();
+}
+
+#[test]
+fn the_choose_function_routes_deterministically() {
+    let ctx = Context::new();
+    let name = unique("shaping");
+    let shutdown = Shutdown::new();
+    let proxy = Proxy::bind(
+        &ctx,
+        ProxyConfig::new(
+            format!("inproc://{name}-up"),
+            format!("inproc://{name}-down"),
+        ),
+    )
+    .unwrap()
+    .with_choose(Box::new(|blobs, job| {
+        // Route by the job's first byte to the worker advertising the same letter.
+        let want = job.first().and_then(|f| f.first())?;
+        blobs.iter().position(|b| b.first() == Some(want))
+    }));
+    let server = Server::start(
+        &ctx,
+        ServerConfig::new(
+            format!("inproc://{name}-up"),
+            format!("inproc://{name}-loop"),
+            format!("inproc://{name}-int"),
+        ),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let mut threads = Vec::new();
+    for letter in ["A", "B"] {
+        let mut cfg = WorkerConfig::new(
+            format!("inproc://{name}-down"),
+            format!("inproc://{name}-loop"),
+            format!("inproc://{name}-int"),
+        );
+        cfg.blob = letter.as_bytes().to_vec();
+        let w = Worker::connect(
+            &ctx,
+            cfg,
+            Box::new(move |_, _| Ok(Outcome::Reply(letter.as_bytes().to_vec()))),
+        )
+        .unwrap();
+        let sd = shutdown.clone();
+        threads.push(std::thread::spawn(move || w.run(sd).unwrap()));
+    }
+    let stats = proxy.stats();
+    let sd = shutdown.clone();
+    threads.push(std::thread::spawn(move || proxy.run(sd).unwrap()));
+    // Wait until both workers are idle so every choice sees both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.idle.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
+        let _ = rt().block_on(server.submit(vec![b"A".to_vec()], None));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rt = rt();
+    let (mut a, mut b) = (0, 0);
+    for k in 0..400 {
+        let want: &[u8] = if k % 4 == 0 { b"B" } else { b"A" };
+        // Sequential: the previous worker said Ready before its reply reached us? Not
+        // necessarily, so wait for both to be idle before each job.
+        let t = Instant::now();
+        while stats.idle.load(Ordering::Relaxed) < 2 && t.elapsed() < Duration::from_secs(2) {
+            std::thread::yield_now();
+        }
+        let answer = rt.block_on(server.submit(vec![want.to_vec()], None));
+        assert_eq!(answer, Answer::Reply(want.to_vec()), "job {k}");
+        if want == b"A" {
+            a += 1
+        } else {
+            b += 1
+        }
+    }
+    assert_eq!((a, b), (300, 100));
+    shutdown.stop();
+    server.join();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn a_panicking_work_function_yields_a_500_and_the_worker_lives_on() {
+    let mut p = Pipeline::new(&unique("panic"));
+    p.stage(1, |job, _| {
+        if job.frames[0] == b"boom" {
+            panic!("kaboom");
+        }
+        Ok(Outcome::Reply(b"fine".to_vec()))
+    });
+    let running = p.start().unwrap();
+    match ask(&running, b"boom") {
+        Answer::Failed(f) => {
+            assert_eq!(f.status, 500);
+            assert!(f.reason.contains("kaboom"), "{}", f.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ask(&running, b"ok"), Answer::Reply(b"fine".to_vec()));
+    running.stop();
+}
+
+#[test]
+fn malformed_frames_are_dropped_counted_and_the_components_keep_serving() {
+    let running = chain(1, Transport::Inproc, "malformed");
+    let proxy_up = running.stage_endpoints[0].0.clone();
+    // Garbage into the proxy's upstream.
+    let raw = running.ctx.socket(SocketKind::Dealer).unwrap();
+    raw.connect(&proxy_up).unwrap();
+    raw.send([b"garbage".as_slice()]).unwrap();
+    raw.send([vec![0u8; 48]]).unwrap();
+    // Garbage into the server's loopback.
+    let lb = running.ctx.socket(SocketKind::Dealer).unwrap();
+    lb.connect(&running.server.loopback_endpoint()).unwrap();
+    lb.send([b"not a reply".as_slice()]).unwrap();
+    lb.send([b"x".as_slice(), b"y".as_slice(), b"z".as_slice()])
+        .unwrap();
+    let t = Instant::now();
+    while (running.proxy_stats[0].malformed.load(Ordering::Relaxed) < 2
+        || running.server.stats().malformed.load(Ordering::Relaxed) < 2)
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(running.proxy_stats[0].malformed.load(Ordering::Relaxed), 2);
+    assert_eq!(running.server.stats().malformed.load(Ordering::Relaxed), 2);
+    assert_eq!(ask(&running, b"still"), Answer::Reply(b"still/1".to_vec()));
+    running.stop();
+}
+
+#[test]
+fn a_worker_drops_malformed_jobs_counts_them_and_asks_for_more() {
+    let ctx = Context::new();
+    let name = unique("fakeproxy");
+    let fake = ctx.socket(SocketKind::Router).unwrap();
+    fake.bind(&format!("inproc://{name}")).unwrap();
+    let shutdown = Shutdown::new();
+    let w = Worker::connect(
+        &ctx,
+        WorkerConfig::new(
+            format!("inproc://{name}"),
+            format!("inproc://{name}-lb"),
+            format!("inproc://{name}-int"),
+        ),
+        Box::new(|_, _| Ok(Outcome::Reply(Vec::new()))),
+    )
+    .unwrap();
+    let stats = w.stats();
+    let sd = shutdown.clone();
+    let t = std::thread::spawn(move || w.run(sd).unwrap());
+    let recv = |what: &str| {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(f) = fake.try_recv().unwrap() {
+                return f;
+            }
+            assert!(Instant::now() < until, "no {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let ready = recv("ready");
+    let id = ready[0].clone();
+    let (h, _) = prime_server::wire::decode(ready[1..].to_vec()).unwrap();
+    assert_eq!(h.kind, prime_server::wire::Kind::Ready);
+    fake.send([id.as_slice(), b"\x00garbage"]).unwrap();
+    let again = recv("second ready");
+    let (h, _) = prime_server::wire::decode(again[1..].to_vec()).unwrap();
+    assert_eq!(h.kind, prime_server::wire::Kind::Ready);
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), 1);
+    shutdown.stop();
+    t.join().unwrap();
+}
+
+#[test]
+fn a_full_proxy_queue_is_answered_503_at_once() {
+    let mut p = Pipeline::new(&unique("full"));
+    p.queue_limit = 2;
+    p.stage(1, |_, _| {
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Outcome::Reply(b"done".to_vec()))
+    });
+    let running = p.start().unwrap();
+    wait_idle(&running, 0, 1);
+    let answers = rt().block_on(async {
+        let futs: Vec<_> = (0..6)
+            .map(|_| running.server.submit(vec![b"x".to_vec()], None))
+            .collect();
+        futures_join(futs).await
+    });
+    let ok = answers
+        .iter()
+        .filter(|a| matches!(a, Answer::Reply(_)))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|a| matches!(a, Answer::Failed(Failure { status: 503, .. })))
+        .count();
+    // One in the worker's hands, two queued, three refused.
+    assert_eq!((ok, busy), (3, 3), "{answers:?}");
+    running.stop();
+}
+
+#[test]
+fn the_in_flight_limit_is_answered_503_at_once() {
+    let mut p = Pipeline::new(&unique("inflight"));
+    p.max_in_flight = 3;
+    p.stage(1, |_, _| {
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(Outcome::Reply(b"done".to_vec()))
+    });
+    let running = p.start().unwrap();
+    let answers = rt().block_on(async {
+        let futs: Vec<_> = (0..5)
+            .map(|_| running.server.submit(vec![b"x".to_vec()], None))
+            .collect();
+        futures_join(futs).await
+    });
+    let busy = answers
+        .iter()
+        .filter(
+            |a| matches!(a, Answer::Failed(f) if f.status == 503 && f.reason.contains("in flight")),
+        )
+        .count();
+    assert_eq!(busy, 2, "{answers:?}");
+    running.stop();
+}
