@@ -5,9 +5,10 @@
 //! Stage 2 tests it by the same trial division as the C++ reference (divisors 2, 3, 4, … up to
 //! the square root), so the work per request matches it, calling the interrupt check as it goes.
 
-use prime_server::client::{BatchClient, BatchReport, NetstringClient};
+use prime_server::client::{BatchClient, BatchReport, HttpClient};
+use prime_server::http::{Request, Response};
 use prime_server::pipeline::Pipeline;
-use prime_server::protocol::{self, netstring::Netstring};
+use prime_server::protocol::{self, http::HttpConfig};
 use prime_server::worker::{Interrupt, Job, Outcome, WorkError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,14 +47,30 @@ pub fn answer_body(n: u64, prime: bool) -> Vec<u8> {
     format!("{{\"possible_prime\":{n},\"is_prime\":{prime}}}").into_bytes()
 }
 
-/// Stage 1: parse. A bad request is answered here and never reaches stage 2.
-pub fn parse_stage(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
-    let text = job.frames.first().map(|f| f.as_slice()).unwrap_or_default();
-    match std::str::from_utf8(text)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-    {
-        Some(n) => Ok(Outcome::Forward(vec![n.to_le_bytes().to_vec()])),
+/// How a request came in, so stage 2 answers in kind (the second frame stage 1 forwards).
+const VIA_HTTP: &[u8] = b"h";
+const VIA_NETSTRING: &[u8] = b"n";
+
+/// What a good request looks like, for 400 answers.
+pub const USAGE: &str =
+    "try GET /is_prime?possible_prime=32416190071 or POST /is_prime with the number as the body";
+
+fn parse_number(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text).ok()?.trim().parse::<u64>().ok()
+}
+
+fn forward(n: u64, via: &[u8]) -> Result<Outcome, WorkError> {
+    Ok(Outcome::Forward(vec![
+        n.to_le_bytes().to_vec(),
+        via.to_vec(),
+    ]))
+}
+
+/// Stage 1 for netstring requests (the payload is the number). A bad request is answered here
+/// and never reaches stage 2.
+pub fn parse_stage_netstring(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
+    match job.frames.first().and_then(|f| parse_number(f)) {
+        Some(n) => forward(n, VIA_NETSTRING),
         None => Err(WorkError::Failed {
             status: 400,
             reason: "expected a decimal number from 0 to 18446744073709551615".into(),
@@ -61,7 +78,65 @@ pub fn parse_stage(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkErro
     }
 }
 
-/// Stage 2: test primality.
+/// Stage 1 for HTTP requests: `GET /is_prime?possible_prime=N` or `POST /is_prime` with body
+/// `N`. A bad request is answered here (400, 404, 405) and never reaches stage 2.
+pub fn parse_stage_http(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
+    let req = match Request::decode(&job.frames) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(Outcome::Reply(
+                Response::text(400, format!("{e}\n")).encode(),
+            ))
+        }
+    };
+    if req.path != "/is_prime" {
+        return Ok(Outcome::Reply(
+            Response::text(404, format!("no such path: {}; {USAGE}\n", req.path)).encode(),
+        ));
+    }
+    let n = match req.method.as_str() {
+        "GET" | "HEAD" => {
+            let mut values = req.query_values("possible_prime");
+            match (values.next(), values.next()) {
+                (Some(v), None) => parse_number(v.as_bytes()),
+                _ => None,
+            }
+        }
+        "POST" => parse_number(&req.body),
+        _ => {
+            return Ok(Outcome::Reply(
+                Response::text(405, format!("method {} not allowed; {USAGE}\n", req.method))
+                    .header("allow", "GET, HEAD, POST")
+                    .encode(),
+            ))
+        }
+    };
+    match n {
+        Some(n) => forward(n, VIA_HTTP),
+        None => Ok(Outcome::Reply(
+            Response::text(
+                400,
+                format!(
+                    "possible_prime must be one number from 0 to 18446744073709551615; {USAGE}\n"
+                ),
+            )
+            .encode(),
+        )),
+    }
+}
+
+/// Stage 1 for either protocol: HTTP jobs are two frames starting with the request head's magic.
+pub fn parse_stage(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
+    let is_http =
+        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http::REQUEST_MAGIC);
+    if is_http {
+        parse_stage_http(job, interrupt)
+    } else {
+        parse_stage_netstring(job, interrupt)
+    }
+}
+
+/// Stage 2: test primality and answer in the protocol the request came in.
 pub fn test_stage(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
     let bytes: [u8; 8] = job
         .frames
@@ -73,7 +148,17 @@ pub fn test_stage(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, W
         })?;
     let n = u64::from_le_bytes(bytes);
     let prime = is_prime_interruptible(n, || interrupt.check().map_err(WorkError::from))?;
-    Ok(Outcome::Reply(answer_body(n, prime)))
+    let body = answer_body(n, prime);
+    if job.frames.get(1).map(Vec::as_slice) == Some(VIA_HTTP) {
+        Ok(Outcome::Reply(
+            Response::new(200)
+                .header("content-type", "application/json")
+                .body(body)
+                .encode(),
+        ))
+    } else {
+        Ok(Outcome::Reply(body))
+    }
 }
 
 /// The odd numbers of `[start, end]` the simulation tests (start raised to 3 and made odd).
@@ -113,8 +198,10 @@ pub struct Simulation {
     pub report: BatchReport,
 }
 
-/// Runs the whole two-stage pipeline in one process over inproc, with a netstring front on an
-/// ephemeral loopback port, and asks it about every odd number of `[start, end]`.
+/// Runs the whole two-stage pipeline in one process over inproc, with the HTTP front on an
+/// ephemeral loopback port, and asks it (`GET /is_prime?possible_prime=N`, keep-alive, one
+/// request in flight per connection, two connections per worker) about every odd number of
+/// `[start, end]`.
 pub fn simulate(start: u64, end: u64, workers: usize) -> anyhow::Result<Simulation> {
     let mut p = Pipeline::new("prime-simulation");
     p.timeout = None;
@@ -126,33 +213,41 @@ pub fn simulate(start: u64, end: u64, workers: usize) -> anyhow::Result<Simulati
     let primes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = protocol::bind_listener("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        tokio::spawn(protocol::serve(
+        let front = tokio::spawn(protocol::http::serve(
             listener,
             running.server.clone(),
-            Netstring::default(),
+            HttpConfig::default(),
             running.shutdown.clone(),
         ));
         let client = BatchClient {
             addr,
-            connections: 2,
-            depth: 4 * workers.max(1),
-            codec: NetstringClient { max_len: 4096 },
+            connections: 2 * workers.max(1) + 2,
+            depth: 1,
+            codec: HttpClient,
         };
         let (p, e) = (primes.clone(), errors.clone());
-        client
+        let report = client
             .run(
-                odd_numbers(start, end).map(|n| n.to_string().into_bytes()),
+                odd_numbers(start, end).map(|n| {
+                    format!("GET /is_prime?possible_prime={n} HTTP/1.1\r\nHost: simulation\r\n\r\n")
+                        .into_bytes()
+                }),
                 move |_req, answer| {
-                    if answer.ends_with(b"\"is_prime\":true}") {
+                    if !answer.starts_with(b"200 ") {
+                        e.fetch_add(1, Ordering::Relaxed);
+                    } else if answer.ends_with(b"\"is_prime\":true}") {
                         p.fetch_add(1, Ordering::Relaxed);
                     } else if !answer.ends_with(b"\"is_prime\":false}") {
                         e.fetch_add(1, Ordering::Relaxed);
                     }
                 },
             )
-            .await
+            .await;
+        running.shutdown.stop();
+        let _ = front.await;
+        report
     });
     running.stop();
     let report = result?;

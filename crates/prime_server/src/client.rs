@@ -182,3 +182,62 @@ where
     }
     Ok((sent, answered))
 }
+
+/// HTTP/1.1 framing for the batch client: requests are complete raw HTTP requests (sent as
+/// they are); answers are responses with a `Content-Length`, handed to the collect function as
+/// `status` (3 ASCII digits), a space, and the body.
+#[derive(Debug, Clone, Default)]
+pub struct HttpClient;
+
+/// Decodes HTTP responses for the client.
+#[derive(Debug, Default)]
+pub struct HttpAnswers;
+
+impl Decoder for HttpAnswers {
+    type Item = Bytes;
+    type Error = std::io::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, std::io::Error> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head_len = match resp.parse(src) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(bad(&format!("bad response: {e}"))),
+        };
+        let status = resp.code.unwrap_or(0);
+        let mut len = None;
+        for h in resp.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                len = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(bad(
+                    "chunked responses are not supported by the batch client",
+                ));
+            }
+        }
+        let len = len.ok_or_else(|| bad("response without Content-Length"))?;
+        if src.len() < head_len + len {
+            src.reserve(head_len + len - src.len());
+            return Ok(None);
+        }
+        let mut whole = src.split_to(head_len + len);
+        let body = whole.split_off(head_len);
+        let mut out = BytesMut::with_capacity(4 + len);
+        out.extend_from_slice(format!("{status:03} ").as_bytes());
+        out.extend_from_slice(&body);
+        Ok(Some(out.freeze()))
+    }
+}
+
+impl ClientCodec for HttpClient {
+    type Decoder = HttpAnswers;
+    fn decoder(&self) -> HttpAnswers {
+        HttpAnswers
+    }
+    fn encode(&self, request: &[u8]) -> Vec<u8> {
+        request.to_vec()
+    }
+}

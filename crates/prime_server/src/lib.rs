@@ -13,7 +13,8 @@
 //! - [`proxy`]: one stage's load balancer; workers pull, a job goes only to an idle worker.
 //! - [`worker`]: runs the application's work function; forwards or replies through the loopback.
 //! - [`server`]: the server core: request table, deadlines, interrupts, the async bridge.
-//! - [`protocol`]: client protocols (netstring) served over the server core.
+//! - [`protocol`]: client protocols (HTTP/1.1 on hyper, netstring) served over the server core.
+//! - [`http`]: HTTP requests and responses as workers see them, and their job encoding.
 //! - [`client`]: a batch client that keeps N requests in flight.
 //! - [`shutdown`]: drain-then-stop, wired to SIGTERM/SIGINT in daemons.
 //! - [`pipeline`]: helpers to run a whole pipeline in one process.
@@ -35,6 +36,7 @@
 //! ```
 
 pub mod client;
+pub mod http;
 pub mod pipeline;
 pub mod protocol;
 pub mod proxy;

@@ -261,6 +261,12 @@ impl ServerHandle {
         self.shared.stats.clone()
     }
 
+    /// Takes a request id for a request the front answers itself (a health check), so ids in
+    /// logs stay unique.
+    pub fn reserve_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)

@@ -3,7 +3,8 @@
 //! - `prime_serverd START,END [WORKERS]` simulates the whole service in one process and prints how
 //!   many primes it found among the odd numbers of the range, how many requests it made, and the
 //!   wall time.
-//! - `prime_serverd [LISTEN] [WORKERS] [DRAIN_SECONDS] [HEALTH]` serves it; LISTEN is
+//! - `prime_serverd [LISTEN] [WORKERS] [DRAIN_SECONDS] [HEALTH_PATH]` serves it over HTTP
+//!   (`GET /is_prime?possible_prime=N`, `POST /is_prime` with body `N`); LISTEN is
 //!   `tcp://*:8002`, `tcp://127.0.0.1:8002` or `host:port` (default `127.0.0.1:8002`).
 
 use anyhow::{bail, Context as _};
@@ -12,15 +13,18 @@ use prime_bin::prime;
 use prime_server::pipeline::Pipeline;
 use prime_server::protocol::{
     self,
+    http::HttpConfig,
     netstring::{HealthCheck, Netstring},
 };
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Proto {
-    /// `len:payload,` requests and responses.
+    /// HTTP/1.1 (and 1.0): `GET /is_prime?possible_prime=N`, `POST /is_prime` with body `N`.
+    Http,
+    /// `len:payload,` requests and responses; the payload is the number.
     Netstring,
 }
 
@@ -37,11 +41,21 @@ struct Args {
     /// Seconds to keep serving after SIGTERM/SIGINT before stopping.
     #[arg(default_value_t = 0)]
     drain_seconds: u64,
-    /// A request answered by the server itself ("OK", or "DRAINING" during the drain).
+    /// A health-check path (HTTP) or payload (netstring) answered by the server itself: 200 `OK`,
+    /// or 503 during the drain (netstring: `OK` / `DRAINING`).
     health: Option<String>,
     /// The client protocol.
-    #[arg(long, value_enum, default_value = "netstring")]
+    #[arg(long, value_enum, default_value = "http")]
     protocol: Proto,
+    /// Log one line per request (id, method, path, status, bytes, µs) at target `access`.
+    #[arg(long)]
+    access_log: bool,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    max_body: usize,
+    /// Seconds a client may take to send a request head; also closes idle keep-alive connections.
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
     /// Seconds a request may take before it is answered with a timeout (0 = no limit).
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -79,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     if args.workers == 0 {
@@ -110,6 +125,15 @@ fn simulate((start, end): (u64, u64), workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The address to show in the curl hint: the wildcard becomes localhost.
+fn display_addr(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
 fn serve(args: &Args) -> anyhow::Result<()> {
     let mut p = Pipeline::new("prime_serverd");
     p.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
@@ -128,6 +152,28 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         let listener = protocol::bind_listener(&args.target)?;
         let addr = listener.local_addr()?;
         match args.protocol {
+            Proto::Http => {
+                println!("prime_serverd listening on {addr} (http)");
+                println!(
+                    "try: curl 'http://{}/is_prime?possible_prime=32416190071'",
+                    display_addr(addr)
+                );
+                std::io::stdout().flush()?;
+                let config = HttpConfig {
+                    max_body: args.max_body,
+                    header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+                    health_path: args.health.clone(),
+                    access_log: args.access_log,
+                    ..HttpConfig::default()
+                };
+                protocol::http::serve(
+                    listener,
+                    running.server.clone(),
+                    config,
+                    running.shutdown.clone(),
+                )
+                .await;
+            }
             Proto::Netstring => {
                 println!("prime_serverd listening on {addr} (netstring)");
                 println!(
@@ -137,6 +183,7 @@ fn serve(args: &Args) -> anyhow::Result<()> {
                 );
                 std::io::stdout().flush()?;
                 let proto = Netstring {
+                    max_len: args.max_body,
                     health: args.health.as_ref().map(|h| {
                         Arc::new(HealthCheck {
                             request: h.clone().into_bytes().into(),

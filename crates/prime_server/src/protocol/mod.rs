@@ -5,6 +5,7 @@
 //! request to job frames and of an [`Answer`] to response bytes. [`serve`] runs any of them on a
 //! TCP listener over the [`ServerHandle`] bridge. The HTTP front (hyper) uses the same bridge.
 
+pub mod http;
 pub mod netstring;
 
 use crate::server::{Answer, ServerHandle};

@@ -1,0 +1,292 @@
+//! The HTTP/1.1 front: hyper on tokio, bridged to the server core.
+//!
+//! hyper does the protocol (keep-alive by version and `Connection` tokens, pipelined requests
+//! answered in order, chunked bodies, `Expect: 100-continue`, HEAD, header limits → 431, header
+//! and idle timeouts). This module adds what is ours: the request-size limit (413), the body-read
+//! timeout (408), the Host check for HTTP/1.1 (400), the health path answered by the server
+//! itself, the mapping of a request to job frames ([`crate::http`]) and of an [`Answer`] to a
+//! response, and the access log. A client that goes away drops its request's future, which
+//! interrupts the workers holding it.
+
+use crate::http::{encode_request, ResponseView, Version as WireVersion};
+use crate::server::{Answer, ServerHandle};
+use crate::shutdown::Shutdown;
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Settings of the HTTP front.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The largest request body accepted (413 beyond; default 10 MiB).
+    pub max_body: usize,
+    /// The largest request head (request line and headers) accepted (431 beyond; default
+    /// 64 KiB, at least 8 KiB).
+    pub max_head: usize,
+    /// The most header lines accepted (431 beyond; default 100).
+    pub max_headers: usize,
+    /// How long a connection may take to send a request head, counted from when the server
+    /// starts waiting for it, so it also closes idle keep-alive connections (default 30 s).
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive (408 beyond; default 30 s).
+    pub body_timeout: Duration,
+    /// The deadline of each request; `None` uses the server core's.
+    pub request_timeout: Option<Duration>,
+    /// A path answered by the server itself: 200 `OK`, or 503 while draining.
+    pub health_path: Option<String>,
+    /// Log one line per request at target `access` (id, method, path, status, bytes, µs).
+    pub access_log: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body: 10 * 1024 * 1024,
+            max_head: 64 * 1024,
+            max_headers: 100,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: None,
+            health_path: None,
+            access_log: false,
+        }
+    }
+}
+
+struct Ctx {
+    server: ServerHandle,
+    config: HttpConfig,
+    shutdown: Shutdown,
+}
+
+/// Serves HTTP on `listener` until `shutdown` stops. When the drain starts it stops accepting
+/// and tells each connection to close once its request in flight is answered. Returns when every
+/// connection is closed.
+pub async fn serve(
+    listener: TcpListener,
+    server: ServerHandle,
+    config: HttpConfig,
+    shutdown: Shutdown,
+) {
+    let ctx = Arc::new(Ctx {
+        server,
+        config,
+        shutdown: shutdown.clone(),
+    });
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.draining() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(stream, ctx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>) {
+    let shutdown = ctx.shutdown.clone();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.config.header_timeout)
+        .max_buf_size(ctx.config.max_head.max(8192))
+        .max_headers(ctx.config.max_headers)
+        .keep_alive(true);
+    let svc_ctx = ctx.clone();
+    let conn = builder.serve_connection(
+        TokioIo::new(stream),
+        service_fn(move |req| handle(req, svc_ctx.clone())),
+    );
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = shutdown.draining() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+type Resp = http::Response<Full<Bytes>>;
+
+/// A response made by the front itself: a short text body, `Retry-After` on 503, and
+/// `Connection: close` where the request's input was at fault.
+fn text(status: u16, reason: &str, close: bool) -> Resp {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = String::with_capacity(reason.len() + 1);
+    body.push_str(reason);
+    body.push('\n');
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// Turns a worker's encoded response into a hyper response, sharing the reply's buffer.
+fn from_reply(bytes: Vec<u8>) -> Resp {
+    let (status, headers, body_at) = match ResponseView::parse(&bytes) {
+        Ok(v) => {
+            let headers: Vec<(header::HeaderName, HeaderValue)> = v
+                .headers
+                .iter()
+                .filter_map(|(n, val)| {
+                    let name = header::HeaderName::from_bytes(n).ok()?;
+                    let value = HeaderValue::from_bytes(val).ok()?;
+                    Some((name, value))
+                })
+                .filter(|(n, _)| n != header::CONTENT_LENGTH && n != header::TRANSFER_ENCODING)
+                .collect();
+            (v.status, headers, bytes.len() - v.body.len())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a worker's response was malformed");
+            return text(502, "the worker's response was malformed", false);
+        }
+    };
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return text(502, "the worker's response had an invalid status", false);
+    };
+    let body = Bytes::from(bytes).slice(body_at..);
+    let mut r = http::Response::new(Full::new(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    for (n, v) in headers {
+        h.append(n, v);
+    }
+    r
+}
+
+async fn handle(req: http::Request<Incoming>, ctx: Arc<Ctx>) -> Result<Resp, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (id, resp) = respond(req, &ctx).await;
+    if ctx.config.access_log {
+        let bytes = hyper::body::Body::size_hint(resp.body())
+            .exact()
+            .unwrap_or(0);
+        tracing::info!(
+            target: "access",
+            id,
+            method = %method,
+            path = %path,
+            status = resp.status().as_u16(),
+            bytes,
+            us = started.elapsed().as_micros() as u64,
+        );
+    }
+    Ok(resp)
+}
+
+async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
+    let config = &ctx.config;
+    let version = match req.version() {
+        Version::HTTP_10 => WireVersion::Http10,
+        Version::HTTP_11 => WireVersion::Http11,
+        _ => return (0, text(505, "only HTTP/1.0 and HTTP/1.1 are served", true)),
+    };
+    if version == WireVersion::Http11 && !req.headers().contains_key(header::HOST) {
+        return (
+            0,
+            text(400, "an HTTP/1.1 request needs a Host header", true),
+        );
+    }
+    if let Some(health) = &config.health_path {
+        if req.uri().path() == health {
+            let id = ctx.server.reserve_id();
+            return if ctx.shutdown.is_draining() {
+                (id, text(503, "draining", false))
+            } else {
+                (id, text(200, "OK", false))
+            };
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > config.max_body as u64) {
+        return (0, text(413, "the request body is too large", true));
+    }
+    let (parts, body) = req.into_parts();
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Vec::new()
+    } else {
+        match tokio::time::timeout(
+            config.body_timeout,
+            Limited::new(body, config.max_body).collect(),
+        )
+        .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return (0, text(413, "the request body is too large", true))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "bad request body");
+                return (0, text(400, "the request body is malformed", true));
+            }
+            Err(_) => {
+                return (
+                    0,
+                    text(408, "the request body took too long to arrive", true),
+                )
+            }
+        }
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let frames = encode_request(
+        parts.method.as_str(),
+        target,
+        version,
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        body,
+    );
+    let pending = ctx.server.submit(frames, config.request_timeout);
+    let id = pending.id();
+    let resp = match pending.await {
+        Answer::Reply(bytes) => from_reply(bytes),
+        Answer::Failed(f) => text(f.status, &f.reason, false),
+    };
+    (id, resp)
+}
