@@ -206,10 +206,14 @@ pub fn simulate(start: u64, end: u64, workers: usize) -> anyhow::Result<Simulati
     let mut p = Pipeline::new("prime-simulation");
     p.timeout = None;
     p.stage(workers, parse_stage).stage(workers, test_stage);
-    let running = p.start()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Start inside the runtime so the server core's pump runs on it, beside the HTTP front.
+    let running = {
+        let _entered = rt.enter();
+        p.start()?
+    };
     let primes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let result = rt.block_on(async {
@@ -247,6 +251,7 @@ pub fn simulate(start: u64, end: u64, workers: usize) -> anyhow::Result<Simulati
             .await;
         running.shutdown.stop();
         let _ = front.await;
+        running.server.closed().await;
         report
     });
     running.stop();

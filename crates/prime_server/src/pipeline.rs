@@ -3,7 +3,7 @@
 //! multi-process deployment uses).
 
 use crate::proxy::{Heartbeat, Proxy, ProxyConfig, ProxyStats};
-use crate::server::{Server, ServerConfig, ServerHandle};
+use crate::server::{Bridge, Server, ServerConfig, ServerHandle};
 use crate::shutdown::Shutdown;
 use crate::transport::Context;
 use crate::worker::{Interrupt, Job, Outcome, WorkError, Worker, WorkerConfig, WorkerStats};
@@ -43,6 +43,9 @@ pub struct Pipeline {
     pub queue_limit: usize,
     /// Heartbeat timing of proxies and workers.
     pub heartbeat: Heartbeat,
+    /// How requests cross to the server core's pump ([`Bridge::Task`] runs it on the tokio
+    /// runtime [`Pipeline::start`] is called in, if any).
+    pub bridge: Bridge,
 }
 
 impl Pipeline {
@@ -56,6 +59,7 @@ impl Pipeline {
             max_in_flight: 10_000,
             queue_limit: 4096,
             heartbeat: Heartbeat::default(),
+            bridge: Bridge::default(),
         }
     }
 
@@ -111,6 +115,7 @@ impl Pipeline {
             ServerConfig::new(first, self.endpoint("loopback"), self.endpoint("interrupt"));
         scfg.timeout = self.timeout;
         scfg.max_in_flight = self.max_in_flight;
+        scfg.bridge = self.bridge;
         let server = Server::start(&ctx, scfg, shutdown.clone())?;
         let mut threads = Vec::new();
         let mut worker_stats = Vec::new();

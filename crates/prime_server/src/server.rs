@@ -1,10 +1,9 @@
 //! The server core: the request table, ids, deadlines, interrupts and the loopback, independent of
 //! the client protocol.
 //!
-//! The zmq sockets of the server live on one thread, the **pump**, which never blocks the async
-//! runtime: client-facing tasks hand requests to it through a channel and ring a doorbell (a
-//! socketpair that the pump's `zmq_poll` watches); answers come back by a oneshot per request.
-//! The pump
+//! The zmq sockets of the server are owned by one **pump**, which never blocks the async runtime;
+//! client-facing tasks hand requests to it over a [`Bridge`] and get answers back by a oneshot per
+//! request. The pump
 //! - gives each request an id and a deadline and sends it to the first stage's proxy (DEALER);
 //! - takes replies from the loopback (a ROUTER, bound, whose routing id names this server, so
 //!   several servers can share one set of workers);
@@ -24,14 +23,15 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::io::{Read, Write};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 /// How to build a [`Server`].
@@ -50,6 +50,25 @@ pub struct ServerConfig {
     pub timeout: Option<Duration>,
     /// The most requests in flight at once; more are answered 503 at once.
     pub max_in_flight: usize,
+    /// How requests cross from client-facing tasks to the pump.
+    pub bridge: Bridge,
+}
+
+/// How requests cross from the client-facing tasks to the pump that owns the zmq sockets.
+/// `BENCHMARKS.md` compares them; the default is the fastest measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bridge {
+    /// The pump is a task on the tokio runtime that calls [`Server::start`] (or, outside a
+    /// runtime, on a runtime thread of its own); it waits on the sockets' zmq event descriptors
+    /// in the reactor, so a request on a current-thread runtime crosses no thread at all until it
+    /// leaves for the first proxy.
+    #[default]
+    Task,
+    /// The pump is a thread of its own: requests cross by a channel, and a socketpair that its
+    /// `zmq_poll` watches wakes it.
+    Channel,
+    /// The pump is a thread of its own: requests cross by a zmq inproc PUSH/PULL pair.
+    Inproc,
 }
 
 impl ServerConfig {
@@ -66,6 +85,7 @@ impl ServerConfig {
             server_id: random_id(),
             timeout: Some(Duration::from_secs(60)),
             max_in_flight: 10_000,
+            bridge: Bridge::default(),
         }
     }
 }
@@ -129,7 +149,7 @@ pub struct ServerStats {
     pub malformed: AtomicU64,
 }
 
-enum Command {
+pub(crate) enum Command {
     Submit {
         header: Header,
         deadline: Option<Instant>,
@@ -139,39 +159,97 @@ enum Command {
     Cancel(u64),
 }
 
+/// The submitting side of the bridge.
+enum Sender {
+    Channel {
+        commands: mpsc::Sender<Command>,
+        doorbell: UnixStream,
+        rung: Arc<AtomicBool>,
+    },
+    Inproc {
+        push: Mutex<Socket>,
+        registry: Arc<Mutex<Registry>>,
+    },
+    Task {
+        commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    },
+}
+
+/// Inproc bridge: what cannot cross a zmq socket (the oneshot, the monotonic deadline) waits
+/// here for the pump, keyed by request id.
+type Registry = HashMap<u64, (oneshot::Sender<Answer>, Option<Instant>)>;
+
+impl Sender {
+    fn send(&self, cmd: Command) -> bool {
+        match self {
+            Sender::Channel {
+                commands,
+                doorbell,
+                rung,
+            } => {
+                if commands.send(cmd).is_err() {
+                    return false;
+                }
+                // Ring only when the pump may be asleep; it clears `rung` before draining.
+                if !rung.swap(true, Ordering::AcqRel) {
+                    let _ = (&*doorbell).write(&[1]);
+                }
+                true
+            }
+            Sender::Inproc { push, registry } => {
+                let Ok(push) = push.lock() else { return false };
+                match cmd {
+                    Command::Submit {
+                        header,
+                        deadline,
+                        frames,
+                        tx,
+                    } => {
+                        let id = header.request_id;
+                        if let Ok(mut r) = registry.lock() {
+                            r.insert(id, (tx, deadline));
+                        }
+                        let head = header.encode();
+                        let msg = [&b"S"[..], &head[..]]
+                            .into_iter()
+                            .chain(frames.iter().map(Vec::as_slice));
+                        let ok = matches!(push.send(msg), Ok(Sent::Yes));
+                        if !ok {
+                            if let Ok(mut r) = registry.lock() {
+                                r.remove(&id);
+                            }
+                        }
+                        ok
+                    }
+                    Command::Cancel(id) => {
+                        matches!(push.send([&b"C"[..], &id.to_le_bytes()[..]]), Ok(Sent::Yes))
+                    }
+                }
+            }
+            Sender::Task { commands } => commands.send(cmd).is_ok(),
+        }
+    }
+}
+
 struct Shared {
-    commands: mpsc::Sender<Command>,
-    doorbell: UnixStream,
-    rung: AtomicBool,
+    sender: Sender,
     next_id: AtomicU64,
-    in_flight: AtomicUsize,
+    in_flight: Arc<AtomicUsize>,
     config: ServerConfig,
     stats: Arc<ServerStats>,
     loopback_endpoint: String,
     interrupt_endpoint: String,
 }
 
-impl Shared {
-    fn send(&self, cmd: Command) -> bool {
-        if self.commands.send(cmd).is_err() {
-            return false;
-        }
-        // Ring only when the pump may be asleep; it clears `rung` before draining the channel.
-        if !self.rung.swap(true, Ordering::AcqRel) {
-            let _ = (&self.doorbell).write(&[1]);
-        }
-        true
-    }
-}
-
-/// The server core. [`Server::start`] binds its sockets and starts the pump thread.
+/// The server core. [`Server::start`] binds its sockets and starts the pump.
 pub struct Server;
 
 /// A handle on a running server core: submit requests, read counters, wait for the end.
 #[derive(Clone)]
 pub struct ServerHandle {
     shared: Arc<Shared>,
-    pump: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    done: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -183,8 +261,9 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl Server {
-    /// Binds the loopback and interrupt sockets, connects to the first proxy and starts the pump.
-    /// The pump stops when `shutdown` stops, answering what is still open with 503.
+    /// Binds the loopback and interrupt sockets, connects to the first proxy and starts the pump
+    /// (see [`Bridge`]). The pump stops when `shutdown` stops, answering what is still open with
+    /// 503.
     pub fn start(
         ctx: &Context,
         config: ServerConfig,
@@ -199,43 +278,103 @@ impl Server {
         loopback.bind(&config.loopback)?;
         let publisher = ctx.socket(SocketKind::Pub)?;
         publisher.bind(&config.interrupt)?;
-        let (bell_tx, bell_rx) = UnixStream::pair().map_err(Error::Io)?;
-        bell_tx.set_nonblocking(true).map_err(Error::Io)?;
-        bell_rx.set_nonblocking(true).map_err(Error::Io)?;
-        let (tx, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            commands: tx,
-            doorbell: bell_tx,
-            rung: AtomicBool::new(false),
-            next_id: AtomicU64::new(1),
-            in_flight: AtomicUsize::new(0),
-            config,
-            stats: Arc::default(),
-            loopback_endpoint: loopback.last_endpoint()?,
-            interrupt_endpoint: publisher.last_endpoint()?,
-        });
-        let pump = Pump {
-            shared: shared.clone(),
+        let stats = Arc::new(ServerStats::default());
+        let loopback_endpoint = loopback.last_endpoint()?;
+        let interrupt_endpoint = publisher.last_endpoint()?;
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let core = Core {
             dealer,
             loopback,
             publisher,
-            bell: bell_rx,
-            commands: rx,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
-            shutdown,
+            stats: stats.clone(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            server_id: config.server_id,
+            done: done_tx,
         };
-        let handle = std::thread::Builder::new()
-            .name("server-pump".into())
-            .spawn(move || {
-                if let Err(e) = pump.run() {
-                    tracing::error!(error = %e, "server pump failed");
-                }
-            })
-            .map_err(Error::Io)?;
+        let in_flight = core.in_flight.clone();
+        let (sender, thread) = match config.bridge {
+            Bridge::Channel => {
+                let (bell_tx, bell_rx) = UnixStream::pair().map_err(Error::Io)?;
+                bell_tx.set_nonblocking(true).map_err(Error::Io)?;
+                bell_rx.set_nonblocking(true).map_err(Error::Io)?;
+                let (tx, rx) = mpsc::channel();
+                let rung = Arc::new(AtomicBool::new(false));
+                let inbox = Inbox::Channel {
+                    commands: rx,
+                    bell: bell_rx,
+                    rung: rung.clone(),
+                };
+                let thread = spawn_pump(core, inbox, shutdown)?;
+                let sender = Sender::Channel {
+                    commands: tx,
+                    doorbell: bell_tx,
+                    rung,
+                };
+                (sender, Some(thread))
+            }
+            Bridge::Inproc => {
+                let endpoint = format!("inproc://prime-server-bridge-{:016x}", config.server_id);
+                let pull = ctx.socket(SocketKind::Pull)?;
+                pull.bind(&endpoint)?;
+                let push = ctx.socket(SocketKind::Push)?;
+                push.set_high_water_marks(hwm, 0)?;
+                push.connect(&endpoint)?;
+                let registry = Arc::new(Mutex::new(HashMap::new()));
+                let inbox = Inbox::Inproc {
+                    pull,
+                    registry: registry.clone(),
+                };
+                let thread = spawn_pump(core, inbox, shutdown)?;
+                let sender = Sender::Inproc {
+                    push: Mutex::new(push),
+                    registry,
+                };
+                (sender, Some(thread))
+            }
+            Bridge::Task => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let task = async move {
+                    if let Err(e) = core.run_task(rx, shutdown).await {
+                        tracing::error!(error = %e, "server pump failed");
+                    }
+                };
+                let thread = match tokio::runtime::Handle::try_current() {
+                    Ok(handle) => {
+                        handle.spawn(task);
+                        None
+                    }
+                    Err(_) => {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(Error::Io)?;
+                        Some(
+                            std::thread::Builder::new()
+                                .name("server-pump".into())
+                                .spawn(move || rt.block_on(task))
+                                .map_err(Error::Io)?,
+                        )
+                    }
+                };
+                (Sender::Task { commands: tx }, thread)
+            }
+        };
+        let shared = Arc::new(Shared {
+            sender,
+            next_id: AtomicU64::new(1),
+            // One counter serves both sides: the pump decrements what submit increments.
+            in_flight,
+            config,
+            stats,
+            loopback_endpoint,
+            interrupt_endpoint,
+        });
         Ok(ServerHandle {
             shared,
-            pump: Arc::new(std::sync::Mutex::new(Some(handle))),
+            thread: Arc::new(Mutex::new(thread)),
+            done,
         })
     }
 }
@@ -274,7 +413,7 @@ impl ServerHandle {
 
     /// Sends a request into the pipeline. The returned future resolves to its one answer;
     /// dropping it before then cancels the request (workers holding it are interrupted).
-    /// `timeout` overrides the configured one; `Some(Duration::ZERO)` is answered 504 at once.
+    /// `timeout` overrides the configured one.
     pub fn submit(&self, frames: Frames, timeout: Option<Duration>) -> Pending {
         let shared = &self.shared;
         shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
@@ -306,8 +445,9 @@ impl ServerHandle {
             frames,
             tx,
         };
-        if !shared.send(cmd) {
+        if !shared.sender.send(cmd) {
             shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             return ready(503, "the server is shutting down");
         }
         Pending {
@@ -317,11 +457,25 @@ impl ServerHandle {
         }
     }
 
-    /// Waits for the pump thread to end (after the shutdown it was started with stops).
+    /// Completes when the pump has ended (after the shutdown it was started with stops) and
+    /// every request it held was answered.
+    pub async fn closed(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Waits for the pump to end. Call it from outside the runtime that runs the pump (use
+    /// [`ServerHandle::closed`] inside it); it gives up after a few seconds if that runtime is no
+    /// longer driven, in which case dropping the runtime ends the pump.
     pub fn join(&self) {
-        let handle = self.pump.lock().ok().and_then(|mut g| g.take());
-        if let Some(h) = handle {
-            let _ = h.join();
+        let thread = self.thread.lock().ok().and_then(|mut g| g.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+            return;
+        }
+        let until = Instant::now() + Duration::from_secs(3);
+        while !*self.done.borrow() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -370,7 +524,7 @@ impl Future for Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let PendingState::Waiting(_) = self.state {
-            self.shared.send(Command::Cancel(self.id));
+            self.shared.sender.send(Command::Cancel(self.id));
         }
     }
 }
@@ -380,109 +534,295 @@ struct Entry {
     header: Header,
 }
 
-struct Pump {
-    shared: Arc<Shared>,
+/// The receiving side of a thread bridge.
+enum Inbox {
+    Channel {
+        commands: mpsc::Receiver<Command>,
+        bell: UnixStream,
+        rung: Arc<AtomicBool>,
+    },
+    Inproc {
+        pull: Socket,
+        registry: Arc<Mutex<Registry>>,
+    },
+}
+
+fn spawn_pump(core: Core, inbox: Inbox, shutdown: Shutdown) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name("server-pump".into())
+        .spawn(move || {
+            if let Err(e) = core.run_thread(inbox, shutdown) {
+                tracing::error!(error = %e, "server pump failed");
+            }
+        })
+        .map_err(Error::Io)
+}
+
+/// A zmq event descriptor registered with tokio's reactor; zmq owns (and closes) it.
+struct ZmqFd(RawFd);
+
+impl AsRawFd for ZmqFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Registers a socket's zmq event descriptor with tokio's reactor.
+fn watch_zmq(socket: &Socket) -> Result<AsyncFd<ZmqFd>, Error> {
+    let fd = ZmqFd(socket.event_fd()?);
+    // SAFETY: the descriptor stays open as long as the socket does, and every `AsyncFd` made here
+    // lives in `Core::run_task`'s inner block, which ends before the `Core` (and its sockets) is
+    // dropped.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::Io(e.into()))
+}
+
+/// The pump's state and work, whichever bridge drives it.
+struct Core {
     dealer: Socket,
     loopback: Socket,
     publisher: Socket,
-    bell: UnixStream,
-    commands: mpsc::Receiver<Command>,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    shutdown: Shutdown,
+    stats: Arc<ServerStats>,
+    in_flight: Arc<AtomicUsize>,
+    server_id: u64,
+    done: tokio::sync::watch::Sender<bool>,
 }
 
-impl Pump {
-    fn run(mut self) -> Result<(), Error> {
-        loop {
-            if self.shutdown.is_stopping() {
-                break;
+impl Core {
+    /// The thread driver (channel and inproc bridges): `zmq_poll` over the loopback, the proxy
+    /// and the inbox, with the next deadline as timeout.
+    fn run_thread(mut self, inbox: Inbox, shutdown: Shutdown) -> Result<(), Error> {
+        let result = (|| {
+            while !shutdown.is_stopping() {
+                let timeout = self.poll_timeout();
+                let inbox_watch = match &inbox {
+                    Inbox::Channel { bell, .. } => Watch::Fd(bell.as_raw_fd()),
+                    Inbox::Inproc { pull, .. } => Watch::Socket(pull),
+                };
+                let ready = transport::poll(
+                    &[
+                        Watch::Socket(&self.loopback),
+                        Watch::Socket(&self.dealer),
+                        inbox_watch,
+                    ],
+                    timeout,
+                )?;
+                match &inbox {
+                    Inbox::Channel {
+                        commands,
+                        bell,
+                        rung,
+                    } => {
+                        if ready[2] {
+                            let mut buf = [0u8; 64];
+                            while matches!((&*bell).read(&mut buf), Ok(n) if n > 0) {}
+                        }
+                        rung.store(false, Ordering::Release);
+                        while let Ok(cmd) = commands.try_recv() {
+                            self.command(cmd)?;
+                        }
+                    }
+                    Inbox::Inproc { pull, registry } => {
+                        if ready[2] {
+                            while let Some(msg) = pull.try_recv()? {
+                                self.inproc_command(msg, registry)?;
+                            }
+                        }
+                    }
+                }
+                if ready[0] {
+                    self.drain_loopback()?;
+                }
+                if ready[1] {
+                    self.drain_dealer()?;
+                }
+                self.expire()?;
             }
-            let now = Instant::now();
-            let mut timeout = POLL_INTERVAL;
-            if let Some(Reverse((at, _))) = self.timers.peek() {
-                // Round up to whole ms so we never wake a hair early and spin.
-                let until = at.saturating_duration_since(now);
-                timeout = timeout.min(until + Duration::from_micros(999));
+            Ok(())
+        })();
+        // Answer everything still open, whatever ended the loop.
+        match inbox {
+            Inbox::Channel { commands, .. } => {
+                for cmd in commands.try_iter() {
+                    self.refuse(cmd);
+                }
             }
-            let ready = transport::poll(
-                &[
-                    Watch::Socket(&self.loopback),
-                    Watch::Socket(&self.dealer),
-                    Watch::Fd(self.bell.as_raw_fd()),
-                ],
-                timeout,
-            )?;
-            if ready[2] {
-                let mut buf = [0u8; 64];
-                while matches!((&self.bell).read(&mut buf), Ok(n) if n > 0) {}
+            Inbox::Inproc { registry, .. } => {
+                if let Ok(mut r) = registry.lock() {
+                    for (_, (tx, _)) in r.drain() {
+                        let _ = tx.send(shutting_down());
+                        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
             }
-            self.shared.rung.store(false, Ordering::Release);
-            self.drain_commands()?;
-            if ready[0] {
-                self.drain_loopback()?;
-            }
-            if ready[1] {
-                self.drain_dealer()?;
-            }
-            self.expire()?;
         }
-        // Answer everything still open, and tell workers to stop on it.
-        for cmd in self.commands.try_iter() {
-            if let Command::Submit { tx, .. } = cmd {
-                let _ = tx.send(Answer::Failed(Failure::new(
-                    503,
-                    "the server is shutting down",
-                )));
-                self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.close();
+        result
+    }
+
+    /// The task driver: waits on the sockets' zmq event descriptors in tokio's reactor.
+    async fn run_task(
+        mut self,
+        mut commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+        shutdown: Shutdown,
+    ) -> Result<(), Error> {
+        let result = async {
+            let loopback_fd = watch_zmq(&self.loopback)?;
+            let dealer_fd = watch_zmq(&self.dealer)?;
+            // zmq's descriptors signal edges of its command mailbox: a socket is drained to
+            // EAGAIN (which re-arms its descriptor) when its descriptor fires, and on every
+            // poll interval as a safety net.
+            let (mut check_loopback, mut check_dealer) = (true, true);
+            loop {
+                if check_loopback {
+                    self.drain_loopback()?;
+                    check_loopback = false;
+                }
+                if check_dealer {
+                    self.drain_dealer()?;
+                    check_dealer = false;
+                }
+                self.expire()?;
+                let next = self.timers.peek().map(|Reverse((at, _))| *at);
+                let wake = match next {
+                    Some(at) => at.min(Instant::now() + POLL_INTERVAL),
+                    None => Instant::now() + POLL_INTERVAL,
+                };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.stopped() => break,
+                    cmd = commands.recv() => match cmd {
+                        Some(cmd) => {
+                            self.command(cmd)?;
+                            while let Ok(cmd) = commands.try_recv() {
+                                self.command(cmd)?;
+                            }
+                        }
+                        None => break,
+                    },
+                    guard = loopback_fd.readable() => {
+                        guard.map_err(Error::Io)?.clear_ready();
+                        check_loopback = true;
+                    }
+                    guard = dealer_fd.readable() => {
+                        guard.map_err(Error::Io)?.clear_ready();
+                        check_dealer = true;
+                    }
+                    _ = tokio::time::sleep_until(wake.into()) => {
+                        check_loopback = true;
+                        check_dealer = true;
+                    }
+                }
             }
+            Ok(())
         }
+        .await;
+        commands.close();
+        while let Ok(cmd) = commands.try_recv() {
+            self.refuse(cmd);
+        }
+        self.close();
+        result
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let mut timeout = POLL_INTERVAL;
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            // Round up to whole ms so we never wake a hair early and spin.
+            let until = at.saturating_duration_since(Instant::now());
+            timeout = timeout.min(until + Duration::from_micros(999));
+        }
+        timeout
+    }
+
+    fn refuse(&mut self, cmd: Command) {
+        if let Command::Submit { tx, .. } = cmd {
+            let _ = tx.send(shutting_down());
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Answers every open request 503 and tells workers to stop on them.
+    fn close(&mut self) {
         let ids: Vec<u64> = self.table.keys().copied().collect();
         for id in ids {
-            self.finish(
-                id,
-                Answer::Failed(Failure::new(503, "the server is shutting down")),
-                true,
-            )?;
+            if let Err(e) = self.finish(id, shutting_down(), true) {
+                tracing::warn!(error = %e, "could not publish an interrupt while stopping");
+            }
+        }
+        let _ = self.done.send(true);
+    }
+
+    fn inproc_command(&mut self, mut msg: Frames, registry: &Mutex<Registry>) -> Result<(), Error> {
+        let tag = msg.first().map(|f| f.as_slice() == b"S");
+        match tag {
+            Some(true) if msg.len() >= 2 => {
+                let payload = msg.split_off(2);
+                let header = match Header::decode(&msg[1]) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.malformed("bridge", &e.to_string());
+                        return Ok(());
+                    }
+                };
+                let entry = registry
+                    .lock()
+                    .ok()
+                    .and_then(|mut r| r.remove(&header.request_id));
+                if let Some((tx, deadline)) = entry {
+                    self.command(Command::Submit {
+                        header,
+                        deadline,
+                        frames: payload,
+                        tx,
+                    })?;
+                }
+            }
+            Some(false) if msg.len() == 2 && msg[1].len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&msg[1]);
+                self.command(Command::Cancel(u64::from_le_bytes(b)))?;
+            }
+            _ => self.malformed("bridge", "bad bridge message"),
         }
         Ok(())
     }
 
-    fn drain_commands(&mut self) -> Result<(), Error> {
-        while let Ok(cmd) = self.commands.try_recv() {
-            match cmd {
-                Command::Submit {
-                    header,
-                    deadline,
-                    frames,
-                    tx,
-                } => {
-                    let id = header.request_id;
-                    let head = header.encode();
-                    let sent = self
-                        .dealer
-                        .send(std::iter::once(&head[..]).chain(frames.iter().map(Vec::as_slice)))?;
-                    self.table.insert(id, Entry { tx, header });
-                    if sent == Sent::Unreachable {
-                        self.shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                        self.finish(
-                            id,
-                            Answer::Failed(Failure::new(503, "the first stage is not reachable")),
-                            false,
-                        )?;
-                    } else if let Some(at) = deadline {
-                        self.timers.push(Reverse((at, id)));
-                    }
+    fn command(&mut self, cmd: Command) -> Result<(), Error> {
+        match cmd {
+            Command::Submit {
+                header,
+                deadline,
+                frames,
+                tx,
+            } => {
+                let id = header.request_id;
+                let head = header.encode();
+                let sent = self
+                    .dealer
+                    .send(std::iter::once(&head[..]).chain(frames.iter().map(Vec::as_slice)))?;
+                self.table.insert(id, Entry { tx, header });
+                if sent == Sent::Unreachable {
+                    self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    self.finish(
+                        id,
+                        Answer::Failed(Failure::new(503, "the first stage is not reachable")),
+                        false,
+                    )?;
+                } else if let Some(at) = deadline {
+                    self.timers.push(Reverse((at, id)));
                 }
-                Command::Cancel(id) => {
-                    if self.table.contains_key(&id) {
-                        self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                        self.finish(
-                            id,
-                            Answer::Failed(Failure::new(499, "client went away")),
-                            true,
-                        )?;
-                    }
+            }
+            Command::Cancel(id) => {
+                if self.table.contains_key(&id) {
+                    self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    self.finish(
+                        id,
+                        Answer::Failed(Failure::new(499, "client went away")),
+                        true,
+                    )?;
                 }
             }
         }
@@ -490,10 +830,7 @@ impl Pump {
     }
 
     fn drain_loopback(&mut self) -> Result<(), Error> {
-        for _ in 0..4096 {
-            let Some(mut frames) = self.loopback.try_recv()? else {
-                break;
-            };
+        while let Some(mut frames) = self.loopback.try_recv()? {
             if frames.len() < 2 {
                 self.malformed("loopback", "no routing envelope");
                 continue;
@@ -501,13 +838,12 @@ impl Pump {
             let rest = frames.split_off(1);
             match wire::decode(rest) {
                 Ok((h, mut payload)) if h.kind == Kind::Reply => {
-                    if h.server_id != self.shared.config.server_id {
+                    if h.server_id != self.server_id {
                         self.malformed("loopback", "reply for another server");
                         continue;
                     }
                     let body = payload.pop().unwrap_or_default();
                     let answer = if h.status == 0 {
-                        self.shared.stats.replied.fetch_add(1, Ordering::Relaxed);
                         Answer::Reply(body)
                     } else {
                         Answer::Failed(Failure::new(
@@ -515,8 +851,13 @@ impl Pump {
                             String::from_utf8_lossy(&body).into_owned(),
                         ))
                     };
-                    if !self.finish(h.request_id, answer, false)? {
-                        self.shared.stats.late.fetch_add(1, Ordering::Relaxed);
+                    let ok = h.status == 0;
+                    if self.finish(h.request_id, answer, false)? {
+                        if ok {
+                            self.stats.replied.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        self.stats.late.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok((h, _)) => self.malformed("loopback", &format!("unexpected {:?}", h.kind)),
@@ -534,12 +875,13 @@ impl Pump {
                         .pop()
                         .map(|r| String::from_utf8_lossy(&r).into_owned())
                         .unwrap_or_else(|| "overloaded".into());
-                    self.shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                    self.finish(
+                    if self.finish(
                         h.request_id,
                         Answer::Failed(Failure::new(503, reason)),
                         false,
-                    )?;
+                    )? {
+                        self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok((h, _)) => self.malformed("proxy", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("proxy", &e.to_string()),
@@ -549,7 +891,7 @@ impl Pump {
     }
 
     fn malformed(&self, side: &str, why: &str) {
-        self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(side, why, "server dropped a malformed message");
     }
 
@@ -561,7 +903,7 @@ impl Pump {
             }
             self.timers.pop();
             if self.table.contains_key(&id) {
-                self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 self.finish(
                     id,
                     Answer::Failed(Failure::new(504, "the request's deadline passed")),
@@ -578,7 +920,7 @@ impl Pump {
         let Some(entry) = self.table.remove(&id) else {
             return Ok(false);
         };
-        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
         let _ = entry.tx.send(answer);
         if interrupt {
             let h = entry.header.with_kind(Kind::Interrupt);
@@ -592,4 +934,8 @@ impl Pump {
         }
         Ok(true)
     }
+}
+
+fn shutting_down() -> Answer {
+    Answer::Failed(Failure::new(503, "the server is shutting down"))
 }

@@ -16,6 +16,10 @@ pub type Frames = Vec<Vec<u8>>;
 pub enum Kind {
     /// Addresses peers by routing id; the first frame received is the sender's id.
     Router,
+    /// Sends to one of its peers, round-robin; never receives.
+    Push,
+    /// Receives from all its peers, fair-queued; never sends.
+    Pull,
     /// Round-robins sends over its peers and fair-queues receives.
     Dealer,
     /// Broadcasts to every subscriber.
@@ -28,6 +32,8 @@ impl Kind {
     fn zmq(self) -> zmq::SocketType {
         match self {
             Kind::Router => zmq::ROUTER,
+            Kind::Push => zmq::PUSH,
+            Kind::Pull => zmq::PULL,
             Kind::Dealer => zmq::DEALER,
             Kind::Pub => zmq::PUB,
             Kind::Sub => zmq::SUB,
@@ -248,6 +254,22 @@ impl Socket {
             }
         }
         Ok(Sent::Yes)
+    }
+
+    /// A file descriptor that becomes readable when this socket's state may have changed (zmq's
+    /// `ZMQ_FD`, edge-triggered): register it with an event loop, then ask [`Socket::has_input`].
+    /// The descriptor belongs to zmq; never close it.
+    pub fn event_fd(&self) -> Result<RawFd> {
+        self.inner.get_fd().map_err(zerr("get fd"))
+    }
+
+    /// Whether a message is waiting (zmq's `ZMQ_EVENTS`). Asking also lets zmq process its
+    /// pending commands, which is what re-arms [`Socket::event_fd`].
+    pub fn has_input(&self) -> Result<bool> {
+        self.inner
+            .get_events()
+            .map(|e| e.contains(zmq::POLLIN))
+            .map_err(zerr("get events"))
     }
 
     /// Receives one whole message without blocking; `None` when nothing is waiting.

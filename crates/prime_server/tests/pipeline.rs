@@ -3,7 +3,7 @@
 
 use prime_server::pipeline::{Pipeline, Running, Transport};
 use prime_server::proxy::{Proxy, ProxyConfig};
-use prime_server::server::{Answer, Failure, Server, ServerConfig};
+use prime_server::server::{Answer, Bridge, Failure, Server, ServerConfig};
 use prime_server::shutdown::Shutdown;
 use prime_server::transport::{Context, Kind as SocketKind};
 use prime_server::worker::{Interrupted, Outcome, WorkError, Worker, WorkerConfig};
@@ -152,11 +152,20 @@ fn looping_pipeline(
     name: &str,
     timeout: Option<Duration>,
 ) -> (Running, mpsc::Receiver<&'static str>) {
+    looping_pipeline_over(name, timeout, Bridge::default())
+}
+
+fn looping_pipeline_over(
+    name: &str,
+    timeout: Option<Duration>,
+    bridge: Bridge,
+) -> (Running, mpsc::Receiver<&'static str>) {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let tx = std::sync::Arc::new(tx);
     let mut p = Pipeline::new(&unique(name));
     p.timeout = timeout;
+    p.bridge = bridge;
     p.stage(1, move |_, interrupt| {
         let tx = tx.lock().unwrap().clone();
         tx.send("started").unwrap();
@@ -549,4 +558,51 @@ fn the_in_flight_limit_is_answered_503_at_once() {
         .count();
     assert_eq!(busy, 2, "{answers:?}");
     running.stop();
+}
+
+#[test]
+fn every_bridge_carries_answers_cancels_and_timeouts() {
+    for bridge in [Bridge::Task, Bridge::Channel, Bridge::Inproc] {
+        let mut p = Pipeline::new(&unique("bridge"));
+        p.bridge = bridge;
+        p.stage(2, |job, _| Ok(Outcome::Forward(job.frames.clone())));
+        p.stage(2, |job, _| Ok(Outcome::Reply(job.frames.concat())));
+        let running = p.start().unwrap();
+        let answers = rt().block_on(async {
+            let futs: Vec<_> = (0..500)
+                .map(|k| {
+                    running
+                        .server
+                        .submit(vec![format!("{k}").into_bytes()], None)
+                })
+                .collect();
+            futures_join(futs).await
+        });
+        for (k, a) in answers.into_iter().enumerate() {
+            assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()), "{bridge:?}");
+        }
+        running.stop();
+
+        let (running, rx) = looping_pipeline_over("bridge-loop", None, bridge);
+        let rt = rt();
+        let pending = running.server.submit(vec![b"x".to_vec()], None);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+        drop(pending);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok("cancelled"),
+            "{bridge:?}"
+        );
+        let a = rt.block_on(
+            running
+                .server
+                .submit(vec![b"y".to_vec()], Some(Duration::from_millis(100))),
+        );
+        assert_eq!(
+            a,
+            Answer::Failed(Failure::new(504, "the request's deadline passed"))
+        );
+        assert_eq!(running.server.in_flight(), 0, "{bridge:?}");
+        running.stop();
+    }
 }

@@ -141,13 +141,17 @@ fn serve(args: &Args) -> anyhow::Result<()> {
     p.queue_limit = args.queue_limit;
     p.stage(args.workers, prime::parse_stage)
         .stage(args.workers, prime::test_stage);
-    let running = p.start()?;
-    running
-        .shutdown
-        .on_signals(Duration::from_secs(args.drain_seconds))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Start inside the runtime so the server core's pump runs on it, beside the front.
+    let running = {
+        let _entered = rt.enter();
+        p.start()?
+    };
+    running
+        .shutdown
+        .on_signals(Duration::from_secs(args.drain_seconds))?;
     let served = rt.block_on(async {
         let listener = protocol::bind_listener(&args.target)?;
         let addr = listener.local_addr()?;
@@ -203,6 +207,7 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         }
         // Accepting stopped (the drain began); wait for the stop.
         running.shutdown.stopped().await;
+        running.server.closed().await;
         anyhow::Ok(())
     });
     running.shutdown.stop();
