@@ -16,6 +16,7 @@ use prime_server::protocol::{
     http::HttpConfig,
     netstring::{HealthCheck, Netstring},
 };
+use prime_server::server::Bridge;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,16 @@ enum Proto {
     Http,
     /// `len:payload,` requests and responses; the payload is the number.
     Netstring,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BridgeArg {
+    /// The pump is a task on the front's runtime.
+    Task,
+    /// The pump is a thread; requests cross by a channel and a doorbell.
+    Channel,
+    /// The pump is a thread; requests cross by a zmq inproc socket.
+    Inproc,
 }
 
 #[derive(Parser, Debug)]
@@ -65,6 +76,12 @@ struct Args {
     /// The most jobs waiting at each stage; more are answered 503 at once.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
+    /// How requests cross to the server core's pump (see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "task")]
+    bridge: BridgeArg,
+    /// With --compute-only: test the range this many times (to time one number).
+    #[arg(long, default_value_t = 1)]
+    repeat: u64,
     /// With START,END: skip the pipeline and only compute, on WORKERS plain threads (the lower
     /// bound simulation mode is measured against).
     #[arg(long)]
@@ -79,8 +96,8 @@ fn parse_range(s: &str) -> Option<anyhow::Result<(u64, u64)>> {
             .parse()
             .with_context(|| format!("bad START {a:?}"))?;
         let b: u64 = b.trim().parse().with_context(|| format!("bad END {b:?}"))?;
-        if a >= b {
-            bail!("START must be below END, got {a},{b}");
+        if a > b {
+            bail!("START must not be above END, got {a},{b}");
         }
         Ok((a, b))
     })())
@@ -103,7 +120,12 @@ fn main() -> anyhow::Result<()> {
         Some(range) if args.compute_only => {
             let (start, end) = range?;
             let t = std::time::Instant::now();
-            let (primes, n) = prime::compute(start, end, args.workers);
+            let (mut primes, mut n) = (0, 0);
+            for _ in 0..args.repeat.max(1) {
+                let (p, k) = prime::compute(start, end, args.workers);
+                primes += p;
+                n += k;
+            }
             println!("{primes} primes found");
             println!("{n} numbers tested");
             println!("{:.3} s wall time", t.elapsed().as_secs_f64());
@@ -139,6 +161,11 @@ fn serve(args: &Args) -> anyhow::Result<()> {
     p.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     p.max_in_flight = args.max_in_flight;
     p.queue_limit = args.queue_limit;
+    p.bridge = match args.bridge {
+        BridgeArg::Task => Bridge::Task,
+        BridgeArg::Channel => Bridge::Channel,
+        BridgeArg::Inproc => Bridge::Inproc,
+    };
     p.stage(args.workers, prime::parse_stage)
         .stage(args.workers, prime::test_stage);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -194,7 +221,6 @@ fn serve(args: &Args) -> anyhow::Result<()> {
                             response: "OK".into(),
                         })
                     }),
-                    ..Netstring::default()
                 };
                 protocol::serve(
                     listener,

@@ -67,9 +67,10 @@ struct Ctx {
     shutdown: Shutdown,
 }
 
-/// Serves HTTP on `listener` until `shutdown` stops. When the drain starts it stops accepting
-/// and tells each connection to close once its request in flight is answered. Returns when every
-/// connection is closed.
+/// Serves HTTP on `listener` until `shutdown` stops. When the drain starts it stops accepting new
+/// connections; those already open go on being served (the health path answers 503) until the
+/// stop, when each answers what it has in flight and closes. Returns when every connection is
+/// closed.
 pub async fn serve(
     listener: TcpListener,
     server: ServerHandle,
@@ -124,7 +125,9 @@ async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>) {
             }
             return;
         }
-        _ = shutdown.draining() => conn.as_mut().graceful_shutdown(),
+        // Stopping: answer what is in flight (the server core answers what the pipeline did not
+        // finish with 503) and close.
+        _ = shutdown.stopped() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
 }

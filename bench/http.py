@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""End-to-end HTTP load on loopback: prime_serverd against a bare hyper "hello", side by side.
+
+Runs wrk (keep-alive; 8/64/256 connections; bounded duration) and ab (-k and without) on the
+seed's request, a cheap one and an invalid one, the hello reference, and the three server-core
+bridges; prints a markdown table and writes it to bench/results/http.md. Traffic goes to
+127.0.0.1 only and every run is bounded in time.
+
+    bench/http.sh [--duration 10] [--workers 2] [--rounds 3] [--quick]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVERD = os.path.join(ROOT, "target/release/prime_serverd")
+HELLO = os.path.join(ROOT, "target/release/examples/hello")
+
+CHEAP = "/is_prime?possible_prime=7"
+SEED = "/is_prime?possible_prime=32416190071"
+INVALID = "/is_prime?possible_prime=abc"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, timeout=10):
+    until = time.time() + timeout
+    while time.time() < until:
+        if proc.poll() is not None:
+            sys.exit(f"server exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listening on {port}")
+
+
+class Server:
+    def __init__(self, args):
+        self.args = args
+
+    def __enter__(self):
+        self.port = free_port()
+        cmd = [a.replace("PORT", str(self.port)) for a in self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def to_us(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    if not m:
+        return float("nan")
+    x = float(m.group(1))
+    return {"us": x, "ms": x * 1e3, "s": x * 1e6}[m.group(2)]
+
+
+def wrk(port, path, conns, duration):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = to_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    mx = to_us(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps, "p50": p50, "p99": p99, "max": mx,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": errors.group(1).strip() if errors else "",
+    }
+
+
+def ab(port, path, keepalive, n=20000, c=8):
+    cmd = ["ab", "-q", "-n", str(n), "-c", str(c)] + (["-k"] if keepalive else [])
+    out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True).stdout
+    rps = re.search(r"Requests per second:\s+([\d.]+)", out)
+    failed = re.search(r"Failed requests:\s+(\d+)", out)
+    p99 = re.search(r"\s99%\s+(\d+)", out)
+    return {
+        "rps": float(rps.group(1)) if rps else float("nan"),
+        "failed": int(failed.group(1)) if failed else -1,
+        "p99_ms": int(p99.group(1)) if p99 else -1,
+    }
+
+
+def compute_rate():
+    """Single-thread trial divisions of the seed's number per second (same binary, same run)."""
+    n = 1000
+    out = subprocess.run(
+        [SERVERD, "--compute-only", "32416190071,32416190071", "1", "--repeat", str(n)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    secs = float(re.search(r"([\d.]+) s wall time", out).group(1))
+    return n / secs
+
+
+def fmt_us(x):
+    return f"{x / 1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the bridge comparison")
+    ap.add_argument("--quick", action="store_true", help="2 s runs, 1 bridge round")
+    a = ap.parse_args()
+    if a.quick:
+        a.duration, a.rounds = 2, 1
+    for tool in ("wrk", "ab"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} missing: run bench/http.sh, which installs it")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins", "--examples"],
+                   cwd=ROOT, check=True)
+    d, w = a.duration, str(a.workers)
+    rows = []
+    lines = [
+        f"`bench/http.sh --duration {d} --workers {w} --rounds {a.rounds}`, {time.strftime('%Y-%m-%d')}, "
+        f"{os.cpu_count()} cores, wrk -t2 and the server on the same cores, loopback.",
+        "",
+        "| server | request | connections | req/s | p50 | p99 | max | non-2xx | socket errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    serverd = [SERVERD, "127.0.0.1:PORT", w, "0", "--timeout", "60"]
+    results = {}
+    with Server(serverd) as s:
+        for name, path in (("cheap", CHEAP), ("seed", SEED), ("invalid", INVALID)):
+            for c in (8, 64, 256):
+                r = wrk(s.port, path, c, d)
+                results[(name, c)] = r
+                lines.append(
+                    f"| prime_serverd {w}/stage | {name} `{path}` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | "
+                    f"{fmt_us(r['p99'])} | {fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
+        abk = ab(s.port, CHEAP, True)
+        abn = ab(s.port, CHEAP, False)
+    with Server([HELLO, "127.0.0.1:PORT"]) as s:
+        for c in (8, 64, 256):
+            r = wrk(s.port, "/", c, d)
+            results[("hello", c)] = r
+            lines.append(
+                f"| bare hyper hello | `/` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | "
+                f"{fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
+        hello_abk = ab(s.port, "/", True)
+    rate = compute_rate()
+    lines += [
+        "",
+        "| ab -n 20000 -c 8, cheap request | req/s | p99 | failed |",
+        "|---|---|---|---|",
+        f"| prime_serverd, keep-alive (`ab -k`) | {abk['rps']:,.0f} | {abk['p99_ms']} ms | {abk['failed']} |",
+        f"| prime_serverd, a connection per request | {abn['rps']:,.0f} | {abn['p99_ms']} ms | {abn['failed']} |",
+        f"| bare hyper hello, keep-alive | {hello_abk['rps']:,.0f} | {hello_abk['p99_ms']} ms | {hello_abk['failed']} |",
+        "",
+        "Ratios from this run:",
+        "",
+    ]
+    for c in (8, 64, 256):
+        lines.append(f"- cheap two-stage request / bare hello at {c} connections: "
+                     f"**{results[('cheap', c)]['rps'] / results[('hello', c)]['rps']:.2f}**")
+    seed_best = max(results[("seed", c)]["rps"] for c in (8, 64, 256))
+    lines.append(f"- seed request: single-thread compute rate {rate:,.0f}/s in this run, so 2 cores "
+                 f"can do at most {2 * rate:,.0f}/s; served {seed_best:,.0f} req/s = "
+                 f"**{seed_best / (2 * rate):.1%}** of that")
+    lines.append(f"- slowest request at 256 connections (cheap): {fmt_us(results[('cheap', 256)]['max'])}")
+
+    # The bridges, interleaved round by round so noise hits them alike; medians.
+    bridges = ("task", "channel", "inproc")
+    rps = {b: [] for b in bridges}
+    for _ in range(a.rounds):
+        for b in bridges:
+            with Server(serverd + ["--bridge", b]) as s:
+                rps[b].append(wrk(s.port, CHEAP, 64, d)["rps"])
+    lines += [
+        "",
+        f"Bridges (cheap request, 64 connections, {a.rounds} interleaved rounds, median req/s):",
+        "",
+        "| bridge | median req/s | runs |",
+        "|---|---|---|",
+    ]
+    for b in bridges:
+        lines.append(f"| {b} | {statistics.median(rps[b]):,.0f} | {' '.join(f'{x:,.0f}' for x in rps[b])} |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench/results/http.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

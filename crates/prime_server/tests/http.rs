@@ -1,0 +1,617 @@
+//! The HTTP/1.1 front over real TCP sockets on 127.0.0.1: raw bytes on the wire, and real clients
+//! (curl, Python's http.client) where they are installed.
+
+use prime_server::http::{Request, Response};
+use prime_server::pipeline::{Pipeline, Running};
+use prime_server::protocol::{self, http::HttpConfig};
+use prime_server::worker::Outcome;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+struct Front {
+    running: Option<Running>,
+    addr: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown.stop();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            r.join();
+        }
+    }
+}
+
+/// Echoes what the worker saw: method, path, query pairs, headers and body, one per line.
+/// `?sleep=MS` sleeps first; `?loop=1` runs until interrupted.
+fn echo(req: &Request) -> Vec<u8> {
+    let mut out = format!("method={}\npath={}\n", req.method, req.path);
+    for (k, v) in &req.query {
+        out.push_str(&format!("q:{k}={v}\n"));
+    }
+    for (k, v) in &req.headers {
+        out.push_str(&format!("h:{k}={}\n", String::from_utf8_lossy(v)));
+    }
+    out.push_str("body=");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&req.body);
+    out
+}
+
+fn front_with(name: &str, config: HttpConfig) -> Front {
+    let mut p = Pipeline::new(&format!("{name}-{}", prime_server::server::random_id()));
+    p.timeout = Some(Duration::from_secs(3));
+    p.stage(2, |job, interrupt| {
+        let req =
+            Request::decode(&job.frames).map_err(|e| prime_server::worker::WorkError::Failed {
+                status: 400,
+                reason: e.to_string(),
+            })?;
+        if req.query_value("loop").is_some() {
+            loop {
+                interrupt.check()?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if let Some(ms) = req.query_value("sleep").and_then(|v| v.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let resp = Response::new(200)
+            .header("content-type", "text/plain")
+            .header("x-request-id", job.request_id().to_string())
+            .body(echo(&req));
+        Ok(Outcome::Reply(resp.encode()))
+    });
+    let running = p.start().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = running.server.clone();
+    let shutdown = running.shutdown.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = protocol::bind_listener("127.0.0.1:0").unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            protocol::http::serve(listener, server, config, shutdown).await;
+        });
+    });
+    Front {
+        running: Some(running),
+        addr: rx.recv().unwrap(),
+        thread: Some(thread),
+    }
+}
+
+fn front(name: &str) -> Front {
+    front_with(
+        name,
+        HttpConfig {
+            max_body: 1024 * 1024,
+            health_path: Some("/health".into()),
+            ..HttpConfig::default()
+        },
+    )
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// One parsed response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads responses off a connection, keeping what it read past the last one.
+struct Reader {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    fn new(s: TcpStream) -> Self {
+        Reader { s, buf: Vec::new() }
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.s.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) => panic!("read: {e}; have {:?}", String::from_utf8_lossy(&self.buf)),
+        }
+    }
+
+    /// The next response; `head_only` for answers to HEAD.
+    fn next(&mut self, head_only: bool) -> Option<Resp> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                let len = if head_only || status == 100 { 0 } else { len };
+                while self.buf.len() < end + 4 + len {
+                    if !self.fill() {
+                        return None;
+                    }
+                }
+                let body = self.buf[end + 4..end + 4 + len].to_vec();
+                self.buf.drain(..end + 4 + len);
+                return Some(Resp { status, head, body });
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// True when the server closed the connection (after what was already read).
+    fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).unwrap();
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn ask(addr: SocketAddr, raw: &[u8]) -> (Resp, Reader) {
+    let mut r = Reader::new(connect(addr));
+    r.send(raw);
+    let resp = r.next(false).expect("a response");
+    (resp, r)
+}
+
+#[test]
+fn a_request_split_at_every_byte_offset_is_understood() {
+    let f = front("split");
+    let raw = b"POST /echo?a=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
+    for cut in 1..raw.len() {
+        let mut r = Reader::new(connect(f.addr));
+        r.send(&raw[..cut]);
+        std::thread::sleep(Duration::from_millis(2));
+        r.send(&raw[cut..]);
+        let resp = r.next(false).unwrap();
+        assert_eq!(resp.status, 200, "cut {cut}");
+        assert!(
+            resp.text().ends_with("body=hello"),
+            "cut {cut}: {}",
+            resp.text()
+        );
+    }
+}
+
+#[test]
+fn query_is_split_then_decoded_and_any_method_reaches_the_worker() {
+    let f = front("query");
+    let (resp, _) = ask(
+        f.addr,
+        b"PATCH /p%20q?x=1%262&y=a+b&x=3&z=%3D HTTP/1.1\r\nHost: x\r\nX-Dup: 1\r\nX-Dup: 2\r\n\r\n",
+    );
+    let t = resp.text();
+    assert_eq!(resp.status, 200);
+    for want in [
+        "method=PATCH",
+        "path=/p q",
+        "q:x=1&2",
+        "q:y=a b",
+        "q:x=3",
+        "q:z==",
+        "h:x-dup=1",
+        "h:x-dup=2",
+    ] {
+        assert!(t.contains(want), "{want} in {t}");
+    }
+    assert!(t.find("q:x=1&2").unwrap() < t.find("q:x=3").unwrap());
+    let (resp, _) = ask(f.addr, b"GET /is_prime HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        !resp.text().contains("q:"),
+        "no phantom query key: {}",
+        resp.text()
+    );
+    // The request id is visible to the work function.
+    assert!(resp.header("x-request-id").unwrap().parse::<u64>().unwrap() > 0);
+}
+
+#[test]
+fn keep_alive_follows_the_version_and_case_insensitive_tokens() {
+    let f = front("keepalive");
+    // HTTP/1.1: kept open by default.
+    let (_, mut r) = ask(f.addr, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.send(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.next(false).unwrap().status, 200);
+    // HTTP/1.1 with Connection: CLOSE (any case): closed after the answer.
+    let (resp, mut r) = ask(
+        f.addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: CLOSE\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    assert!(r.closed());
+    // HTTP/1.0: closed by default.
+    let (resp, mut r) = ask(f.addr, b"GET /a HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert!(r.closed());
+    // HTTP/1.0 with Connection: keep-alive: kept open.
+    let (resp, mut r) = ask(f.addr, b"GET /a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    r.send(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.next(false).unwrap().status, 200);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_even_when_a_later_one_is_faster() {
+    let f = front("pipeline");
+    let mut r = Reader::new(connect(f.addr));
+    r.send(b"GET /first?sleep=400 HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\nGET /third HTTP/1.1\r\nHost: x\r\n\r\n");
+    for want in ["path=/first", "path=/second", "path=/third"] {
+        let resp = r.next(false).unwrap();
+        assert!(resp.text().contains(want), "{want}: {}", resp.text());
+    }
+}
+
+#[test]
+fn chunked_bodies_with_extensions_and_trailers_are_dechunked() {
+    let f = front("chunked");
+    let (resp, _) = ask(
+        f.addr,
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.text().ends_with("body=hello, world"),
+        "{}",
+        resp.text()
+    );
+}
+
+#[test]
+fn expect_100_continue_gets_a_100_before_the_body() {
+    let f = front("continue");
+    let mut r = Reader::new(connect(f.addr));
+    r.send(b"POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    let interim = r.next(false).unwrap();
+    assert_eq!(interim.status, 100);
+    r.send(b"body");
+    let resp = r.next(false).unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.text().ends_with("body=body"));
+}
+
+#[test]
+fn head_gets_headers_without_a_body() {
+    let f = front("head");
+    let mut r = Reader::new(connect(f.addr));
+    r.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n");
+    let resp = r.next(true).unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            > 0
+    );
+    // Nothing follows the head: the next response starts right after it.
+    r.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+    let next = r.next(false).unwrap();
+    assert!(next.text().contains("path=/after"), "{}", next.text());
+}
+
+#[test]
+fn malformed_framing_is_rejected_with_400_and_a_close() {
+    let f = front("malformed");
+    let cases: &[(&str, &[u8])] = &[
+        ("duplicate content-length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        ("negative content-length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+        ("overflowing content-length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n"),
+        ("missing host on 1.1", b"GET / HTTP/1.1\r\n\r\n"),
+        ("garbage", b"isch_doch_unsinn\r\n\r\n"),
+        ("transfer-encoding on 1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ];
+    for (what, raw) in cases {
+        let (resp, mut r) = ask(f.addr, raw);
+        assert_eq!(resp.status, 400, "{what}: {resp:?}");
+        assert!(r.closed(), "{what}: connection left open");
+    }
+}
+
+#[test]
+fn content_length_with_transfer_encoding_cannot_smuggle_a_request() {
+    // RFC 9112 §6.1: Transfer-Encoding wins and the connection closes after the answer, so the
+    // bytes a Content-Length-reading proxy would take for a second request are never served.
+    let f = front("smuggle");
+    let (resp, mut r) = ask(
+        f.addr,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(resp.status == 400 || resp.status == 200, "{resp:?}");
+    assert!(!resp.text().contains("smuggled"));
+    assert!(r.next(false).is_none(), "a second response was served");
+}
+
+#[test]
+fn limits_answer_413_and_431_then_close() {
+    let f = front_with(
+        "limits",
+        HttpConfig {
+            max_body: 1000,
+            max_head: 8192,
+            ..HttpConfig::default()
+        },
+    );
+    // Declared too large: refused before the body is sent.
+    let (resp, mut r) = ask(
+        f.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n",
+    );
+    assert_eq!(resp.status, 413);
+    assert!(!resp.body.is_empty());
+    assert!(r.closed());
+    // Chunked past the limit.
+    let mut raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        raw.extend_from_slice(b"190\r\n");
+        raw.extend_from_slice(&[b'x'; 400]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let (resp, mut r) = ask(f.addr, &raw);
+    assert_eq!(resp.status, 413);
+    assert!(r.closed());
+    // Exactly at the limit is served.
+    let mut raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[b'y'; 1000]);
+    assert_eq!(ask(f.addr, &raw).0.status, 200);
+    // Headers over the limit.
+    let mut raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    raw.extend_from_slice(&[b'z'; 20_000]);
+    raw.extend_from_slice(b"\r\n\r\n");
+    let mut r = Reader::new(connect(f.addr));
+    let _ = r.s.write_all(&raw);
+    let resp = r.next(false).unwrap();
+    assert_eq!(resp.status, 431);
+    assert!(r.closed());
+}
+
+#[test]
+fn the_health_path_is_answered_by_the_server() {
+    let f = front("health");
+    let running = f.running.as_ref().unwrap();
+    let (resp, _) = ask(f.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "OK\n"));
+    let jobs: u64 = running.worker_stats[0]
+        .iter()
+        .map(|w| w.jobs.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(jobs, 0);
+    // While draining: connections already open are still served and the health path says 503;
+    // new connections are not accepted.
+    let mut r = Reader::new(connect(f.addr));
+    r.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.next(false).unwrap().status, 200);
+    running.shutdown.drain();
+    r.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let resp = r.next(false).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after").as_deref(), Some("1"));
+    r.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.next(false).unwrap().status, 200);
+    let t = Instant::now();
+    while TcpStream::connect(f.addr).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "still accepting while draining"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Stopping closes the open connection.
+    running.shutdown.stop();
+    assert!(r.closed());
+}
+
+#[test]
+fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
+    let f = front_with(
+        "deadline",
+        HttpConfig {
+            request_timeout: Some(Duration::from_millis(300)),
+            ..HttpConfig::default()
+        },
+    );
+    let t = Instant::now();
+    let (resp, _) = ask(f.addr, b"GET /l?loop=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(resp.status, 504);
+    assert!(t.elapsed() < Duration::from_millis(1300));
+    let running = f.running.as_ref().unwrap();
+    let t = Instant::now();
+    while running.worker_stats[0]
+        .iter()
+        .map(|w| w.failed.load(Ordering::Relaxed))
+        .sum::<u64>()
+        == 0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "worker not interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_client_that_disconnects_interrupts_its_work() {
+    let f = front("disconnect");
+    let running = f.running.as_ref().unwrap();
+    let mut s = connect(f.addr);
+    s.write_all(b"GET /l?loop=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let t = Instant::now();
+    while running.worker_stats[0]
+        .iter()
+        .map(|w| w.jobs.load(Ordering::Relaxed))
+        .sum::<u64>()
+        == 0
+    {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(s);
+    let t = Instant::now();
+    while running.worker_stats[0]
+        .iter()
+        .map(|w| w.failed.load(Ordering::Relaxed))
+        .sum::<u64>()
+        == 0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the work was not interrupted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(running.server.stats().cancelled.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_slow_client_is_cut_off_by_the_header_timeout() {
+    let f = front_with(
+        "slowloris",
+        HttpConfig {
+            header_timeout: Duration::from_millis(500),
+            ..HttpConfig::default()
+        },
+    );
+    let mut r = Reader::new(connect(f.addr));
+    r.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    let t = Instant::now();
+    // Either a 408 or a plain close, within about the timeout.
+    while let Some(resp) = r.next(false) {
+        assert_eq!(resp.status, 408);
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // An idle keep-alive connection is closed the same way.
+    let (_, mut r) = ask(f.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let t = Instant::now();
+    assert!(r.closed());
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+#[test]
+fn curl_gets_answers() {
+    assert!(
+        have("curl"),
+        "curl is required for this test (apt-get install curl)"
+    );
+    let f = front("curl");
+    let url = format!("http://{}/c?x=a+b", f.addr);
+    let out = Command::new("curl")
+        .args(["-s", "-i", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("q:x=a b"), "{text}");
+    // A POST big enough that curl uses Expect: 100-continue.
+    let body = "b".repeat(2_000_000);
+    let path = std::env::temp_dir().join(format!("ps-curl-{}", std::process::id()));
+    std::fs::write(&path, &body).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", path.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+}
+
+#[test]
+fn python_http_client_gets_answers() {
+    assert!(have("python3"), "python3 is required for this test");
+    let f = front("python");
+    let script = r#"
+import http.client, sys
+host, port = sys.argv[1], int(sys.argv[2])
+c = http.client.HTTPConnection(host, port, timeout=10)
+for i in range(3):
+    c.request("POST", "/py?i=%d" % i, body=b"payload", headers={"X-Test": "yes"})
+    r = c.getresponse()
+    body = r.read().decode()
+    assert r.status == 200, r.status
+    assert "q:i=%d" % i in body and "h:x-test=yes" in body and body.endswith("body=payload"), body
+c.request("GET", "/health")
+r = c.getresponse()
+assert r.status == 200 and r.read() == b"OK\n"
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &f.addr.ip().to_string(),
+            &f.addr.port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
