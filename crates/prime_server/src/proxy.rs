@@ -19,7 +19,7 @@
 //! downstream ROUTER (bind; this stage's workers connect DEALERs).
 
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
-use crate::transport::{self, Context, Frames, Kind as SocketKind, Sent, Socket, Watch};
+use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
 use std::collections::{HashMap, VecDeque};
@@ -169,26 +169,44 @@ impl Proxy {
 
     /// Runs until `shutdown` stops. Jobs still queued then are rejected, so their senders answer.
     pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+        const UP: u64 = 0;
+        const DOWN: u64 = 1;
+        let mut waiter = Waiter::new()?;
+        waiter.watch(&self.upstream, UP)?;
+        waiter.watch(&self.downstream, DOWN)?;
+        // Which sockets may hold messages; each is drained to empty before the next wait (see
+        // `Waiter`). Both at first.
+        let (mut up, mut down) = (true, true);
+        let mut fired = Vec::new();
         let mut next_expiry = Instant::now() + self.config.heartbeat.interval;
         while !shutdown.is_stopping() {
-            let timeout = POLL_INTERVAL.min(next_expiry.saturating_duration_since(Instant::now()));
-            let ready = transport::poll(
-                &[
-                    Watch::Socket(&self.downstream),
-                    Watch::Socket(&self.upstream),
-                ],
-                timeout,
-            )?;
-            if ready[0] {
-                self.drain_downstream()?;
+            // Workers first: their Readys free capacity for the jobs that follow.
+            if down {
+                down = !self.drain_downstream()?;
             }
-            if ready[1] {
-                self.drain_upstream()?;
+            if up {
+                up = !self.drain_upstream()?;
             }
             self.dispatch()?;
             if Instant::now() >= next_expiry {
                 self.expire();
                 next_expiry = Instant::now() + self.config.heartbeat.interval;
+            }
+            if up || down {
+                // A batch limit was hit: go round again before sleeping.
+                continue;
+            }
+            let timeout = POLL_INTERVAL.min(next_expiry.saturating_duration_since(Instant::now()));
+            waiter.wait(timeout, &mut fired)?;
+            for t in &fired {
+                match *t {
+                    UP => up = true,
+                    _ => down = true,
+                }
+            }
+            if fired.is_empty() {
+                // A quiet interval: look at both sockets, as a safety net.
+                (up, down) = (true, true);
             }
         }
         while let Some(job) = self.queue.pop_front() {
@@ -198,11 +216,12 @@ impl Proxy {
         Ok(())
     }
 
-    fn drain_downstream(&mut self) -> Result<(), Error> {
+    /// Reads what workers sent, at most a batch; returns whether the socket is now empty.
+    fn drain_downstream(&mut self) -> Result<bool, Error> {
         // Bounded batches keep one busy side from starving the other.
         for _ in 0..1024 {
             let Some(mut frames) = self.downstream.try_recv()? else {
-                break;
+                return Ok(true);
             };
             if frames.len() < 2 {
                 self.malformed("downstream", "no routing envelope");
@@ -223,13 +242,14 @@ impl Proxy {
                 Err(e) => self.malformed("downstream", &e.to_string()),
             }
         }
-        Ok(())
+        Ok(false)
     }
 
-    fn drain_upstream(&mut self) -> Result<(), Error> {
+    /// Reads jobs, at most a batch; returns whether the socket is now empty.
+    fn drain_upstream(&mut self) -> Result<bool, Error> {
         for _ in 0..1024 {
             let Some(mut frames) = self.upstream.try_recv()? else {
-                break;
+                return Ok(true);
             };
             if frames.len() < 2 {
                 self.malformed("upstream", "no routing envelope");
@@ -257,7 +277,7 @@ impl Proxy {
                 Err(e) => self.malformed("upstream", &e.to_string()),
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     fn malformed(&self, side: &str, why: &str) {

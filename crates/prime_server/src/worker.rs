@@ -13,7 +13,7 @@
 
 use crate::proxy::Heartbeat;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
-use crate::transport::{self, Context, Frames, Kind as SocketKind, Sent, Socket, Watch};
+use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
 use std::cell::{Cell, RefCell};
@@ -331,36 +331,60 @@ impl Worker {
 
     /// Serves jobs until `shutdown` stops, then tells the proxy it is leaving.
     pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+        const UP: u64 = 0;
+        const DOWN: u64 = 1;
+        const SUB: u64 = 2;
+        let mut waiter = Waiter::new()?;
+        waiter.watch(&self.upstream, UP)?;
+        if let Some(d) = &self.downstream {
+            waiter.watch(d, DOWN)?;
+        }
+        for s in &self.subs {
+            waiter.watch(s, SUB)?;
+        }
         self.say_ready()?;
+        // Which sockets may hold messages; each is drained to empty before the next wait (see
+        // `Waiter`). All of them at first.
+        let (mut up, mut down, mut sub) = (true, true, true);
+        let mut fired = Vec::new();
         while !shutdown.is_stopping() {
+            if sub {
+                drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
+                sub = false;
+            }
+            if down {
+                self.handle_rejects()?;
+                down = false;
+            }
+            if up {
+                match self.upstream.try_recv()? {
+                    Some(frames) => {
+                        self.handle_job(frames, &shutdown)?;
+                        continue;
+                    }
+                    None => up = false,
+                }
+            }
+            if self.last_sent.elapsed() >= self.config.heartbeat.interval {
+                self.send_up(Kind::Heartbeat, None)?;
+            }
             let wait = self
                 .config
                 .heartbeat
                 .interval
                 .saturating_sub(self.last_sent.elapsed())
                 .min(POLL_INTERVAL);
-            let mut watch = vec![Watch::Socket(&self.upstream)];
-            watch.extend(self.subs.iter().map(Watch::Socket));
-            if let Some(d) = &self.downstream {
-                watch.push(Watch::Socket(d));
-            }
-            let ready = transport::poll(&watch, wait)?;
-            if ready[1..=self.subs.len()].iter().any(|&r| r) {
-                drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
-            }
-            if ready.last() == Some(&true) && self.downstream.is_some() {
-                self.handle_rejects()?;
-            }
-            if ready[0] {
-                while let Some(frames) = self.upstream.try_recv()? {
-                    self.handle_job(frames, &shutdown)?;
-                    if shutdown.is_stopping() {
-                        break;
-                    }
+            waiter.wait(wait, &mut fired)?;
+            for t in &fired {
+                match *t {
+                    UP => up = true,
+                    DOWN => down = true,
+                    _ => sub = true,
                 }
             }
-            if self.last_sent.elapsed() >= self.config.heartbeat.interval {
-                self.send_up(Kind::Heartbeat, None)?;
+            if fired.is_empty() {
+                // A quiet interval: look everywhere, as a safety net.
+                (up, down, sub) = (true, true, true);
             }
         }
         self.send_up(Kind::Disconnect, None)?;
