@@ -123,7 +123,8 @@ def fmt_us(x):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", default="2,4",
+                    help="workers per stage, comma-separated (2 is the C++ figures' set-up; 4 = 2x cores is the default)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the bridge comparison")
     ap.add_argument("--quick", action="store_true", help="2 s runs, 1 bridge round")
     a = ap.parse_args()
@@ -134,31 +135,37 @@ def main():
             sys.exit(f"{tool} missing: run bench/http.sh, which installs it")
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins", "--examples"],
                    cwd=ROOT, check=True)
-    d, w = a.duration, str(a.workers)
+    d = a.duration
+    worker_counts = [int(x) for x in a.workers.split(",")]
     rows = []
     lines = [
-        f"`bench/http.sh --duration {d} --workers {w} --rounds {a.rounds}`, {time.strftime('%Y-%m-%d')}, "
+        f"`bench/http.sh --duration {d} --workers {a.workers} --rounds {a.rounds}`, {time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} cores, wrk -t2 and the server on the same cores, loopback.",
         "",
         "| server | request | connections | req/s | p50 | p99 | max | non-2xx | socket errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    serverd = [SERVERD, "127.0.0.1:PORT", w, "0", "--timeout", "60"]
+    def serverd(w):
+        return [SERVERD, "127.0.0.1:PORT", str(w), "0", "--timeout", "60"]
+
     results = {}
-    with Server(serverd) as s:
-        for name, path in (("cheap", CHEAP), ("seed", SEED), ("invalid", INVALID)):
-            for c in (8, 64, 256):
-                r = wrk(s.port, path, c, d)
-                results[(name, c)] = r
-                lines.append(
-                    f"| prime_serverd {w}/stage | {name} `{path}` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | "
-                    f"{fmt_us(r['p99'])} | {fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
-        abk = ab(s.port, CHEAP, True)
-        abn = ab(s.port, CHEAP, False)
+    abk = {}
+    abn = {}
+    for w in worker_counts:
+        with Server(serverd(w)) as s:
+            for name, path in (("cheap", CHEAP), ("seed", SEED), ("invalid", INVALID)):
+                for c in (8, 64, 256):
+                    r = wrk(s.port, path, c, d)
+                    results[(w, name, c)] = r
+                    lines.append(
+                        f"| prime_serverd {w}/stage | {name} `{path}` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | "
+                        f"{fmt_us(r['p99'])} | {fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
+            abk[w] = ab(s.port, CHEAP, True)
+            abn[w] = ab(s.port, CHEAP, False)
     with Server([HELLO, "127.0.0.1:PORT"]) as s:
         for c in (8, 64, 256):
             r = wrk(s.port, "/", c, d)
-            results[("hello", c)] = r
+            results[(0, "hello", c)] = r
             lines.append(
                 f"| bare hyper hello | `/` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | "
                 f"{fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
@@ -168,32 +175,38 @@ def main():
         "",
         "| ab -n 20000 -c 8, cheap request | req/s | p99 | failed |",
         "|---|---|---|---|",
-        f"| prime_serverd, keep-alive (`ab -k`) | {abk['rps']:,.0f} | {abk['p99_ms']} ms | {abk['failed']} |",
-        f"| prime_serverd, a connection per request | {abn['rps']:,.0f} | {abn['p99_ms']} ms | {abn['failed']} |",
+    ]
+    for w in worker_counts:
+        lines += [
+            f"| prime_serverd {w}/stage, keep-alive (`ab -k`) | {abk[w]['rps']:,.0f} | {abk[w]['p99_ms']} ms | {abk[w]['failed']} |",
+            f"| prime_serverd {w}/stage, a connection per request | {abn[w]['rps']:,.0f} | {abn[w]['p99_ms']} ms | {abn[w]['failed']} |",
+        ]
+    lines += [
         f"| bare hyper hello, keep-alive | {hello_abk['rps']:,.0f} | {hello_abk['p99_ms']} ms | {hello_abk['failed']} |",
         "",
         "Ratios from this run:",
         "",
     ]
-    for c in (8, 64, 256):
-        lines.append(f"- cheap two-stage request / bare hello at {c} connections: "
-                     f"**{results[('cheap', c)]['rps'] / results[('hello', c)]['rps']:.2f}**")
-    seed_best = max(results[("seed", c)]["rps"] for c in (8, 64, 256))
-    lines.append(f"- seed request: single-thread compute rate {rate:,.0f}/s in this run, so 2 cores "
-                 f"can do at most {2 * rate:,.0f}/s; served {seed_best:,.0f} req/s = "
-                 f"**{seed_best / (2 * rate):.1%}** of that")
-    lines.append(f"- slowest request at 256 connections (cheap): {fmt_us(results[('cheap', 256)]['max'])}")
+    for w in worker_counts:
+        for c in (8, 64, 256):
+            lines.append(f"- {w}/stage: cheap two-stage request / bare hello at {c} connections: "
+                         f"**{results[(w, 'cheap', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}**")
+        seed_best = max(results[(w, "seed", c)]["rps"] for c in (8, 64, 256))
+        lines.append(f"- {w}/stage: seed request: single-thread compute rate {rate:,.0f}/s in this run, so 2 cores "
+                     f"can do at most {2 * rate:,.0f}/s; served {seed_best:,.0f} req/s = "
+                     f"**{seed_best / (2 * rate):.1%}** of that")
+        lines.append(f"- {w}/stage: slowest cheap request at 256 connections: {fmt_us(results[(w, 'cheap', 256)]['max'])}")
 
     # The bridges, interleaved round by round so noise hits them alike; medians.
     bridges = ("task", "channel", "inproc")
     rps = {b: [] for b in bridges}
     for _ in range(a.rounds):
         for b in bridges:
-            with Server(serverd + ["--bridge", b]) as s:
+            with Server(serverd(worker_counts[-1]) + ["--bridge", b]) as s:
                 rps[b].append(wrk(s.port, CHEAP, 64, d)["rps"])
     lines += [
         "",
-        f"Bridges (cheap request, 64 connections, {a.rounds} interleaved rounds, median req/s):",
+        f"Bridges (cheap request, 64 connections, {worker_counts[-1]}/stage, {a.rounds} interleaved rounds, median req/s):",
         "",
         "| bridge | median req/s | runs |",
         "|---|---|---|",

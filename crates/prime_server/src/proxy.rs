@@ -68,6 +68,9 @@ pub struct ProxyConfig {
     pub queue_limit: usize,
     /// Heartbeat timing; must match the workers'.
     pub heartbeat: Heartbeat,
+    /// Run the proxy's thread as a batch thread (see
+    /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)); on by default.
+    pub batch_scheduling: bool,
 }
 
 impl ProxyConfig {
@@ -78,6 +81,7 @@ impl ProxyConfig {
             downstream: downstream.into(),
             queue_limit: 4096,
             heartbeat: Heartbeat::default(),
+            batch_scheduling: true,
         }
     }
 }
@@ -171,6 +175,9 @@ impl Proxy {
     pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
         const UP: u64 = 0;
         const DOWN: u64 = 1;
+        if self.config.batch_scheduling {
+            crate::transport::prefer_batch_scheduling();
+        }
         let mut waiter = Waiter::new()?;
         waiter.watch(&self.upstream, UP)?;
         waiter.watch(&self.downstream, DOWN)?;

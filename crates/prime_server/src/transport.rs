@@ -403,6 +403,17 @@ impl Waiter {
     }
 }
 
+/// Marks the calling thread as a batch thread (Linux `SCHED_BATCH`): when woken it does not
+/// preempt the thread running on its core but waits for the core's next turn. Pipeline threads
+/// (proxies, workers) use it so that handing them a message does not cost the front server's
+/// thread a context switch; they still get their full share of the CPU. Best effort: an error is
+/// ignored.
+pub fn prefer_batch_scheduling() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain system call on the calling thread (pid 0) with a valid parameter.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
+
 fn os_error(op: &'static str) -> TransportError {
     TransportError::Os {
         op,

@@ -40,6 +40,9 @@ pub struct WorkerConfig {
     pub blob: Vec<u8>,
     /// This stage's index (1 = first stage), written into the headers this worker sends.
     pub stage: u8,
+    /// Run the worker's thread as a batch thread (see
+    /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)); on by default.
+    pub batch_scheduling: bool,
 }
 
 impl WorkerConfig {
@@ -57,6 +60,7 @@ impl WorkerConfig {
             heartbeat: Heartbeat::default(),
             blob: Vec::new(),
             stage: 1,
+            batch_scheduling: true,
         }
     }
 
@@ -334,6 +338,9 @@ impl Worker {
         const UP: u64 = 0;
         const DOWN: u64 = 1;
         const SUB: u64 = 2;
+        if self.config.batch_scheduling {
+            crate::transport::prefer_batch_scheduling();
+        }
         let mut waiter = Waiter::new()?;
         waiter.watch(&self.upstream, UP)?;
         if let Some(d) = &self.downstream {

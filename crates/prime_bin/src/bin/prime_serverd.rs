@@ -46,9 +46,9 @@ struct Args {
     /// endpoint to listen on: `tcp://*:8002`, `tcp://127.0.0.1:8002` or `HOST:PORT`.
     #[arg(default_value = "127.0.0.1:8002")]
     target: String,
-    /// Worker threads per stage.
-    #[arg(default_value_t = 1)]
-    workers: usize,
+    /// Worker threads per stage (default: twice the number of cores, so a worker is always ready
+    /// while another waits for its next job).
+    workers: Option<usize>,
     /// Seconds to keep serving after SIGTERM/SIGINT before stopping.
     #[arg(default_value_t = 0)]
     drain_seconds: u64,
@@ -113,7 +113,10 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
-    if args.workers == 0 {
+    let workers = args
+        .workers
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if workers == 0 {
         bail!("WORKERS must be at least 1");
     }
     match parse_range(&args.target) {
@@ -122,7 +125,7 @@ fn main() -> anyhow::Result<()> {
             let t = std::time::Instant::now();
             let (mut primes, mut n) = (0, 0);
             for _ in 0..args.repeat.max(1) {
-                let (p, k) = prime::compute(start, end, args.workers);
+                let (p, k) = prime::compute(start, end, workers);
                 primes += p;
                 n += k;
             }
@@ -131,8 +134,8 @@ fn main() -> anyhow::Result<()> {
             println!("{:.3} s wall time", t.elapsed().as_secs_f64());
             Ok(())
         }
-        Some(range) => simulate(range?, args.workers),
-        None => serve(&args),
+        Some(range) => simulate(range?, workers),
+        None => serve(&args, workers),
     }
 }
 
@@ -156,7 +159,7 @@ fn display_addr(addr: std::net::SocketAddr) -> String {
     }
 }
 
-fn serve(args: &Args) -> anyhow::Result<()> {
+fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     let mut p = Pipeline::new("prime_serverd");
     p.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     p.max_in_flight = args.max_in_flight;
@@ -166,8 +169,8 @@ fn serve(args: &Args) -> anyhow::Result<()> {
         BridgeArg::Channel => Bridge::Channel,
         BridgeArg::Inproc => Bridge::Inproc,
     };
-    p.stage(args.workers, prime::parse_stage)
-        .stage(args.workers, prime::test_stage);
+    p.stage(workers, prime::parse_stage)
+        .stage(workers, prime::test_stage);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
