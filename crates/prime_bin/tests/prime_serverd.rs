@@ -8,10 +8,14 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_prime_serverd");
 
 fn start(args: &[&str]) -> (Child, String) {
+    start_with_stderr(args, Stdio::null())
+}
+
+fn start_with_stderr(args: &[&str], stderr: Stdio) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -146,4 +150,92 @@ fn ctrl_c_stops_at_once_without_a_drain() {
         "{:?}",
         t.elapsed()
     );
+}
+
+/// Sends one HTTP/1.1 request on `s` and reads the answer (status, body).
+fn http(s: &mut TcpStream, req: &str) -> (u16, String) {
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                let status = text[9..12].parse().unwrap();
+                return (status, text[end + 4..end + 4 + len].to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn serves_http_with_an_access_log_and_drains_on_sigterm() {
+    let log = std::env::temp_dir().join(format!("ps-access-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let (mut child, addr) = start_with_stderr(
+        &["127.0.0.1:0", "2", "1", "/health", "--access-log"],
+        Stdio::from(file),
+    );
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let get = |n: &str| format!("GET /is_prime?possible_prime={n} HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(
+        http(&mut s, &get("32416190071")),
+        (
+            200,
+            r#"{"possible_prime":32416190071,"is_prime":true}"#.to_string()
+        )
+    );
+    let (status, body) = http(&mut s, &get("x"));
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("GET /is_prime?possible_prime=32416190071"),
+        "{body}"
+    );
+    let (status, _) = http(&mut s, "DELETE /is_prime HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 405);
+    assert_eq!(
+        http(
+            &mut s,
+            "POST /is_prime HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n15"
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(&mut s, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"),
+        (200, "OK\n".into())
+    );
+    signal(&child, "-TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        http(&mut s, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").0,
+        503
+    );
+    assert_eq!(http(&mut s, &get("7")).0, 200);
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(" access: ")).collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    let first = lines[0];
+    for field in [
+        "id=",
+        "method=GET",
+        "path=/is_prime",
+        "status=200",
+        "bytes=46",
+        "us=",
+    ] {
+        assert!(first.contains(field), "{field} in {first}");
+    }
 }

@@ -606,3 +606,78 @@ fn every_bridge_carries_answers_cancels_and_timeouts() {
         running.stop();
     }
 }
+
+#[test]
+fn the_cleanup_function_runs_after_every_job_whatever_its_outcome() {
+    let ctx = Context::new();
+    let name = unique("cleanup");
+    let shutdown = Shutdown::new();
+    let proxy = Proxy::bind(
+        &ctx,
+        ProxyConfig::new(
+            format!("inproc://{name}-up"),
+            format!("inproc://{name}-down"),
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        &ctx,
+        ServerConfig::new(
+            format!("inproc://{name}-up"),
+            format!("inproc://{name}-loop"),
+            format!("inproc://{name}-int"),
+        ),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let cleanups = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = cleanups.clone();
+    let worker = Worker::connect(
+        &ctx,
+        WorkerConfig::new(
+            format!("inproc://{name}-down"),
+            format!("inproc://{name}-loop"),
+            format!("inproc://{name}-int"),
+        ),
+        Box::new(|job, _| match job.frames[0].as_slice() {
+            b"ok" => Ok(Outcome::Reply(b"ok".to_vec())),
+            b"fail" => Err(WorkError::Failed {
+                status: 422,
+                reason: "no".into(),
+            }),
+            _ => panic!("boom"),
+        }),
+    )
+    .unwrap()
+    .with_cleanup(Box::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    }));
+    let sd = shutdown.clone();
+    let wt = std::thread::spawn(move || worker.run(sd).unwrap());
+    let sd = shutdown.clone();
+    let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
+    let rt = rt();
+    assert_eq!(
+        rt.block_on(server.submit(vec![b"ok".to_vec()], None)),
+        Answer::Reply(b"ok".to_vec())
+    );
+    assert_eq!(
+        rt.block_on(server.submit(vec![b"fail".to_vec()], None)),
+        Answer::Failed(Failure::new(422, "no"))
+    );
+    let a = rt.block_on(server.submit(vec![b"panic".to_vec()], None));
+    assert!(
+        matches!(a, Answer::Failed(Failure { status: 500, .. })),
+        "{a:?}"
+    );
+    // The reply goes out before the cleanup runs; give the last one a moment.
+    let t = Instant::now();
+    while cleanups.load(Ordering::SeqCst) < 3 && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(cleanups.load(Ordering::SeqCst), 3);
+    shutdown.stop();
+    server.join();
+    wt.join().unwrap();
+    pt.join().unwrap();
+}
