@@ -214,13 +214,15 @@ fn serves_http_with_an_access_log_and_drains_on_sigterm() {
         http(&mut s, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"),
         (200, "OK\n".into())
     );
+    let mut s2 = TcpStream::connect(&addr).unwrap();
+    s2.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     signal(&child, "-TERM");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         http(&mut s, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").0,
         503
     );
-    assert_eq!(http(&mut s, &get("7")).0, 200);
+    assert_eq!(http(&mut s2, &get("7")).0, 200);
     let status = wait_exit(&mut child, Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
     let text = std::fs::read_to_string(&log).unwrap();

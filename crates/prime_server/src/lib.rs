@@ -18,6 +18,7 @@
 //! - [`client`]: a batch client that keeps N requests in flight.
 //! - [`shutdown`]: drain-then-stop, wired to SIGTERM/SIGINT in daemons.
 //! - [`pipeline`]: helpers to run a whole pipeline in one process.
+//! - [`topology`]: the TOML topology file that describes a deployment.
 //!
 //! # Example
 //!
@@ -42,6 +43,7 @@ pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;
+pub mod topology;
 pub mod transport;
 pub mod wire;
 pub mod worker;

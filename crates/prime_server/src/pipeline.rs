@@ -85,6 +85,18 @@ impl Pipeline {
         self
     }
 
+    /// Appends a stage of `workers` threads, each running a work function made by `make`.
+    pub fn stage_with<M>(&mut self, workers: usize, make: M) -> &mut Self
+    where
+        M: Fn() -> crate::worker::WorkFn + Send + Sync + 'static,
+    {
+        self.stages.push(StageSpec {
+            workers: workers.max(1),
+            make: Box::new(make),
+        });
+        self
+    }
+
     fn endpoint(&self, part: &str) -> String {
         match &self.transport {
             Transport::Inproc => format!("inproc://{}-{part}", self.name),

@@ -71,6 +71,10 @@ pub struct ProxyConfig {
     /// Run the proxy's thread as a batch thread (see
     /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)); on by default.
     pub batch_scheduling: bool,
+    /// Once the drain starts, return as soon as no job is queued and no worker holds one,
+    /// instead of serving until the stop. For proxy processes of a multi-process deployment;
+    /// off by default.
+    pub exit_when_drained: bool,
 }
 
 impl ProxyConfig {
@@ -82,6 +86,7 @@ impl ProxyConfig {
             queue_limit: 4096,
             heartbeat: Heartbeat::default(),
             batch_scheduling: true,
+            exit_when_drained: false,
         }
     }
 }
@@ -202,6 +207,14 @@ impl Proxy {
             if up || down {
                 // A batch limit was hit: go round again before sleeping.
                 continue;
+            }
+            if self.config.exit_when_drained
+                && shutdown.is_draining()
+                && self.queue.is_empty()
+                && self.workers.values().all(|w| w.idle)
+            {
+                tracing::info!("drained: no job queued or in a worker's hands");
+                break;
             }
             let timeout = POLL_INTERVAL.min(next_expiry.saturating_duration_since(Instant::now()));
             waiter.wait(timeout, &mut fired)?;

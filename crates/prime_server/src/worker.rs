@@ -43,7 +43,16 @@ pub struct WorkerConfig {
     /// Run the worker's thread as a batch thread (see
     /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)); on by default.
     pub batch_scheduling: bool,
+    /// Leave when the drain starts: tell the proxy (no new jobs), finish the job in hand and any
+    /// already on the way, then return, instead of serving until the stop. For worker processes
+    /// of a multi-process deployment; off by default (a one-process pipeline serves the front's
+    /// drain).
+    pub leave_on_drain: bool,
 }
+
+/// How long a leaving worker keeps taking jobs that its proxy sent before it learned of the
+/// leave.
+const LEAVE_GRACE: Duration = Duration::from_millis(500);
 
 impl WorkerConfig {
     /// A worker of stage 1 for a single server, without a next stage.
@@ -61,6 +70,7 @@ impl WorkerConfig {
             blob: Vec::new(),
             stage: 1,
             batch_scheduling: true,
+            leave_on_drain: false,
         }
     }
 
@@ -272,6 +282,8 @@ pub struct Worker {
     blob: Vec<u8>,
     ready_sent: bool,
     last_sent: Instant,
+    /// When this worker told its proxy it is leaving.
+    left: Option<Instant>,
 }
 
 fn unique_worker_id() -> Vec<u8> {
@@ -319,6 +331,7 @@ impl Worker {
             cancelled: RefCell::default(),
             ready_sent: false,
             last_sent: Instant::now(),
+            left: None,
         })
     }
 
@@ -355,6 +368,12 @@ impl Worker {
         let (mut up, mut down, mut sub) = (true, true, true);
         let mut fired = Vec::new();
         while !shutdown.is_stopping() {
+            if self.config.leave_on_drain && shutdown.is_draining() && self.left.is_none() {
+                tracing::info!("draining: leaving the proxy after the jobs in hand");
+                self.send_up(Kind::Disconnect, None)?;
+                self.left = Some(Instant::now());
+                up = true;
+            }
             if sub {
                 drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
                 sub = false;
@@ -372,15 +391,22 @@ impl Worker {
                     None => up = false,
                 }
             }
-            if self.last_sent.elapsed() >= self.config.heartbeat.interval {
+            if self.left.is_some_and(|t| t.elapsed() >= LEAVE_GRACE) {
+                // Left, and nothing more came: done.
+                return Ok(());
+            }
+            if self.left.is_none() && self.last_sent.elapsed() >= self.config.heartbeat.interval {
                 self.send_up(Kind::Heartbeat, None)?;
             }
-            let wait = self
+            let mut wait = self
                 .config
                 .heartbeat
                 .interval
                 .saturating_sub(self.last_sent.elapsed())
                 .min(POLL_INTERVAL);
+            if let Some(t) = self.left {
+                wait = wait.min(LEAVE_GRACE.saturating_sub(t.elapsed()));
+            }
             waiter.wait(wait, &mut fired)?;
             for t in &fired {
                 match *t {
@@ -407,6 +433,9 @@ impl Worker {
     }
 
     fn say_ready(&mut self) -> Result<(), Error> {
+        if self.left.is_some() {
+            return Ok(());
+        }
         let blob = self.blob.clone();
         self.send_up(Kind::Ready, Some(blob))?;
         self.ready_sent = true;

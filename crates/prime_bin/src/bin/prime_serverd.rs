@@ -17,7 +17,7 @@ use prime_server::protocol::{
     netstring::{HealthCheck, Netstring},
 };
 use prime_server::server::Bridge;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +82,12 @@ struct Args {
     /// With --compute-only: test the range this many times (to time one number).
     #[arg(long, default_value_t = 1)]
     repeat: u64,
+    /// `text` or `json` log lines (level from RUST_LOG).
+    #[arg(long, value_parser = prime_bin::daemon::log_format)]
+    log_format: Option<prime_server::topology::LogFormat>,
+    /// Run the whole topology of this TOML file in one process (its endpoints, stages, servers).
+    #[arg(long, conflicts_with_all = ["target", "workers", "drain_seconds", "health"])]
+    config: Option<String>,
     /// With START,END: skip the pipeline and only compute, on WORKERS plain threads (the lower
     /// bound simulation mode is measured against).
     #[arg(long)]
@@ -104,15 +110,15 @@ fn parse_range(s: &str) -> Option<anyhow::Result<(u64, u64)>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let args = Args::parse();
+    if let Some(path) = &args.config {
+        let t = prime_server::topology::Topology::load(path)?;
+        prime_bin::daemon::init_logging(args.log_format.unwrap_or(t.log_format));
+        prime_bin::daemon::run_topology(&t)?;
+        tracing::info!("prime_serverd stopped");
+        return Ok(());
+    }
+    prime_bin::daemon::init_logging(args.log_format.unwrap_or_default());
     let workers = args
         .workers
         .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -157,8 +157,10 @@ fn text(status: u16, reason: &str, close: bool) -> Resp {
     r
 }
 
-/// Turns a worker's encoded response into a hyper response, sharing the reply's buffer.
-fn from_reply(bytes: Vec<u8>) -> Resp {
+/// Turns a worker's encoded response into a hyper response, sharing the reply's buffer. The
+/// server frames the body itself, so a worker's `content-length` and `transfer-encoding` are
+/// dropped, except `content-length` on an answer to HEAD (which has no body to measure).
+fn from_reply(bytes: Vec<u8>, head: bool) -> Resp {
     let (status, headers, body_at) = match ResponseView::parse(&bytes) {
         Ok(v) => {
             let headers: Vec<(header::HeaderName, HeaderValue)> = v
@@ -169,7 +171,9 @@ fn from_reply(bytes: Vec<u8>) -> Resp {
                     let value = HeaderValue::from_bytes(val).ok()?;
                     Some((name, value))
                 })
-                .filter(|(n, _)| n != header::CONTENT_LENGTH && n != header::TRANSFER_ENCODING)
+                .filter(|(n, _)| {
+                    n != header::TRANSFER_ENCODING && (head || n != header::CONTENT_LENGTH)
+                })
                 .collect();
             (v.status, headers, bytes.len() - v.body.len())
         }
@@ -230,7 +234,7 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
         if req.uri().path() == health {
             let id = ctx.server.reserve_id();
             return if ctx.shutdown.is_draining() {
-                (id, text(503, "draining", false))
+                (id, text(503, "draining", true))
             } else {
                 (id, text(200, "OK", false))
             };
@@ -245,6 +249,7 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
         return (0, text(413, "the request body is too large", true));
     }
     let (parts, body) = req.into_parts();
+    let head = parts.method == http::Method::HEAD;
     let body = if hyper::body::Body::is_end_stream(&body) {
         Vec::new()
     } else {
@@ -287,9 +292,14 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
     );
     let pending = ctx.server.submit(frames, config.request_timeout);
     let id = pending.id();
-    let resp = match pending.await {
-        Answer::Reply(bytes) => from_reply(bytes),
+    let mut resp = match pending.await {
+        Answer::Reply(bytes) => from_reply(bytes, head),
         Answer::Failed(f) => text(f.status, &f.reason, false),
     };
+    if ctx.shutdown.is_draining() {
+        // Draining: tell the client to take its next request elsewhere.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     (id, resp)
 }

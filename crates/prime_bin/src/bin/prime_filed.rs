@@ -1,0 +1,57 @@
+//! prime_filed: an all-in-one static file server: a directory root that requests cannot escape,
+//! MIME types, directory listings, ETag/Last-Modified with 304, and Range requests.
+//!
+//! `prime_filed LISTEN [ROOT_DIR] [DRAIN_SECONDS] [HEALTH_PATH]`, as the C++ daemon.
+
+use clap::Parser;
+use prime_bin::{daemon, work};
+use prime_server::topology::Protocol;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "An all-in-one static file server")]
+struct Args {
+    /// Where clients connect: tcp://*:8002, tcp://127.0.0.1:8002 or HOST:PORT.
+    listen: String,
+    /// The directory to serve.
+    #[arg(default_value = ".")]
+    root_dir: PathBuf,
+    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
+    #[arg(default_value_t = 28)]
+    drain_seconds: u64,
+    /// A path answered by the server itself (200, or 503 while draining).
+    health_path: Option<String>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// One access-log line per request.
+    #[arg(long)]
+    access_log: bool,
+    /// `text` or `json` log lines.
+    #[arg(long, value_parser = daemon::log_format, default_value = "text")]
+    log_format: prime_server::topology::LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    daemon::init_logging(args.log_format);
+    prime_server::protocol::listen_addrs(&args.listen).map_err(anyhow::Error::msg)?;
+    let section = daemon::server_section(
+        &args.listen,
+        "inproc://filed-loopback",
+        "inproc://filed-interrupt",
+        Protocol::Http,
+        60,
+        64 * 1024,
+        args.health_path.clone(),
+        args.access_log,
+    );
+    let stages = vec![(
+        args.workers.max(1),
+        work::factory("files", Some(args.root_dir.clone()))?,
+    )];
+    daemon::run_all_in_one(&section, stages, Duration::from_secs(args.drain_seconds))?;
+    tracing::info!("prime_filed stopped");
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! prime_httpd: the front server as its own process.
+//!
+//! `prime_httpd LISTEN PROXY LOOPBACK INTERRUPT [ENABLE_LOGGING] [MAX_REQUEST_SIZE]
+//! [TIMEOUT_SECONDS] [DRAIN_SECONDS] [HEALTH_PATH]` (the C++ daemon's arguments), the same as
+//! flags, or `prime_httpd --config FILE [--server NAME]`. On SIGTERM it stops accepting, answers
+//! its health path 503, finishes what is in flight, then exits 0.
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use prime_bin::daemon;
+use prime_server::shutdown::Shutdown;
+use prime_server::topology::{Protocol, Topology};
+use prime_server::transport::Context;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "The front server: HTTP (or netstring) clients in, jobs to the first stage's proxy"
+)]
+struct Args {
+    /// Where clients connect: tcp://*:8002, tcp://127.0.0.1:8002 or HOST:PORT.
+    listen: Option<String>,
+    /// The first stage's proxy, upstream endpoint.
+    proxy: Option<String>,
+    /// Where workers send replies (bound).
+    loopback: Option<String>,
+    /// Where workers listen for interrupts (bound).
+    interrupt: Option<String>,
+    /// `true` for one access-log line per request.
+    enable_logging: Option<bool>,
+    /// Largest request body in bytes.
+    max_request_size: Option<usize>,
+    /// Seconds before a request is answered 504 (0 = never).
+    timeout_seconds: Option<u64>,
+    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
+    drain_seconds: Option<u64>,
+    /// A path answered by the server itself (200, or 503 while draining).
+    health_path: Option<String>,
+    /// A topology file; runs its front server (see --server).
+    #[arg(long)]
+    config: Option<String>,
+    /// Which [[server]] of the topology file to run (needed when it has several).
+    #[arg(long)]
+    server: Option<String>,
+    /// `http` or `netstring`.
+    #[arg(long, default_value = "http")]
+    protocol: String,
+    /// Seconds a client may take to send a request head.
+    #[arg(long, default_value_t = 30)]
+    header_timeout: u64,
+    /// `text` or `json` log lines.
+    #[arg(long, value_parser = daemon::log_format)]
+    log_format: Option<prime_server::topology::LogFormat>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (section, proxy, drain, format) = match (&args.config, &args.listen) {
+        (Some(path), None) => {
+            let t = Topology::load(path)?;
+            let s = t.server(args.server.as_deref())?.clone();
+            let proxy = t.stages[0].upstream.clone();
+            (s, proxy, t.drain(), args.log_format.unwrap_or(t.log_format))
+        }
+        (None, Some(listen)) => {
+            let (Some(proxy), Some(lb), Some(int)) = (&args.proxy, &args.loopback, &args.interrupt)
+            else {
+                bail!("give LISTEN PROXY LOOPBACK INTERRUPT (see --help)");
+            };
+            let protocol = match args.protocol.as_str() {
+                "http" => Protocol::Http,
+                "netstring" => Protocol::Netstring,
+                p => bail!("--protocol: expected http or netstring, got {p:?}"),
+            };
+            let mut s = daemon::server_section(
+                listen,
+                lb,
+                int,
+                protocol,
+                args.timeout_seconds.unwrap_or(60),
+                args.max_request_size.unwrap_or(10 * 1024 * 1024),
+                args.health_path.clone(),
+                args.enable_logging.unwrap_or(false),
+            );
+            s.header_timeout_seconds = args.header_timeout.max(1);
+            prime_server::protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
+            (
+                s,
+                proxy.clone(),
+                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                args.log_format.unwrap_or_default(),
+            )
+        }
+        _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
+    };
+    daemon::init_logging(format);
+    let ctx = Context::new();
+    let shutdown = Shutdown::new();
+    shutdown.on_signals(drain)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let server = daemon::start_server(&ctx, &section, &proxy, &shutdown)
+            .context("starting the server core")?;
+        daemon::serve_front(&section, server, shutdown.clone(), true).await
+    });
+    shutdown.stop();
+    drop(rt);
+    result?;
+    tracing::info!("prime_httpd stopped");
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! prime_proxyd: one stage's load balancer as its own process.
+//!
+//! `prime_proxyd UPSTREAM DOWNSTREAM [DRAIN_SECONDS]` (the C++ daemon's arguments) or
+//! `prime_proxyd --config FILE --stage NAME`. On SIGTERM it keeps dispatching until no job is
+//! queued or in a worker's hands, or the drain time is over, then exits 0.
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use prime_bin::daemon;
+use prime_server::shutdown::Shutdown;
+use prime_server::topology::{HeartbeatConfig, StageSection, Topology};
+use prime_server::transport::Context;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "One stage's load-balancing proxy: workers pull, a job goes only to an idle worker"
+)]
+struct Args {
+    /// Where the server or the previous stage's workers send jobs (bound), e.g. ipc:///tmp/ps/parse_in.
+    upstream: Option<String>,
+    /// Where this stage's workers connect (bound), e.g. ipc:///tmp/ps/parse_out.
+    downstream: Option<String>,
+    /// Seconds to keep going after SIGTERM/SIGINT while work is in flight.
+    drain_seconds: Option<u64>,
+    /// A topology file; with --stage, runs that stage's proxy.
+    #[arg(long)]
+    config: Option<String>,
+    /// The stage of the topology file to run.
+    #[arg(long)]
+    stage: Option<String>,
+    /// Jobs waiting for a worker before 503.
+    #[arg(long, default_value_t = 4096)]
+    queue_limit: usize,
+    /// Heartbeat interval in milliseconds (must match the workers').
+    #[arg(long, default_value_t = 2500)]
+    heartbeat_ms: u64,
+    /// `text` or `json` log lines.
+    #[arg(long, value_parser = daemon::log_format)]
+    log_format: Option<prime_server::topology::LogFormat>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (stage, heartbeat, drain, format) = match (&args.config, &args.upstream, &args.downstream) {
+        (Some(path), None, None) => {
+            let t = Topology::load(path)?;
+            let name = args
+                .stage
+                .as_deref()
+                .context("--config needs --stage NAME")?;
+            let (_, stage) = t.stage(name)?;
+            (
+                stage.clone(),
+                t.heartbeat,
+                t.drain(),
+                args.log_format.unwrap_or(t.log_format),
+            )
+        }
+        (None, Some(up), Some(down)) => (
+            StageSection {
+                name: "stage".into(),
+                work: String::new(),
+                upstream: up.clone(),
+                downstream: down.clone(),
+                workers: 0,
+                queue_limit: args.queue_limit,
+            },
+            HeartbeatConfig {
+                interval_ms: args.heartbeat_ms,
+                ..HeartbeatConfig::default()
+            },
+            Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+            args.log_format.unwrap_or_default(),
+        ),
+        _ => bail!("give UPSTREAM DOWNSTREAM, or --config FILE --stage NAME (see --help)"),
+    };
+    daemon::init_logging(format);
+    let ctx = Context::new();
+    let shutdown = Shutdown::new();
+    shutdown.on_signals(drain)?;
+    let proxy = daemon::start_proxy(&ctx, &stage, heartbeat.heartbeat(), true, &shutdown)?;
+    let _ = proxy.join();
+    tracing::info!("prime_proxyd stopped");
+    Ok(())
+}

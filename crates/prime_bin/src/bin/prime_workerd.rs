@@ -1,0 +1,118 @@
+//! prime_workerd: a pool of worker threads as its own process.
+//!
+//! `prime_workerd UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT [DRAIN_SECONDS] --work NAME`
+//! (the C++ daemon's arguments; `-` as DOWNSTREAM_PROXY for the last stage) or
+//! `prime_workerd --config FILE --stage NAME`. On SIGTERM each worker leaves its proxy, finishes
+//! the job in hand, and the process exits 0.
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use prime_bin::{daemon, work};
+use prime_server::shutdown::Shutdown;
+use prime_server::topology::{HeartbeatConfig, Topology};
+use prime_server::transport::Context;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "A pool of workers for one stage")]
+struct Args {
+    /// This stage's proxy, its downstream endpoint.
+    upstream_proxy: Option<String>,
+    /// The next stage's proxy, its upstream endpoint (`-` or `none` for the last stage).
+    downstream_proxy: Option<String>,
+    /// The server's loopback endpoint.
+    loopback: Option<String>,
+    /// The server's interrupt endpoint.
+    interrupt: Option<String>,
+    /// Seconds to wait after SIGTERM/SIGINT for the job in hand before stopping it.
+    drain_seconds: Option<u64>,
+    /// A topology file; with --stage, runs that stage's workers.
+    #[arg(long)]
+    config: Option<String>,
+    /// The stage of the topology file to serve.
+    #[arg(long)]
+    stage: Option<String>,
+    /// What the workers run (prime_parse, prime_test, echo, files); from the file with --config.
+    #[arg(long)]
+    work: Option<String>,
+    /// Worker threads (default: the stage's `workers`, or 2).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// The stage's index, from 1 (written into the headers, for logs).
+    #[arg(long, default_value_t = 1)]
+    stage_index: u8,
+    /// The directory the `files` work serves.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Heartbeat interval in milliseconds (must match the proxy's).
+    #[arg(long, default_value_t = 2500)]
+    heartbeat_ms: u64,
+    /// `text` or `json` log lines.
+    #[arg(long, value_parser = daemon::log_format)]
+    log_format: Option<prime_server::topology::LogFormat>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (pool, kind, drain, format) = match (&args.config, &args.upstream_proxy) {
+        (Some(path), None) => {
+            let t = Topology::load(path)?;
+            let name = args.stage.as_deref().context("--config needs --stage NAME")?;
+            let (i, stage) = t.stage(name)?;
+            let pool = daemon::PoolSpec {
+                name: stage.name.clone(),
+                upstream: stage.downstream.clone(),
+                downstream: t.worker_downstream(i).map(str::to_string),
+                loopbacks: t.loopbacks(),
+                interrupts: t.interrupts(),
+                stage: (i + 1) as u8,
+                workers: args.workers.unwrap_or(stage.workers),
+                heartbeat: t.heartbeat.heartbeat(),
+                leave_on_drain: true,
+            };
+            let kind = args.work.clone().unwrap_or_else(|| stage.work.clone());
+            (pool, kind, t.drain(), args.log_format.unwrap_or(t.log_format))
+        }
+        (None, Some(up)) => {
+            let (Some(down), Some(lb), Some(int)) =
+                (&args.downstream_proxy, &args.loopback, &args.interrupt)
+            else {
+                bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT (see --help)");
+            };
+            let downstream = match down.as_str() {
+                "-" | "none" | "ipc:///dev/null" | "inproc://dev_null" => None,
+                d => Some(d.to_string()),
+            };
+            let pool = daemon::PoolSpec {
+                name: "worker".into(),
+                upstream: up.clone(),
+                downstream,
+                loopbacks: vec![lb.clone()],
+                interrupts: vec![int.clone()],
+                stage: args.stage_index,
+                workers: args.workers.unwrap_or(2),
+                heartbeat: HeartbeatConfig {
+                    interval_ms: args.heartbeat_ms,
+                    ..HeartbeatConfig::default()
+                }
+                .heartbeat(),
+                leave_on_drain: true,
+            };
+            let kind = args.work.clone().context("--work NAME is needed (prime_parse, prime_test, echo, files)")?;
+            (pool, kind, Duration::from_secs(args.drain_seconds.unwrap_or(28)), args.log_format.unwrap_or_default())
+        }
+        _ => bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT --work NAME, or --config FILE --stage NAME"),
+    };
+    daemon::init_logging(format);
+    let factory = work::factory(&kind, args.root.clone())?;
+    let ctx = Context::new();
+    let shutdown = Shutdown::new();
+    shutdown.on_signals(drain)?;
+    let threads = daemon::start_workers(&ctx, &pool, &factory, &shutdown)?;
+    for t in threads {
+        let _ = t.join();
+    }
+    tracing::info!("prime_workerd stopped");
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! What every daemon does the same way: logging, signals, and starting the parts of a topology
+//! (front servers, proxies, workers).
+
+use crate::work::Factory;
+use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
+use prime_server::proxy::{Heartbeat, Proxy, ProxyConfig};
+use prime_server::server::{Server, ServerConfig, ServerHandle};
+use prime_server::shutdown::Shutdown;
+use prime_server::topology::{LogFormat, Protocol, ServerSection, StageSection};
+use prime_server::transport::Context;
+use prime_server::worker::{Worker, WorkerConfig};
+use std::io::IsTerminal;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Sets up `tracing` to stderr: text or JSON lines, level from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Parses `--log-format`.
+pub fn log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!(
+            "--log-format: expected text or json, got {other:?}"
+        )),
+    }
+}
+
+fn spawn<F>(name: String, f: F) -> anyhow::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Result<(), prime_server::Error> + Send + 'static,
+{
+    Ok(std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if let Err(e) = f() {
+                tracing::error!(thread = %name, error = %e, "component failed");
+            }
+        })?)
+}
+
+/// Binds a stage's proxy and runs it on a thread.
+pub fn start_proxy(
+    ctx: &Context,
+    stage: &StageSection,
+    heartbeat: Heartbeat,
+    exit_when_drained: bool,
+    shutdown: &Shutdown,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut cfg = ProxyConfig::new(&stage.upstream, &stage.downstream);
+    cfg.queue_limit = stage.queue_limit;
+    cfg.heartbeat = heartbeat;
+    cfg.exit_when_drained = exit_when_drained;
+    let proxy = Proxy::bind(ctx, cfg)?;
+    tracing::info!(stage = %stage.name, upstream = %stage.upstream, downstream = %stage.downstream, "proxy bound");
+    let sd = shutdown.clone();
+    spawn(format!("{}-proxy", stage.name), move || proxy.run(sd))
+}
+
+/// What a pool of workers connects to.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    /// A name for threads and logs.
+    pub name: String,
+    /// The stage's proxy, downstream side.
+    pub upstream: String,
+    /// The next stage's proxy, upstream side.
+    pub downstream: Option<String>,
+    /// Every server's loopback.
+    pub loopbacks: Vec<String>,
+    /// Every server's interrupt endpoint.
+    pub interrupts: Vec<String>,
+    /// The stage's index, from 1.
+    pub stage: u8,
+    /// How many worker threads.
+    pub workers: usize,
+    /// Heartbeat timing.
+    pub heartbeat: Heartbeat,
+    /// Leave the proxy when the drain starts (worker processes).
+    pub leave_on_drain: bool,
+}
+
+/// Starts a pool of worker threads.
+pub fn start_workers(
+    ctx: &Context,
+    pool: &PoolSpec,
+    work: &Factory,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::new();
+    for i in 0..pool.workers.max(1) {
+        let cfg = WorkerConfig {
+            upstream: pool.upstream.clone(),
+            downstream: pool.downstream.clone(),
+            loopbacks: pool.loopbacks.clone(),
+            interrupts: pool.interrupts.clone(),
+            heartbeat: pool.heartbeat,
+            blob: Vec::new(),
+            stage: pool.stage,
+            batch_scheduling: true,
+            leave_on_drain: pool.leave_on_drain,
+        };
+        let worker = Worker::connect(ctx, cfg, work())?;
+        let sd = shutdown.clone();
+        threads.push(spawn(format!("{}-w{i}", pool.name), move || {
+            worker.run(sd)
+        })?);
+    }
+    tracing::info!(pool = %pool.name, workers = pool.workers, upstream = %pool.upstream, "workers connected");
+    Ok(threads)
+}
+
+/// Starts a front server's core (inside the current tokio runtime, so its pump runs there).
+pub fn start_server(
+    ctx: &Context,
+    section: &ServerSection,
+    proxy: &str,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ServerHandle> {
+    let mut cfg = ServerConfig::new(proxy, &section.loopback, &section.interrupt);
+    cfg.timeout = section.timeout();
+    cfg.max_in_flight = section.max_in_flight;
+    Ok(Server::start(ctx, cfg, shutdown.clone())?)
+}
+
+/// Serves a front server's client protocol until the stop; when `exit_when_idle`, stops as soon
+/// as the drain has begun and nothing is in flight. Prints the listening address on stdout.
+pub async fn serve_front(
+    section: &ServerSection,
+    server: ServerHandle,
+    shutdown: Shutdown,
+    exit_when_idle: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let listener = protocol::bind_listener(&section.listen)?;
+    let addr = listener.local_addr()?;
+    println!(
+        "{} listening on {addr} ({})",
+        section.name,
+        match section.protocol {
+            Protocol::Http => "http",
+            Protocol::Netstring => "netstring",
+        }
+    );
+    std::io::stdout().flush()?;
+    if exit_when_idle {
+        let (server, sd) = (server.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            sd.draining().await;
+            while !sd.is_stopping() {
+                if server.in_flight() == 0 {
+                    tracing::info!("drained: nothing in flight");
+                    sd.stop();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    match section.protocol {
+        Protocol::Http => {
+            let config = HttpConfig {
+                max_body: section.max_body_bytes,
+                header_timeout: Duration::from_secs(section.header_timeout_seconds),
+                health_path: section.health_path.clone(),
+                access_log: section.access_log,
+                request_timeout: section.timeout(),
+                ..HttpConfig::default()
+            };
+            protocol::http::serve(listener, server.clone(), config, shutdown.clone()).await;
+        }
+        Protocol::Netstring => {
+            let proto = Netstring {
+                max_len: section.max_body_bytes,
+                health: section.health_path.as_ref().map(|h| {
+                    std::sync::Arc::new(protocol::netstring::HealthCheck {
+                        request: h.clone().into_bytes().into(),
+                        response: "OK".into(),
+                    })
+                }),
+            };
+            protocol::serve(listener, server.clone(), proto, shutdown.clone()).await;
+        }
+    }
+    shutdown.stopped().await;
+    server.closed().await;
+    Ok(())
+}
+
+/// A server section from the C++ daemons' positional arguments and flags.
+#[allow(clippy::too_many_arguments)]
+pub fn server_section(
+    listen: &str,
+    loopback: &str,
+    interrupt: &str,
+    protocol: Protocol,
+    timeout_seconds: u64,
+    max_body_bytes: usize,
+    health_path: Option<String>,
+    access_log: bool,
+) -> ServerSection {
+    ServerSection {
+        name: "front".into(),
+        listen: listen.into(),
+        protocol,
+        loopback: loopback.into(),
+        interrupt: interrupt.into(),
+        timeout_seconds,
+        max_in_flight: 10_000,
+        max_body_bytes,
+        header_timeout_seconds: 30,
+        health_path,
+        access_log,
+    }
+}
+
+/// Runs a whole service in one process (stages over inproc) behind one front server, until the
+/// stop; with signals wired for `drain`. Used by the all-in-one daemons.
+pub fn run_all_in_one(
+    section: &ServerSection,
+    stages: Vec<(usize, Factory)>,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let mut p =
+        prime_server::pipeline::Pipeline::new(&format!("{}-{}", section.name, std::process::id()));
+    p.timeout = section.timeout();
+    p.max_in_flight = section.max_in_flight;
+    for (workers, factory) in stages {
+        p.stage_with(workers, move || factory());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let running = {
+        let _entered = rt.enter();
+        p.start()?
+    };
+    running.shutdown.on_signals(drain)?;
+    let result = rt.block_on(serve_front(
+        section,
+        running.server.clone(),
+        running.shutdown.clone(),
+        false,
+    ));
+    running.shutdown.stop();
+    running.join();
+    result
+}
+
+/// Runs every part of a topology in one process: its proxies, its worker pools and its front
+/// servers, with the topology's endpoints.
+pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> {
+    let ctx = Context::new();
+    let shutdown = Shutdown::new();
+    shutdown.on_signals(t.drain())?;
+    let hb = t.heartbeat.heartbeat();
+    let mut threads = Vec::new();
+    for s in &t.stages {
+        threads.push(start_proxy(&ctx, s, hb, false, &shutdown)?);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let mut servers = Vec::new();
+        for s in &t.servers {
+            servers.push(start_server(&ctx, s, &t.stages[0].upstream, &shutdown)?);
+        }
+        for (i, s) in t.stages.iter().enumerate() {
+            let pool = PoolSpec {
+                name: s.name.clone(),
+                upstream: s.downstream.clone(),
+                downstream: t.worker_downstream(i).map(str::to_string),
+                loopbacks: t.loopbacks(),
+                interrupts: t.interrupts(),
+                stage: (i + 1) as u8,
+                workers: s.workers,
+                heartbeat: hb,
+                leave_on_drain: false,
+            };
+            let factory = crate::work::factory(&s.work, None)?;
+            threads.extend(start_workers(&ctx, &pool, &factory, &shutdown)?);
+        }
+        let fronts = t
+            .servers
+            .iter()
+            .zip(servers)
+            .map(|(section, server)| serve_front(section, server, shutdown.clone(), false));
+        for r in futures_util::future::join_all(fronts).await {
+            r?;
+        }
+        anyhow::Ok(())
+    });
+    shutdown.stop();
+    for th in threads {
+        let _ = th.join();
+    }
+    result
+}

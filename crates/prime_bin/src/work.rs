@@ -1,0 +1,77 @@
+//! The work functions the daemons know by name (`prime_workerd --work NAME`, `work = "NAME"` in a
+//! topology file).
+
+use crate::{files, prime};
+use prime_server::http::{Request, Response};
+use prime_server::worker::{Interrupt, Job, Outcome, WorkError, WorkFn};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Makes one work function per worker thread.
+pub type Factory = Arc<dyn Fn() -> WorkFn + Send + Sync>;
+
+/// The names [`factory`] knows.
+pub const KINDS: &[&str] = &["prime_parse", "prime_test", "echo", "files"];
+
+/// The work function called `name`. `root` is the directory the `files` kind serves.
+pub fn factory(name: &str, root: Option<PathBuf>) -> anyhow::Result<Factory> {
+    Ok(match name {
+        "prime_parse" => Arc::new(|| Box::new(prime::parse_stage)),
+        "prime_test" => Arc::new(|| Box::new(prime::test_stage)),
+        "echo" => Arc::new(|| Box::new(echo)),
+        "files" => {
+            let root = files::Root::new(&root.unwrap_or_else(|| PathBuf::from(".")))?;
+            Arc::new(move || {
+                let root = root.clone();
+                Box::new(move |job: &mut Job, _: &Interrupt<'_>| {
+                    let req = Request::decode(&job.frames).map_err(|e| WorkError::Failed {
+                        status: 400,
+                        reason: e.to_string(),
+                    })?;
+                    Ok(Outcome::Reply(root.respond(&req).encode()))
+                })
+            })
+        }
+        other => anyhow::bail!("unknown work {other:?}; known: {}", KINDS.join(", ")),
+    })
+}
+
+/// Echo: answers an HTTP request with 200 and the request as the worker saw it (request line,
+/// headers, blank line, body), and a netstring request with its payload. The `x-worker` header
+/// names the process and thread that answered.
+pub fn echo(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
+    let is_http =
+        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http::REQUEST_MAGIC);
+    if !is_http {
+        return Ok(Outcome::Reply(job.frames.concat()));
+    }
+    let req = Request::decode(&job.frames).map_err(|e| WorkError::Failed {
+        status: 400,
+        reason: e.to_string(),
+    })?;
+    let version = match req.version {
+        prime_server::http::Version::Http10 => "HTTP/1.0",
+        prime_server::http::Version::Http11 => "HTTP/1.1",
+    };
+    let mut body = format!("{} {} {version}\r\n", req.method, req.target).into_bytes();
+    for (n, v) in &req.headers {
+        body.extend_from_slice(n.as_bytes());
+        body.extend_from_slice(b": ");
+        body.extend_from_slice(v);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"\r\n");
+    body.extend_from_slice(&req.body);
+    let worker = format!(
+        "{}/{}",
+        std::process::id(),
+        std::thread::current().name().unwrap_or("worker")
+    );
+    Ok(Outcome::Reply(
+        Response::new(200)
+            .header("content-type", "text/plain; charset=utf-8")
+            .header("x-worker", worker)
+            .body(body)
+            .encode(),
+    ))
+}

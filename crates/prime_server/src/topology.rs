@@ -1,0 +1,411 @@
+//! The topology file: one TOML file that describes a whole deployment (front servers, stages,
+//! their endpoints, pool sizes, deadlines, limits, drain and logging), so that
+//! `prime_serverd --config FILE` runs all of it in one process and `prime_httpd`,
+//! `prime_proxyd` and `prime_workerd` run one piece each from the same file.
+//!
+//! ```
+//! let t = prime_server::topology::Topology::parse(r#"
+//!     drain_seconds = 5
+//!     [[server]]
+//!     listen = "tcp://*:8002"
+//!     loopback = "ipc:///tmp/ps-doc/loopback"
+//!     interrupt = "ipc:///tmp/ps-doc/interrupt"
+//!     [[stage]]
+//!     name = "parse"
+//!     work = "prime_parse"
+//!     upstream = "ipc:///tmp/ps-doc/parse_in"
+//!     downstream = "ipc:///tmp/ps-doc/parse_out"
+//!     [[stage]]
+//!     name = "test"
+//!     work = "prime_test"
+//!     upstream = "ipc:///tmp/ps-doc/test_in"
+//!     downstream = "ipc:///tmp/ps-doc/test_out"
+//!     workers = 4
+//! "#).unwrap();
+//! assert_eq!(t.stages[1].workers, 4);
+//! assert_eq!(t.worker_downstream(0), Some("ipc:///tmp/ps-doc/test_in"));
+//! ```
+//!
+//! Unknown keys and bad values are rejected with a message naming the key.
+
+use crate::transport::validate_endpoint;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// A whole deployment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Seconds to keep serving after SIGTERM/SIGINT before stopping (default 28, leaving 2 s of a
+    /// 30 s orchestrator grace period).
+    #[serde(default = "default_drain")]
+    pub drain_seconds: u64,
+    /// `text` (default) or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Heartbeat timing between proxies and workers.
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+    /// The front servers (one or more; each gets its own answers).
+    #[serde(rename = "server")]
+    pub servers: Vec<ServerSection>,
+    /// The stages, in pipeline order.
+    #[serde(rename = "stage")]
+    pub stages: Vec<StageSection>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The client protocol of a front server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 on hyper.
+    #[default]
+    Http,
+    /// Netstrings.
+    Netstring,
+}
+
+/// Heartbeat timing.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Milliseconds between heartbeats (default 2500).
+    #[serde(default = "default_hb_interval")]
+    pub interval_ms: u64,
+    /// Missed heartbeats before a peer counts as dead (default 3).
+    #[serde(default = "default_liveness")]
+    pub liveness: u32,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval_ms: default_hb_interval(),
+            liveness: default_liveness(),
+        }
+    }
+}
+
+impl HeartbeatConfig {
+    /// As the library's type.
+    pub fn heartbeat(&self) -> crate::proxy::Heartbeat {
+        crate::proxy::Heartbeat {
+            interval: Duration::from_millis(self.interval_ms),
+            liveness: self.liveness,
+        }
+    }
+}
+
+/// One front server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Its name, for `--server NAME` (default `front`).
+    #[serde(default = "default_server_name")]
+    pub name: String,
+    /// Where clients connect: `tcp://*:8002`, `tcp://127.0.0.1:8002` or `host:port`.
+    pub listen: String,
+    /// `http` (default) or `netstring`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Where workers send replies (bound by the server).
+    pub loopback: String,
+    /// Where workers listen for interrupts (bound by the server).
+    pub interrupt: String,
+    /// Seconds before a request is answered 504 (0 = never; default 60).
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+    /// Requests in flight before 503 (default 10,000).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Largest request body (default 10 MiB).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Seconds to send a request head; also the keep-alive idle limit (default 30).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    /// A path answered by the server itself (200, or 503 while draining).
+    #[serde(default)]
+    pub health_path: Option<String>,
+    /// One log line per request.
+    #[serde(default)]
+    pub access_log: bool,
+}
+
+impl ServerSection {
+    /// The request deadline.
+    pub fn timeout(&self) -> Option<Duration> {
+        (self.timeout_seconds > 0).then(|| Duration::from_secs(self.timeout_seconds))
+    }
+}
+
+/// One stage: its proxy's endpoints and its worker pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    /// Its name, for `--stage NAME`.
+    pub name: String,
+    /// What its workers run: a name the worker daemon knows (`prime_parse`, `prime_test`,
+    /// `echo`).
+    pub work: String,
+    /// The proxy's upstream endpoint (the server or the previous stage sends jobs here).
+    pub upstream: String,
+    /// The proxy's downstream endpoint (this stage's workers connect here).
+    pub downstream: String,
+    /// Worker threads (per worker process; default 2).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Jobs waiting for a worker before 503 (default 4096).
+    #[serde(default = "default_queue_limit")]
+    pub queue_limit: usize,
+}
+
+fn default_drain() -> u64 {
+    28
+}
+fn default_hb_interval() -> u64 {
+    2500
+}
+fn default_liveness() -> u32 {
+    3
+}
+fn default_server_name() -> String {
+    "front".into()
+}
+fn default_timeout() -> u64 {
+    60
+}
+fn default_in_flight() -> usize {
+    10_000
+}
+fn default_max_body() -> usize {
+    10 * 1024 * 1024
+}
+fn default_header_timeout() -> u64 {
+    30
+}
+fn default_workers() -> usize {
+    2
+}
+fn default_queue_limit() -> usize {
+    4096
+}
+
+/// What is wrong with a topology file.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a value of the wrong type (the message names the key).
+    #[error("{0}")]
+    Syntax(String),
+    /// A value that parses but makes no sense.
+    #[error("{key}: {why}")]
+    Invalid {
+        /// The key, dotted (`stage.parse.workers`).
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> TopologyError {
+    TopologyError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
+}
+
+impl Topology {
+    /// Reads and checks a topology file.
+    pub fn load(path: &str) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Topology::parse(&text)
+    }
+
+    /// Parses and checks a topology.
+    pub fn parse(text: &str) -> Result<Topology, TopologyError> {
+        let t: Topology = toml::from_str(text).map_err(|e| TopologyError::Syntax(e.to_string()))?;
+        t.check()?;
+        Ok(t)
+    }
+
+    fn check(&self) -> Result<(), TopologyError> {
+        if self.servers.is_empty() {
+            return Err(invalid("server", "at least one [[server]] is needed"));
+        }
+        if self.stages.is_empty() {
+            return Err(invalid("stage", "at least one [[stage]] is needed"));
+        }
+        if self.heartbeat.interval_ms == 0 || self.heartbeat.liveness == 0 {
+            return Err(invalid(
+                "heartbeat",
+                "interval_ms and liveness must be positive",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.servers {
+            let key = |k: &str| format!("server.{}.{k}", s.name);
+            if !names.insert(format!("server {}", s.name)) {
+                return Err(invalid(format!("server.{}", s.name), "duplicate name"));
+            }
+            crate::protocol::listen_addrs(&s.listen).map_err(|e| invalid(key("listen"), e))?;
+            for (k, ep) in [("loopback", &s.loopback), ("interrupt", &s.interrupt)] {
+                validate_endpoint(ep).map_err(|e| invalid(key(k), e.to_string()))?;
+            }
+            if s.max_in_flight == 0 {
+                return Err(invalid(key("max_in_flight"), "must be at least 1"));
+            }
+            if s.header_timeout_seconds == 0 {
+                return Err(invalid(key("header_timeout_seconds"), "must be at least 1"));
+            }
+            if let Some(h) = &s.health_path {
+                if !h.starts_with('/') {
+                    return Err(invalid(key("health_path"), "must start with /"));
+                }
+            }
+        }
+        for s in &self.stages {
+            let key = |k: &str| format!("stage.{}.{k}", s.name);
+            if !names.insert(format!("stage {}", s.name)) {
+                return Err(invalid(format!("stage.{}", s.name), "duplicate name"));
+            }
+            for (k, ep) in [("upstream", &s.upstream), ("downstream", &s.downstream)] {
+                validate_endpoint(ep).map_err(|e| invalid(key(k), e.to_string()))?;
+            }
+            if s.workers == 0 {
+                return Err(invalid(key("workers"), "must be at least 1"));
+            }
+            if s.queue_limit == 0 {
+                return Err(invalid(key("queue_limit"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stage called `name`, with its index.
+    pub fn stage(&self, name: &str) -> Result<(usize, &StageSection), TopologyError> {
+        self.stages
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+                invalid(
+                    "--stage",
+                    format!("no stage {name:?} (the file has {known:?})"),
+                )
+            })
+    }
+
+    /// The server called `name` (or the only one when `name` is `None`).
+    pub fn server(&self, name: Option<&str>) -> Result<&ServerSection, TopologyError> {
+        match name {
+            Some(n) => self
+                .servers
+                .iter()
+                .find(|s| s.name == n)
+                .ok_or_else(|| invalid("--server", format!("no server {n:?}"))),
+            None if self.servers.len() == 1 => Ok(&self.servers[0]),
+            None => Err(invalid(
+                "--server",
+                "the file has several servers: name one",
+            )),
+        }
+    }
+
+    /// Where stage `i`'s workers send what they forward: the next stage's upstream.
+    pub fn worker_downstream(&self, i: usize) -> Option<&str> {
+        self.stages.get(i + 1).map(|s| s.upstream.as_str())
+    }
+
+    /// Every server's loopback endpoint.
+    pub fn loopbacks(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.loopback.clone()).collect()
+    }
+
+    /// Every server's interrupt endpoint.
+    pub fn interrupts(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.interrupt.clone()).collect()
+    }
+
+    /// The drain period.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[server]]
+        listen = "127.0.0.1:8002"
+        loopback = "ipc:///tmp/t/loopback"
+        interrupt = "ipc:///tmp/t/interrupt"
+        [[stage]]
+        name = "a"
+        work = "echo"
+        upstream = "ipc:///tmp/t/a_in"
+        downstream = "ipc:///tmp/t/a_out"
+    "#;
+
+    #[test]
+    fn defaults() {
+        let t = Topology::parse(GOOD).unwrap();
+        assert_eq!(t.drain_seconds, 28);
+        assert_eq!(t.servers[0].name, "front");
+        assert_eq!(t.servers[0].timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(t.stages[0].workers, 2);
+        assert_eq!(t.worker_downstream(0), None);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Topology::parse(&GOOD.replace("work = \"echo\"", "work = \"echo\"\nwokers = 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("wokers"), "{e}");
+        let e = Topology::parse(&GOOD.replace("work = \"echo\"", "work = \"echo\"\nworkers = -1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers"), "{e}");
+        let e = Topology::parse(&GOOD.replace("work = \"echo\"", "work = \"echo\"\nworkers = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage.a.workers"), "{e}");
+        let e = Topology::parse(&GOOD.replace("ipc:///tmp/t/a_in", "udp://x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage.a.upstream"), "{e}");
+        let e = Topology::parse(&GOOD.replace("127.0.0.1:8002", "nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.front.listen"), "{e}");
+        let e = Topology::parse(&format!("log_format = \"xml\"\n{GOOD}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_format"), "{e}");
+    }
+}
