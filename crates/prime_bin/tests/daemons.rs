@@ -1,0 +1,677 @@
+//! The daemons as separate real processes, over ipc and over tcp on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn bin(name: &str) -> PathBuf {
+    // Cargo builds every binary of the package for its integration tests.
+    let mut p = PathBuf::from(env!("CARGO_BIN_EXE_prime_serverd"));
+    p.set_file_name(name);
+    p
+}
+
+/// A daemon that is killed if the test ends without stopping it.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn start(name: &str, args: &[&str]) -> Proc {
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for the "listening on ADDR" line of a front server.
+    fn listening(&mut self) -> SocketAddr {
+        let out = self.child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let line = lines.next().unwrap().unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        line.split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t.elapsed() < within,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "{} exited with {status:?}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ps-{tag}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One HTTP/1.1 request on a keep-alive connection: (status, headers, body), or `None` if the
+/// connection was closed before an answer.
+fn http(s: &mut TcpStream, req: &str) -> Option<(u16, String, String)> {
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                let status = text[9..12].parse().unwrap();
+                return Some((status, head, text[end + 4..end + 4 + len].to_string()));
+            }
+        }
+    }
+}
+
+/// A HEAD request: the answer's head (no body follows).
+fn head_request(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "closed");
+        out.push(b[0]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn write_topology(dir: &Path, port: u16, scheme: &str, extra: &str) -> PathBuf {
+    let ep = |name: &str| match scheme {
+        "ipc" => format!("ipc://{}/{name}", dir.display()),
+        _ => format!("tcp://127.0.0.1:{}", free_port()),
+    };
+    let text = format!(
+        r#"
+drain_seconds = 5
+[heartbeat]
+interval_ms = 500
+liveness = 3
+[[server]]
+listen = "127.0.0.1:{port}"
+loopback = "{}"
+interrupt = "{}"
+health_path = "/health"
+{extra}
+[[stage]]
+name = "parse"
+work = "prime_parse"
+upstream = "{}"
+downstream = "{}"
+workers = 2
+[[stage]]
+name = "test"
+work = "prime_test"
+upstream = "{}"
+downstream = "{}"
+workers = 2
+"#,
+        ep("loopback"),
+        ep("interrupt"),
+        ep("parse_in"),
+        ep("parse_out"),
+        ep("test_in"),
+        ep("test_out"),
+    );
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn prime_stack(config: &Path) -> (Vec<Proc>, Proc, SocketAddr) {
+    let c = config.to_str().unwrap();
+    let parts = vec![
+        Proc::start("prime_proxyd", &["--config", c, "--stage", "parse"]),
+        Proc::start("prime_proxyd", &["--config", c, "--stage", "test"]),
+        Proc::start("prime_workerd", &["--config", c, "--stage", "parse"]),
+        Proc::start("prime_workerd", &["--config", c, "--stage", "test"]),
+    ];
+    let mut front = Proc::start("prime_httpd", &["--config", c]);
+    let addr = front.listening();
+    (parts, front, addr)
+}
+
+fn check_primes(addr: SocketAddr) {
+    let mut s = connect(addr);
+    let (status, _, body) = http(&mut s, &get("/is_prime?possible_prime=32416190071")).unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"possible_prime":32416190071,"is_prime":true}"#)
+    );
+    let (status, _, body) = http(&mut s, &get("/is_prime?possible_prime=1000")).unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"possible_prime":1000,"is_prime":false}"#)
+    );
+    let (status, _, _) = http(&mut s, &get("/is_prime?possible_prime=nope")).unwrap();
+    assert_eq!(status, 400);
+    let (status, _, body) = http(&mut s, &get("/health")).unwrap();
+    assert_eq!((status, body.as_str()), (200, "OK\n"));
+}
+
+#[test]
+fn the_prime_demo_runs_as_separate_processes_over_ipc_even_with_stale_socket_files() {
+    let dir = temp_dir("ipc");
+    let config = write_topology(&dir, free_port(), "ipc", "");
+    // Files left behind by a crashed run must not stop a restart.
+    for name in [
+        "loopback",
+        "interrupt",
+        "parse_in",
+        "parse_out",
+        "test_in",
+        "test_out",
+    ] {
+        std::fs::write(dir.join(name), b"stale").unwrap();
+    }
+    let (parts, front, addr) = prime_stack(&config);
+    check_primes(addr);
+    front.stop();
+    for p in parts {
+        p.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_prime_demo_runs_as_separate_processes_over_tcp() {
+    let dir = temp_dir("tcp");
+    let config = write_topology(&dir, free_port(), "tcp", "");
+    let (parts, front, addr) = prime_stack(&config);
+    check_primes(addr);
+    front.stop();
+    for p in parts {
+        p.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_c_plus_plus_positional_arguments_still_work() {
+    let ep = || format!("tcp://127.0.0.1:{}", free_port());
+    let (up, down, lb, int) = (ep(), ep(), ep(), ep());
+    let proxy = Proc::start("prime_proxyd", &[&up, &down, "1"]);
+    let workers = Proc::start(
+        "prime_workerd",
+        &[&down, "-", &lb, &int, "1", "--work", "echo"],
+    );
+    let listen = format!("tcp://127.0.0.1:{}", free_port());
+    let mut front = Proc::start(
+        "prime_httpd",
+        &[
+            &listen, &up, &lb, &int, "false", "1000", "10", "1", "/health",
+        ],
+    );
+    let addr = front.listening();
+    let mut s = connect(addr);
+    let (status, head, body) = http(&mut s, &get("/echo?a=1")).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("GET /echo?a=1 HTTP/1.1\r\n"), "{body}");
+    assert!(head.contains("x-worker:"), "{head}");
+    // The 5th to 9th arguments: the body limit (1000) and the health path.
+    let big = format!(
+        "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n{}",
+        "b".repeat(1001)
+    );
+    assert_eq!(http(&mut s, &big).unwrap().0, 413);
+    let mut s = connect(addr);
+    assert_eq!(http(&mut s, &get("/health")).unwrap().0, 200);
+    front.stop();
+    workers.stop();
+    proxy.stop();
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error() {
+    let dir = temp_dir("badcfg");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[[server]]\nlisten = \"127.0.0.1:1\"\nloopback = \"ipc:///tmp/x\"\ninterrupt = \"ipc:///tmp/y\"\ntimout_seconds = 3\n[[stage]]\nname=\"a\"\nwork=\"echo\"\nupstream=\"ipc:///tmp/a\"\ndownstream=\"ipc:///tmp/b\"\n").unwrap();
+    for daemon in ["prime_httpd", "prime_serverd"] {
+        let out = Command::new(bin(daemon))
+            .args(["--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("timout_seconds"), "{daemon}: {err}");
+    }
+    let out = Command::new(bin("prime_workerd"))
+        .args([
+            "tcp://127.0.0.1:1",
+            "-",
+            "tcp://127.0.0.1:2",
+            "tcp://127.0.0.1:3",
+            "--work",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown work"));
+    for daemon in [
+        "prime_httpd",
+        "prime_proxyd",
+        "prime_workerd",
+        "prime_echod",
+        "prime_filed",
+    ] {
+        let out = Command::new(bin(daemon)).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{daemon} --help");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An echo stage (one proxy) with the front, over ipc; returns (proxy, front, addr, topology).
+fn echo_stack(dir: &Path) -> (Proc, Proc, SocketAddr, PathBuf) {
+    let path = dir.join("echo.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "drain_seconds = 5\n[heartbeat]\ninterval_ms = 500\n[[server]]\nlisten = \"127.0.0.1:{}\"\nloopback = \"ipc://{d}/lb\"\ninterrupt = \"ipc://{d}/int\"\n[[stage]]\nname = \"echo\"\nwork = \"echo\"\nupstream = \"ipc://{d}/in\"\ndownstream = \"ipc://{d}/out\"\nworkers = 1\n",
+            free_port(),
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let c = path.to_str().unwrap().to_string();
+    let proxy = Proc::start("prime_proxyd", &["--config", &c, "--stage", "echo"]);
+    let mut front = Proc::start("prime_httpd", &["--config", &c]);
+    let addr = front.listening();
+    (proxy, front, addr, path)
+}
+
+fn worker_of(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-worker: "))
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_second_worker_process_joining_a_running_stage_takes_a_share() {
+    let dir = temp_dir("join");
+    let (proxy, front, addr, cfg) = echo_stack(&dir);
+    let c = cfg.to_str().unwrap();
+    let first = Proc::start("prime_workerd", &["--config", c, "--stage", "echo"]);
+    let mut s = connect(addr);
+    let (status, head, _) = http(&mut s, &get("/one")).unwrap();
+    assert_eq!(status, 200);
+    let pid_a = worker_of(&head);
+    let second = Proc::start("prime_workerd", &["--config", c, "--stage", "echo"]);
+    // Concurrent requests from several connections, until both processes have answered.
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let t = Instant::now();
+    while seen.lock().unwrap().len() < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the second worker never served"
+        );
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut s = connect(addr);
+                    for _ in 0..10 {
+                        let (status, head, _) = http(&mut s, &get("/x?sleep")).unwrap();
+                        assert_eq!(status, 200);
+                        seen.lock().unwrap().insert(worker_of(&head));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+    assert!(seen.lock().unwrap().contains(&pid_a));
+    front.stop();
+    first.stop();
+    second.stop();
+    proxy.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn restarting_a_worker_process_loses_nothing() {
+    let dir = temp_dir("restart");
+    let (proxy, front, addr, cfg) = echo_stack(&dir);
+    let c = cfg.to_str().unwrap().to_string();
+    let first = Proc::start("prime_workerd", &["--config", &c, "--stage", "echo"]);
+    let done = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let client = {
+        let (done, results) = (done.clone(), results.clone());
+        std::thread::spawn(move || {
+            let mut s = connect(addr);
+            let mut k = 0;
+            while !done.load(Ordering::SeqCst) {
+                let r = http(&mut s, &get(&format!("/r{k}"))).map(|(st, _, body)| (st, body));
+                results.lock().unwrap().push((k, r));
+                k += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    first.stop();
+    // No worker for a while: requests wait at the proxy.
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Proc::start("prime_workerd", &["--config", &c, "--stage", "echo"]);
+    std::thread::sleep(Duration::from_millis(500));
+    done.store(true, Ordering::SeqCst);
+    client.join().unwrap();
+    let results = results.lock().unwrap();
+    assert!(results.len() > 20, "{}", results.len());
+    for (k, r) in results.iter() {
+        match r {
+            Some((200, body)) => assert!(body.starts_with(&format!("GET /r{k} ")), "{body}"),
+            other => panic!("request {k}: {other:?}"),
+        }
+    }
+    front.stop();
+    second.stop();
+    proxy.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn sigterm_to_the_front_under_load_answers_everything_sent_before_it() {
+    let dir = temp_dir("drain");
+    let config = write_topology(&dir, free_port(), "ipc", "");
+    let (parts, mut front, addr) = prime_stack(&config);
+    let signalled = Arc::new(Mutex::new(None::<Instant>));
+    // (sent at, outcome) for every request of every client.
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (signalled, outcomes) = (signalled.clone(), outcomes.clone());
+            std::thread::spawn(move || {
+                let mut s = match TcpStream::connect(addr) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let stop_at = Instant::now() + Duration::from_secs(3);
+                let mut reused = false;
+                while Instant::now() < stop_at {
+                    let sent = Instant::now();
+                    let r = http(&mut s, &get("/is_prime?possible_prime=32416190071"));
+                    let after = signalled.lock().unwrap().is_some_and(|t| sent >= t);
+                    let closing = r
+                        .as_ref()
+                        .is_some_and(|(_, h, _)| h.contains("connection: close"));
+                    outcomes
+                        .lock()
+                        .unwrap()
+                        .push((after, reused, r.map(|(st, _, _)| st)));
+                    reused = true;
+                    if closing || outcomes.lock().unwrap().last().unwrap().2.is_none() {
+                        // Reconnect, as a client does after `Connection: close`.
+                        match TcpStream::connect(addr) {
+                            Ok(n) => {
+                                s = n;
+                                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                reused = false;
+                            }
+                            Err(_) => {
+                                outcomes.lock().unwrap().push((true, false, Some(0)));
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    *signalled.lock().unwrap() = Some(Instant::now());
+    front.signal("-TERM");
+    for c in clients {
+        c.join().unwrap();
+    }
+    let status = front.wait_exit(Duration::from_secs(8));
+    assert!(status.success());
+    let outcomes = outcomes.lock().unwrap();
+    let before: Vec<_> = outcomes.iter().filter(|(after, _, _)| !after).collect();
+    assert!(before.len() > 10, "{}", before.len());
+    for (_, _, r) in &before {
+        assert_eq!(
+            *r,
+            Some(200),
+            "a request sent before SIGTERM was not answered: {outcomes:?}"
+        );
+    }
+    for (_, reused, r) in outcomes.iter().filter(|(after, _, _)| *after) {
+        // After the signal: an answer (200 or 503), a refused connection (0), or a close before
+        // any answer on a reused keep-alive connection, which clients retry.
+        assert!(
+            matches!(r, Some(200) | Some(503) | Some(0)) || (r.is_none() && *reused),
+            "{outcomes:?}"
+        );
+    }
+    for p in parts {
+        p.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn echod_and_filed_serve_and_stop() {
+    let port = free_port();
+    let mut echo = Proc::start("prime_echod", &[&format!("127.0.0.1:{port}"), "2", "1"]);
+    let addr = echo.listening();
+    let mut s = connect(addr);
+    let body = "POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello";
+    let (status, _, got) = http(&mut s, body).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        got.starts_with("POST /e HTTP/1.1\r\n") && got.ends_with("\r\n\r\nhello"),
+        "{got}"
+    );
+    let t = Instant::now();
+    echo.stop();
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    let root = temp_dir("files");
+    std::fs::write(root.join("a.txt"), "0123456789").unwrap();
+    std::fs::write(root.join("page.html"), "<p>hi</p>").unwrap();
+    std::fs::create_dir_all(root.join("sub dir")).unwrap();
+    std::fs::write(root.join("sub dir/b.json"), "{}").unwrap();
+    let outside = root
+        .parent()
+        .unwrap()
+        .join(format!("ps-secret-{}", std::process::id()));
+    std::fs::write(&outside, "secret").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let port = free_port();
+    let mut files = Proc::start(
+        "prime_filed",
+        &[
+            &format!("127.0.0.1:{port}"),
+            root.to_str().unwrap(),
+            "1",
+            "/health",
+        ],
+    );
+    let addr = files.listening();
+    let mut s = connect(addr);
+    let (status, head, body) = http(&mut s, &get("/a.txt")).unwrap();
+    assert_eq!((status, body.as_str()), (200, "0123456789"));
+    assert!(head.contains("content-type: text/plain"), "{head}");
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap()
+        .to_string();
+    let (status, _, body) = http(
+        &mut s,
+        &format!("GET /a.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!((status, body.as_str()), (304, ""));
+    let (status, head, body) = http(
+        &mut s,
+        "GET /a.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=2-4\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!((status, body.as_str()), (206, "234"));
+    assert!(head.contains("content-range: bytes 2-4/10"), "{head}");
+    let (status, _, _) = http(
+        &mut s,
+        "GET /a.txt HTTP/1.1\r\nHost: t\r\nRange: bytes=50-\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 416);
+    let head = head_request(&mut s, "/a.txt");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 10"), "{head}");
+    let (status, head, _) = http(&mut s, &get("/page.html")).unwrap();
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/html"), "{head}");
+    let (status, _, body) = http(&mut s, &get("/")).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("a.txt") && body.contains("sub%20dir/"),
+        "{body}"
+    );
+    let (status, _, body) = http(&mut s, &get("/sub%20dir/b.json")).unwrap();
+    assert_eq!((status, body.as_str()), (200, "{}"));
+    let (status, head, _) = http(&mut s, &get("/sub%20dir")).unwrap();
+    assert_eq!(status, 301);
+    assert!(head.contains("location: /sub%20dir/"), "{head}");
+    for escape in [
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/escape",
+        "/nope",
+    ] {
+        let (status, _, body) = http(&mut s, &get(escape)).unwrap();
+        assert_eq!(status, 404, "{escape}: {body}");
+    }
+    assert_eq!(http(&mut s, &get("/health")).unwrap().0, 200);
+    let (status, _, _) = http(&mut s, "DELETE /a.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(status, 405);
+    files.stop();
+    let _ = std::fs::remove_file(outside);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let port = free_port();
+    let mut child = Command::new(bin("prime_echod"))
+        .args([
+            &format!("127.0.0.1:{port}"),
+            "1",
+            "0",
+            "--access-log",
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    let mut s = connect(addr);
+    assert_eq!(http(&mut s, &get("/j")).unwrap().0, 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let access: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .collect();
+    assert_eq!(access.len(), 1, "{err}");
+    for l in err.lines() {
+        assert!(l.starts_with('{') && l.ends_with('}'), "not JSON: {l}");
+    }
+    assert!(
+        access[0].contains("\"status\":200") && access[0].contains("\"path\":\"/j\""),
+        "{}",
+        access[0]
+    );
+}
