@@ -675,3 +675,66 @@ fn json_logs_are_one_object_per_line() {
         access[0]
     );
 }
+
+#[test]
+fn named_flags_work_like_the_positional_arguments() {
+    let ep = || format!("tcp://127.0.0.1:{}", free_port());
+    let (up, down, lb, int) = (ep(), ep(), ep(), ep());
+    let proxy = Proc::start(
+        "prime_proxyd",
+        &[
+            "--upstream",
+            &up,
+            "--downstream",
+            &down,
+            "--drain-seconds",
+            "1",
+        ],
+    );
+    let workers = Proc::start(
+        "prime_workerd",
+        &[
+            "--upstream",
+            &down,
+            "--downstream",
+            "-",
+            "--loopback",
+            &lb,
+            "--interrupt",
+            &int,
+            "--work",
+            "echo",
+            "--workers",
+            "3",
+        ],
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut front = Proc::start(
+        "prime_httpd",
+        &[
+            "--listen",
+            &listen,
+            "--proxy",
+            &up,
+            "--loopback",
+            &lb,
+            "--interrupt",
+            &int,
+            "--health-path",
+            "/hc",
+            "--max-body",
+            "10",
+        ],
+    );
+    let addr = front.listening();
+    let mut s = connect(addr);
+    assert_eq!(http(&mut s, &get("/hc")).unwrap().0, 200);
+    let (status, _, body) = http(&mut s, &get("/named")).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("GET /named HTTP/1.1"), "{body}");
+    let big = "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n01234567890";
+    assert_eq!(http(&mut s, big).unwrap().0, 413);
+    front.stop();
+    workers.stop();
+    proxy.stop();
+}

@@ -37,6 +37,33 @@ struct Args {
     drain_seconds: Option<u64>,
     /// A path answered by the server itself (200, or 503 while draining).
     health_path: Option<String>,
+    /// Named form of LISTEN.
+    #[arg(long = "listen", value_name = "ENDPOINT")]
+    listen_flag: Option<String>,
+    /// Named form of PROXY.
+    #[arg(long = "proxy", value_name = "ENDPOINT")]
+    proxy_flag: Option<String>,
+    /// Named form of LOOPBACK.
+    #[arg(long = "loopback", value_name = "ENDPOINT")]
+    loopback_flag: Option<String>,
+    /// Named form of INTERRUPT.
+    #[arg(long = "interrupt", value_name = "ENDPOINT")]
+    interrupt_flag: Option<String>,
+    /// Named form of ENABLE_LOGGING: one access-log line per request.
+    #[arg(long)]
+    access_log: bool,
+    /// Named form of MAX_REQUEST_SIZE.
+    #[arg(long = "max-body", value_name = "BYTES")]
+    max_body_flag: Option<usize>,
+    /// Named form of TIMEOUT_SECONDS.
+    #[arg(long = "timeout", value_name = "SECONDS")]
+    timeout_flag: Option<u64>,
+    /// Named form of DRAIN_SECONDS.
+    #[arg(long = "drain-seconds", value_name = "SECONDS")]
+    drain_flag: Option<u64>,
+    /// Named form of HEALTH_PATH.
+    #[arg(long = "health-path", value_name = "PATH")]
+    health_flag: Option<String>,
     /// A topology file; runs its front server (see --server).
     #[arg(long)]
     config: Option<String>,
@@ -55,7 +82,17 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Named flags and the C++ positional arguments mean the same; a flag wins.
+    macro_rules! merge {
+        ($($pos:ident <- $flag:ident),*) => { $( if args.$flag.is_some() { args.$pos = args.$flag.take(); } )* };
+    }
+    merge!(listen <- listen_flag, proxy <- proxy_flag, loopback <- loopback_flag,
+        interrupt <- interrupt_flag, max_request_size <- max_body_flag,
+        timeout_seconds <- timeout_flag, drain_seconds <- drain_flag, health_path <- health_flag);
+    if args.access_log {
+        args.enable_logging = Some(true);
+    }
     let (section, proxy, drain, format) = match (&args.config, &args.listen) {
         (Some(path), None) => {
             let t = Topology::load(path)?;

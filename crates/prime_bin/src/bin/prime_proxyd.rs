@@ -24,6 +24,15 @@ struct Args {
     downstream: Option<String>,
     /// Seconds to keep going after SIGTERM/SIGINT while work is in flight.
     drain_seconds: Option<u64>,
+    /// Named form of UPSTREAM.
+    #[arg(long = "upstream", value_name = "ENDPOINT")]
+    upstream_flag: Option<String>,
+    /// Named form of DOWNSTREAM.
+    #[arg(long = "downstream", value_name = "ENDPOINT")]
+    downstream_flag: Option<String>,
+    /// Named form of DRAIN_SECONDS.
+    #[arg(long = "drain-seconds", value_name = "SECONDS")]
+    drain_flag: Option<u64>,
     /// A topology file; with --stage, runs that stage's proxy.
     #[arg(long)]
     config: Option<String>,
@@ -42,7 +51,17 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Named flags and the C++ positional arguments mean the same; a flag wins.
+    if args.upstream_flag.is_some() {
+        args.upstream = args.upstream_flag.take();
+    }
+    if args.downstream_flag.is_some() {
+        args.downstream = args.downstream_flag.take();
+    }
+    if args.drain_flag.is_some() {
+        args.drain_seconds = args.drain_flag;
+    }
     let (stage, heartbeat, drain, format) = match (&args.config, &args.upstream, &args.downstream) {
         (Some(path), None, None) => {
             let t = Topology::load(path)?;

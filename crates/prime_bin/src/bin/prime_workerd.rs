@@ -27,6 +27,21 @@ struct Args {
     interrupt: Option<String>,
     /// Seconds to wait after SIGTERM/SIGINT for the job in hand before stopping it.
     drain_seconds: Option<u64>,
+    /// Named form of UPSTREAM_PROXY.
+    #[arg(long = "upstream", value_name = "ENDPOINT")]
+    upstream_flag: Option<String>,
+    /// Named form of DOWNSTREAM_PROXY.
+    #[arg(long = "downstream", value_name = "ENDPOINT")]
+    downstream_flag: Option<String>,
+    /// Named form of LOOPBACK; repeat it for several front servers.
+    #[arg(long = "loopback", value_name = "ENDPOINT")]
+    loopback_flag: Vec<String>,
+    /// Named form of INTERRUPT; repeat it for several front servers.
+    #[arg(long = "interrupt", value_name = "ENDPOINT")]
+    interrupt_flag: Vec<String>,
+    /// Named form of DRAIN_SECONDS.
+    #[arg(long = "drain-seconds", value_name = "SECONDS")]
+    drain_flag: Option<u64>,
     /// A topology file; with --stage, runs that stage's workers.
     #[arg(long)]
     config: Option<String>,
@@ -54,7 +69,21 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Named flags and the C++ positional arguments mean the same; a flag wins.
+    if args.upstream_flag.is_some() {
+        args.upstream_proxy = args.upstream_flag.take();
+    }
+    if args.downstream_flag.is_some() {
+        args.downstream_proxy = args.downstream_flag.take();
+    }
+    if args.drain_flag.is_some() {
+        args.drain_seconds = args.drain_flag;
+    }
+    let mut loopbacks: Vec<String> = args.loopback.iter().cloned().collect();
+    loopbacks.extend(args.loopback_flag.iter().cloned());
+    let mut interrupts: Vec<String> = args.interrupt.iter().cloned().collect();
+    interrupts.extend(args.interrupt_flag.iter().cloned());
     let (pool, kind, drain, format) = match (&args.config, &args.upstream_proxy) {
         (Some(path), None) => {
             let t = Topology::load(path)?;
@@ -75,11 +104,12 @@ fn main() -> anyhow::Result<()> {
             (pool, kind, t.drain(), args.log_format.unwrap_or(t.log_format))
         }
         (None, Some(up)) => {
-            let (Some(down), Some(lb), Some(int)) =
-                (&args.downstream_proxy, &args.loopback, &args.interrupt)
-            else {
+            let Some(down) = &args.downstream_proxy else {
                 bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT (see --help)");
             };
+            if loopbacks.is_empty() || interrupts.is_empty() {
+                bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT (see --help)");
+            }
             let downstream = match down.as_str() {
                 "-" | "none" | "ipc:///dev/null" | "inproc://dev_null" => None,
                 d => Some(d.to_string()),
@@ -88,8 +118,8 @@ fn main() -> anyhow::Result<()> {
                 name: "worker".into(),
                 upstream: up.clone(),
                 downstream,
-                loopbacks: vec![lb.clone()],
-                interrupts: vec![int.clone()],
+                loopbacks: loopbacks.clone(),
+                interrupts: interrupts.clone(),
                 stage: args.stage_index,
                 workers: args.workers.unwrap_or(2),
                 heartbeat: HeartbeatConfig {
