@@ -134,13 +134,24 @@ pub fn start_server(
     Ok(Server::start(ctx, cfg, shutdown.clone())?)
 }
 
+/// The address to show people: the wildcard becomes localhost.
+fn display_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
 /// Serves a front server's client protocol until the stop; when `exit_when_idle`, stops as soon
-/// as the drain has begun and nothing is in flight. Prints the listening address on stdout.
+/// as the drain has begun and nothing is in flight. Prints the listening address on stdout, and
+/// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try.
 pub async fn serve_front(
     section: &ServerSection,
     server: ServerHandle,
     shutdown: Shutdown,
     exit_when_idle: bool,
+    hint: Option<&str>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let listener = protocol::bind_listener(&section.listen)?;
@@ -153,6 +164,15 @@ pub async fn serve_front(
             Protocol::Netstring => "netstring",
         }
     );
+    if let Some(h) = hint {
+        let shown = display_addr(addr);
+        println!(
+            "try: {}",
+            h.replace("ADDR", &shown.to_string())
+                .replace("HOST", &shown.ip().to_string())
+                .replace("PORT", &shown.port().to_string())
+        );
+    }
     std::io::stdout().flush()?;
     if exit_when_idle {
         let (server, sd) = (server.clone(), shutdown.clone());
@@ -234,24 +254,33 @@ pub fn run_all_in_one(
 ) -> anyhow::Result<()> {
     let mut p =
         prime_server::pipeline::Pipeline::new(&format!("{}-{}", section.name, std::process::id()));
-    p.timeout = section.timeout();
-    p.max_in_flight = section.max_in_flight;
     for (workers, factory) in stages {
         p.stage_with(workers, move || factory());
     }
+    run_pipeline(section, p, drain, None)
+}
+
+/// Runs a pipeline (its stages over its own endpoints) behind one front server described by
+/// `section` (whose deadline and in-flight limit it takes), until the stop.
+pub fn run_pipeline(
+    section: &ServerSection,
+    mut p: prime_server::pipeline::Pipeline,
+    drain: Duration,
+    hint: Option<&str>,
+) -> anyhow::Result<()> {
+    p.timeout = section.timeout();
+    p.max_in_flight = section.max_in_flight;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let running = {
-        let _entered = rt.enter();
-        p.start()?
-    };
+    let running = p.start_in(&rt)?;
     running.shutdown.on_signals(drain)?;
     let result = rt.block_on(serve_front(
         section,
         running.server.clone(),
         running.shutdown.clone(),
         false,
+        hint,
     ));
     running.shutdown.stop();
     running.join();
@@ -292,11 +321,10 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
             let factory = crate::work::factory(&s.work, None)?;
             threads.extend(start_workers(&ctx, &pool, &factory, &shutdown)?);
         }
-        let fronts = t
-            .servers
-            .iter()
-            .zip(servers)
-            .map(|(section, server)| serve_front(section, server, shutdown.clone(), false));
+        let fronts =
+            t.servers.iter().zip(servers).map(|(section, server)| {
+                serve_front(section, server, shutdown.clone(), false, None)
+            });
         for r in futures_util::future::join_all(fronts).await {
             r?;
         }

@@ -209,11 +209,7 @@ pub fn simulate(start: u64, end: u64, workers: usize) -> anyhow::Result<Simulati
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // Start inside the runtime so the server core's pump runs on it, beside the HTTP front.
-    let running = {
-        let _entered = rt.enter();
-        p.start()?
-    };
+    let running = p.start_in(&rt)?;
     let primes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let result = rt.block_on(async {

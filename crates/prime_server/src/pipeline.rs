@@ -105,6 +105,13 @@ impl Pipeline {
         }
     }
 
+    /// [`Pipeline::start`] inside `rt`, so that the server core's pump ([`Bridge::Task`]) runs
+    /// on that runtime, beside the front that will serve on it.
+    pub fn start_in(&self, rt: &tokio::runtime::Runtime) -> Result<Running, Error> {
+        let _entered = rt.enter();
+        self.start()
+    }
+
     /// Binds everything and starts every thread.
     pub fn start(&self) -> Result<Running, Error> {
         let ctx = Context::new();

@@ -141,7 +141,7 @@ fn main() -> anyhow::Result<()> {
     let result = rt.block_on(async {
         let server = daemon::start_server(&ctx, &section, &proxy, &shutdown)
             .context("starting the server core")?;
-        daemon::serve_front(&section, server, shutdown.clone(), true).await
+        daemon::serve_front(&section, server, shutdown.clone(), true, None).await
     });
     shutdown.stop();
     drop(rt);

@@ -9,16 +9,10 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use prime_bin::prime;
+use prime_bin::{daemon, prime};
 use prime_server::pipeline::Pipeline;
-use prime_server::protocol::{
-    self,
-    http::HttpConfig,
-    netstring::{HealthCheck, Netstring},
-};
 use prime_server::server::Bridge;
-use std::io::Write;
-use std::sync::Arc;
+use prime_server::topology::Protocol;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,19 +150,8 @@ fn simulate((start, end): (u64, u64), workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The address to show in the curl hint: the wildcard becomes localhost.
-fn display_addr(addr: std::net::SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        format!("127.0.0.1:{}", addr.port())
-    } else {
-        addr.to_string()
-    }
-}
-
 fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     let mut p = Pipeline::new("prime_serverd");
-    p.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
-    p.max_in_flight = args.max_in_flight;
     p.queue_limit = args.queue_limit;
     p.bridge = match args.bridge {
         BridgeArg::Task => Bridge::Task,
@@ -177,77 +160,33 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     };
     p.stage(workers, prime::parse_stage)
         .stage(workers, prime::test_stage);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // Start inside the runtime so the server core's pump runs on it, beside the front.
-    let running = {
-        let _entered = rt.enter();
-        p.start()?
+    let protocol = match args.protocol {
+        Proto::Http => Protocol::Http,
+        Proto::Netstring => Protocol::Netstring,
     };
-    running
-        .shutdown
-        .on_signals(Duration::from_secs(args.drain_seconds))?;
-    let served = rt.block_on(async {
-        let listener = protocol::bind_listener(&args.target)?;
-        let addr = listener.local_addr()?;
-        match args.protocol {
-            Proto::Http => {
-                println!("prime_serverd listening on {addr} (http)");
-                println!(
-                    "try: curl 'http://{}/is_prime?possible_prime=32416190071'",
-                    display_addr(addr)
-                );
-                std::io::stdout().flush()?;
-                let config = HttpConfig {
-                    max_body: args.max_body,
-                    header_timeout: Duration::from_secs(args.header_timeout.max(1)),
-                    health_path: args.health.clone(),
-                    access_log: args.access_log,
-                    ..HttpConfig::default()
-                };
-                protocol::http::serve(
-                    listener,
-                    running.server.clone(),
-                    config,
-                    running.shutdown.clone(),
-                )
-                .await;
-            }
-            Proto::Netstring => {
-                println!("prime_serverd listening on {addr} (netstring)");
-                println!(
-                    "try: printf '11:32416190071,' | nc -q1 {} {}",
-                    addr.ip(),
-                    addr.port()
-                );
-                std::io::stdout().flush()?;
-                let proto = Netstring {
-                    max_len: args.max_body,
-                    health: args.health.as_ref().map(|h| {
-                        Arc::new(HealthCheck {
-                            request: h.clone().into_bytes().into(),
-                            response: "OK".into(),
-                        })
-                    }),
-                };
-                protocol::serve(
-                    listener,
-                    running.server.clone(),
-                    proto,
-                    running.shutdown.clone(),
-                )
-                .await;
-            }
-        }
-        // Accepting stopped (the drain began); wait for the stop.
-        running.shutdown.stopped().await;
-        running.server.closed().await;
-        anyhow::Ok(())
-    });
-    running.shutdown.stop();
-    running.join();
-    served?;
+    let mut section = daemon::server_section(
+        &args.target,
+        "-",
+        "-",
+        protocol,
+        args.timeout,
+        args.max_body,
+        args.health.clone(),
+        args.access_log,
+    );
+    section.name = "prime_serverd".into();
+    section.max_in_flight = args.max_in_flight;
+    section.header_timeout_seconds = args.header_timeout.max(1);
+    let hint = match protocol {
+        Protocol::Http => "curl 'http://ADDR/is_prime?possible_prime=32416190071'",
+        Protocol::Netstring => "printf '11:32416190071,' | nc -q1 HOST PORT",
+    };
+    daemon::run_pipeline(
+        &section,
+        p,
+        Duration::from_secs(args.drain_seconds),
+        Some(hint),
+    )?;
     tracing::info!("prime_serverd stopped");
     Ok(())
 }

@@ -82,25 +82,10 @@ pub async fn serve(
         config,
         shutdown: shutdown.clone(),
     });
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.draining() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, ctx.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
+    super::accept_until_drain(listener, &shutdown, |stream| {
+        connection(stream, ctx.clone())
+    })
+    .await;
 }
 
 async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>) {

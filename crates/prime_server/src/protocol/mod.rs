@@ -87,6 +87,22 @@ pub async fn serve<P: StreamProtocol>(
     shutdown: Shutdown,
 ) {
     let protocol = Arc::new(protocol);
+    accept_until_drain(listener, &shutdown, |stream| {
+        connection(stream, server.clone(), protocol.clone(), shutdown.clone())
+    })
+    .await;
+}
+
+/// Accepts connections until the drain starts, running `serve_one` on each as its own task,
+/// then closes the listener and waits for every connection task to end.
+pub async fn accept_until_drain<F, Fut>(
+    listener: TcpListener,
+    shutdown: &Shutdown,
+    mut serve_one: F,
+) where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
@@ -94,9 +110,10 @@ pub async fn serve<P: StreamProtocol>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(stream, server.clone(), protocol.clone(), shutdown.clone()));
+                    connections.spawn(serve_one(stream));
                 }
                 Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
