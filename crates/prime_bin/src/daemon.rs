@@ -13,6 +13,13 @@ use std::io::IsTerminal;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// A daemon's named flag and its C++ positional argument mean the same; the flag wins.
+pub fn prefer_flag<T>(positional: &mut Option<T>, flag: Option<T>) {
+    if flag.is_some() {
+        *positional = flag;
+    }
+}
+
 /// Sets up `tracing` to stderr: text or JSON lines, level from `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -2,7 +2,7 @@
 //! (curl, Python's http.client) where they are installed.
 
 use prime_server::http::{Request, Response};
-use prime_server::pipeline::{Pipeline, Running};
+use prime_server::pipeline::Pipeline;
 use prime_server::protocol::{self, http::HttpConfig};
 use prime_server::worker::Outcome;
 use std::io::{Read, Write};
@@ -11,23 +11,8 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-struct Front {
-    running: Option<Running>,
-    addr: SocketAddr,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown.stop();
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-            r.join();
-        }
-    }
-}
+mod common;
+use common::{connect, wait_until, Front};
 
 /// Echoes what the worker saw: method, path, query pairs, headers and body, one per line.
 /// `?sleep=MS` sleeps first; `?loop=1` runs until interrupted.
@@ -69,26 +54,9 @@ fn front_with(name: &str, config: HttpConfig) -> Front {
             .body(echo(&req));
         Ok(Outcome::Reply(resp.encode()))
     });
-    let running = p.start().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = running.server.clone();
-    let shutdown = running.shutdown.clone();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = protocol::bind_listener("127.0.0.1:0").unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            protocol::http::serve(listener, server, config, shutdown).await;
-        });
-    });
-    Front {
-        running: Some(running),
-        addr: rx.recv().unwrap(),
-        thread: Some(thread),
-    }
+    Front::start(p.start().unwrap(), move |listener, server, shutdown| {
+        protocol::http::serve(listener, server, config, shutdown)
+    })
 }
 
 fn front(name: &str) -> Front {
@@ -100,12 +68,6 @@ fn front(name: &str) -> Front {
             ..HttpConfig::default()
         },
     )
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
 }
 
 /// One parsed response.
@@ -420,14 +382,10 @@ fn limits_answer_413_and_431_then_close() {
 #[test]
 fn the_health_path_is_answered_by_the_server() {
     let f = front("health");
-    let running = f.running.as_ref().unwrap();
+    let running = f.running();
     let (resp, _) = ask(f.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!((resp.status, resp.text().as_str()), (200, "OK\n"));
-    let jobs: u64 = running.worker_stats[0]
-        .iter()
-        .map(|w| w.jobs.load(Ordering::Relaxed))
-        .sum();
-    assert_eq!(jobs, 0);
+    assert_eq!(f.jobs(), 0);
     // While draining: connections already open are still served, each answer saying
     // `Connection: close`, and the health path says 503; new connections are not accepted.
     let mut r = Reader::new(connect(f.addr));
@@ -470,53 +428,27 @@ fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
     let (resp, _) = ask(f.addr, b"GET /l?loop=1 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(resp.status, 504);
     assert!(t.elapsed() < Duration::from_millis(1300));
-    let running = f.running.as_ref().unwrap();
-    let t = Instant::now();
-    while running.worker_stats[0]
-        .iter()
-        .map(|w| w.failed.load(Ordering::Relaxed))
-        .sum::<u64>()
-        == 0
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "worker not interrupted"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Duration::from_secs(2), "worker not interrupted", || {
+        f.failed() > 0
+    });
 }
 
 #[test]
 fn a_client_that_disconnects_interrupts_its_work() {
     let f = front("disconnect");
-    let running = f.running.as_ref().unwrap();
+    let running = f.running();
     let mut s = connect(f.addr);
     s.write_all(b"GET /l?loop=1 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    let t = Instant::now();
-    while running.worker_stats[0]
-        .iter()
-        .map(|w| w.jobs.load(Ordering::Relaxed))
-        .sum::<u64>()
-        == 0
-    {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Duration::from_secs(5), "the job never started", || {
+        f.jobs() > 0
+    });
     drop(s);
-    let t = Instant::now();
-    while running.worker_stats[0]
-        .iter()
-        .map(|w| w.failed.load(Ordering::Relaxed))
-        .sum::<u64>()
-        == 0
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "the work was not interrupted"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        Duration::from_secs(2),
+        "the work was not interrupted",
+        || f.failed() > 0,
+    );
     assert_eq!(running.server.stats().cancelled.load(Ordering::Relaxed), 1);
 }
 

@@ -1,34 +1,19 @@
 //! The netstring front over real TCP sockets on 127.0.0.1, asserting raw bytes on the wire.
 
-use prime_server::pipeline::{Pipeline, Running};
+use prime_server::pipeline::Pipeline;
 use prime_server::protocol::{
     self,
     netstring::{HealthCheck, Netstring},
 };
 use prime_server::worker::Outcome;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Front {
-    running: Option<Running>,
-    addr: SocketAddr,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Front {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown.stop();
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-            r.join();
-        }
-    }
-}
+mod common;
+use common::{connect, wait_until, Front};
 
 fn front(name: &str, max_len: usize) -> Front {
     let mut p = Pipeline::new(&format!("{name}-{}", prime_server::server::random_id()));
@@ -52,18 +37,9 @@ fn front(name: &str, max_len: usize) -> Front {
         }
         Ok(Outcome::Reply(body))
     });
-    let running = p.start().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let server = running.server.clone();
-    let shutdown = running.shutdown.clone();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = protocol::bind_listener("127.0.0.1:0").unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
+    Front::start(
+        p.start().unwrap(),
+        move |listener, server, shutdown| async move {
             let proto = Netstring {
                 max_len,
                 health: Some(Arc::new(HealthCheck {
@@ -72,20 +48,8 @@ fn front(name: &str, max_len: usize) -> Front {
                 })),
             };
             protocol::serve(listener, server, proto, shutdown).await;
-        });
-    });
-    let addr = rx.recv().unwrap();
-    Front {
-        running: Some(running),
-        addr,
-        thread: Some(thread),
-    }
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
+        },
+    )
 }
 
 /// Reads until `want` bytes arrived or the peer closed.
@@ -171,47 +135,27 @@ fn a_request_over_the_limit_is_refused_before_its_body_arrives() {
 #[test]
 fn health_checks_are_answered_without_touching_workers() {
     let f = front("health", 1 << 20);
-    let running = f.running.as_ref().unwrap();
     let mut s = connect(f.addr);
     s.write_all(b"12:health_check,").unwrap();
     assert_eq!(read_n(&mut s, 15), b"11:foo_bar_baz,");
-    let jobs: u64 = running.worker_stats[0]
-        .iter()
-        .map(|w| w.jobs.load(Ordering::Relaxed))
-        .sum();
-    assert_eq!(jobs, 0);
+    assert_eq!(f.jobs(), 0);
 }
 
 #[test]
 fn a_client_that_disconnects_interrupts_its_work() {
     let f = front("disconnect", 1 << 20);
-    let running = f.running.as_ref().unwrap();
+    let running = f.running();
     let mut s = connect(f.addr);
     s.write_all(b"4:loop,").unwrap();
-    let t = Instant::now();
-    while running.worker_stats[0]
-        .iter()
-        .map(|w| w.jobs.load(Ordering::Relaxed))
-        .sum::<u64>()
-        == 0
-    {
-        assert!(t.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Duration::from_secs(5), "the job never started", || {
+        f.jobs() > 0
+    });
     drop(s);
-    let t = Instant::now();
-    while running.worker_stats[0]
-        .iter()
-        .map(|w| w.failed.load(Ordering::Relaxed))
-        .sum::<u64>()
-        == 0
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "the work was not interrupted"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        Duration::from_secs(2),
+        "the work was not interrupted",
+        || f.failed() > 0,
+    );
     assert_eq!(running.server.stats().cancelled.load(Ordering::Relaxed), 1);
 }
 

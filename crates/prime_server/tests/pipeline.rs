@@ -334,44 +334,78 @@ fn a_slow_worker_does_not_hold_up_jobs_behind_it() {
     running.stop();
 }
 
+/// A proxy and a server core over inproc, assembled by hand (for custom workers and choose
+/// functions). The proxy is returned unstarted so a test can configure it.
+struct Manual {
+    ctx: Context,
+    name: String,
+    shutdown: Shutdown,
+    server: prime_server::server::ServerHandle,
+}
+
+impl Manual {
+    fn new(tag: &str) -> (Manual, Proxy) {
+        let ctx = Context::new();
+        let name = unique(tag);
+        let shutdown = Shutdown::new();
+        let proxy = Proxy::bind(
+            &ctx,
+            ProxyConfig::new(
+                format!("inproc://{name}-up"),
+                format!("inproc://{name}-down"),
+            ),
+        )
+        .unwrap();
+        let server = Server::start(
+            &ctx,
+            ServerConfig::new(
+                format!("inproc://{name}-up"),
+                format!("inproc://{name}-loop"),
+                format!("inproc://{name}-int"),
+            ),
+            shutdown.clone(),
+        )
+        .unwrap();
+        (
+            Manual {
+                ctx,
+                name,
+                shutdown,
+                server,
+            },
+            proxy,
+        )
+    }
+
+    fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig::new(
+            format!("inproc://{}-down", self.name),
+            format!("inproc://{}-loop", self.name),
+            format!("inproc://{}-int", self.name),
+        )
+    }
+}
+
 #[test]
 fn the_choose_function_routes_deterministically() {
-    let ctx = Context::new();
-    let name = unique("shaping");
-    let shutdown = Shutdown::new();
-    let proxy = Proxy::bind(
-        &ctx,
-        ProxyConfig::new(
-            format!("inproc://{name}-up"),
-            format!("inproc://{name}-down"),
-        ),
-    )
-    .unwrap()
-    .with_choose(Box::new(|blobs, job| {
+    let (m, proxy) = Manual::new("shaping");
+    let proxy = proxy.with_choose(Box::new(|blobs, job| {
         // Route by the job's first byte to the worker advertising the same letter.
         let want = job.first().and_then(|f| f.first())?;
         blobs.iter().position(|b| b.first() == Some(want))
     }));
-    let server = Server::start(
-        &ctx,
-        ServerConfig::new(
-            format!("inproc://{name}-up"),
-            format!("inproc://{name}-loop"),
-            format!("inproc://{name}-int"),
-        ),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let Manual {
+        ctx,
+        shutdown,
+        server,
+        ..
+    } = &m;
     let mut threads = Vec::new();
     for letter in ["A", "B"] {
-        let mut cfg = WorkerConfig::new(
-            format!("inproc://{name}-down"),
-            format!("inproc://{name}-loop"),
-            format!("inproc://{name}-int"),
-        );
+        let mut cfg = m.worker_config();
         cfg.blob = letter.as_bytes().to_vec();
         let w = Worker::connect(
-            &ctx,
+            ctx,
             cfg,
             Box::new(move |_, _| Ok(Outcome::Reply(letter.as_bytes().to_vec()))),
         )
@@ -609,36 +643,18 @@ fn every_bridge_carries_answers_cancels_and_timeouts() {
 
 #[test]
 fn the_cleanup_function_runs_after_every_job_whatever_its_outcome() {
-    let ctx = Context::new();
-    let name = unique("cleanup");
-    let shutdown = Shutdown::new();
-    let proxy = Proxy::bind(
-        &ctx,
-        ProxyConfig::new(
-            format!("inproc://{name}-up"),
-            format!("inproc://{name}-down"),
-        ),
-    )
-    .unwrap();
-    let server = Server::start(
-        &ctx,
-        ServerConfig::new(
-            format!("inproc://{name}-up"),
-            format!("inproc://{name}-loop"),
-            format!("inproc://{name}-int"),
-        ),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (m, proxy) = Manual::new("cleanup");
+    let Manual {
+        ctx,
+        shutdown,
+        server,
+        ..
+    } = &m;
     let cleanups = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = cleanups.clone();
     let worker = Worker::connect(
-        &ctx,
-        WorkerConfig::new(
-            format!("inproc://{name}-down"),
-            format!("inproc://{name}-loop"),
-            format!("inproc://{name}-int"),
-        ),
+        ctx,
+        m.worker_config(),
         Box::new(|job, _| match job.frames[0].as_slice() {
             b"ok" => Ok(Outcome::Reply(b"ok".to_vec())),
             b"fail" => Err(WorkError::Failed {

@@ -84,12 +84,14 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     // Named flags and the C++ positional arguments mean the same; a flag wins.
-    macro_rules! merge {
-        ($($pos:ident <- $flag:ident),*) => { $( if args.$flag.is_some() { args.$pos = args.$flag.take(); } )* };
-    }
-    merge!(listen <- listen_flag, proxy <- proxy_flag, loopback <- loopback_flag,
-        interrupt <- interrupt_flag, max_request_size <- max_body_flag,
-        timeout_seconds <- timeout_flag, drain_seconds <- drain_flag, health_path <- health_flag);
+    daemon::prefer_flag(&mut args.listen, args.listen_flag.take());
+    daemon::prefer_flag(&mut args.proxy, args.proxy_flag.take());
+    daemon::prefer_flag(&mut args.loopback, args.loopback_flag.take());
+    daemon::prefer_flag(&mut args.interrupt, args.interrupt_flag.take());
+    daemon::prefer_flag(&mut args.max_request_size, args.max_body_flag.take());
+    daemon::prefer_flag(&mut args.timeout_seconds, args.timeout_flag.take());
+    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
+    daemon::prefer_flag(&mut args.health_path, args.health_flag.take());
     if args.access_log {
         args.enable_logging = Some(true);
     }

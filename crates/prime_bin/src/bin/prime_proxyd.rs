@@ -53,15 +53,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     // Named flags and the C++ positional arguments mean the same; a flag wins.
-    if args.upstream_flag.is_some() {
-        args.upstream = args.upstream_flag.take();
-    }
-    if args.downstream_flag.is_some() {
-        args.downstream = args.downstream_flag.take();
-    }
-    if args.drain_flag.is_some() {
-        args.drain_seconds = args.drain_flag;
-    }
+    daemon::prefer_flag(&mut args.upstream, args.upstream_flag.take());
+    daemon::prefer_flag(&mut args.downstream, args.downstream_flag.take());
+    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
     let (stage, heartbeat, drain, format) = match (&args.config, &args.upstream, &args.downstream) {
         (Some(path), None, None) => {
             let t = Topology::load(path)?;

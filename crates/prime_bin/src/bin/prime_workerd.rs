@@ -71,15 +71,9 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     // Named flags and the C++ positional arguments mean the same; a flag wins.
-    if args.upstream_flag.is_some() {
-        args.upstream_proxy = args.upstream_flag.take();
-    }
-    if args.downstream_flag.is_some() {
-        args.downstream_proxy = args.downstream_flag.take();
-    }
-    if args.drain_flag.is_some() {
-        args.drain_seconds = args.drain_flag;
-    }
+    daemon::prefer_flag(&mut args.upstream_proxy, args.upstream_flag.take());
+    daemon::prefer_flag(&mut args.downstream_proxy, args.downstream_flag.take());
+    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
     let mut loopbacks: Vec<String> = args.loopback.iter().cloned().collect();
     loopbacks.extend(args.loopback_flag.iter().cloned());
     let mut interrupts: Vec<String> = args.interrupt.iter().cloned().collect();
