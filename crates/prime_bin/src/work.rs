@@ -38,8 +38,9 @@ pub fn factory(name: &str, root: Option<PathBuf>) -> anyhow::Result<Factory> {
 
 /// Echo: answers an HTTP request with 200 and the request as the worker saw it (request line,
 /// headers, blank line, body), and a netstring request with its payload. The `x-worker` header
-/// names the process and thread that answered.
-pub fn echo(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
+/// names the process and thread that answered. `?sleep=MS` makes it work that long first
+/// (interruptibly), to stand in for expensive requests in tests and demos.
+pub fn echo(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
     let is_http =
         job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http::REQUEST_MAGIC);
     if !is_http {
@@ -49,6 +50,13 @@ pub fn echo(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
         status: 400,
         reason: e.to_string(),
     })?;
+    if let Some(ms) = req.query_value("sleep").and_then(|v| v.parse::<u64>().ok()) {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms.min(600_000));
+        while std::time::Instant::now() < until {
+            interrupt.check()?;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     let version = match req.version {
         prime_server::http::Version::Http10 => "HTTP/1.0",
         prime_server::http::Version::Http11 => "HTTP/1.1",

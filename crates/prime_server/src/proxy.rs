@@ -71,6 +71,9 @@ pub struct ProxyConfig {
     /// Run the proxy's thread as a batch thread (see
     /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)); on by default.
     pub batch_scheduling: bool,
+    /// How many workers may be handed the same job: when a worker dies holding a job, the job
+    /// goes to another until this many have had it, then its sender is answered 500.
+    pub max_attempts: u8,
     /// Once the drain starts, return as soon as no job is queued and no worker holds one,
     /// instead of serving until the stop. For proxy processes of a multi-process deployment;
     /// off by default.
@@ -87,6 +90,7 @@ impl ProxyConfig {
             heartbeat: Heartbeat::default(),
             batch_scheduling: true,
             exit_when_drained: false,
+            max_attempts: 2,
         }
     }
 }
@@ -104,6 +108,10 @@ pub struct ProxyStats {
     pub malformed: AtomicU64,
     /// Workers dropped for silence or because they could not be reached.
     pub expired: AtomicU64,
+    /// Jobs handed to another worker after theirs died.
+    pub redelivered: AtomicU64,
+    /// Jobs answered 500 because every worker that had them died.
+    pub abandoned: AtomicU64,
     /// Jobs waiting for a worker now.
     pub queued: AtomicU64,
     /// Idle workers now.
@@ -114,8 +122,11 @@ struct WorkerEntry {
     blob: Vec<u8>,
     idle: bool,
     last_seen: Instant,
+    /// The job in the worker's hands, kept to hand to another worker if this one dies.
+    job: Option<QueuedJob>,
 }
 
+#[derive(Clone)]
 struct QueuedJob {
     sender: Vec<u8>,
     header: Header,
@@ -201,7 +212,7 @@ impl Proxy {
             }
             self.dispatch()?;
             if Instant::now() >= next_expiry {
-                self.expire();
+                self.expire()?;
                 next_expiry = Instant::now() + self.config.heartbeat.interval;
             }
             if up || down {
@@ -255,7 +266,11 @@ impl Proxy {
                         let blob = payload.pop().unwrap_or_default();
                         self.worker_ready(worker, blob);
                     }
-                    Kind::Heartbeat => self.worker_heartbeat(worker, &h),
+                    // A worker's heartbeat thread speaks for it, named in the payload.
+                    Kind::Heartbeat => {
+                        let who = payload.pop().unwrap_or(worker);
+                        self.worker_heartbeat(who, &h)
+                    }
                     Kind::Disconnect => self.forget(&worker),
                     other => self.malformed("downstream", &format!("unexpected {other:?}")),
                 },
@@ -311,6 +326,7 @@ impl Proxy {
             Some(entry) => {
                 entry.blob = blob;
                 entry.last_seen = now;
+                entry.job = None;
                 if !entry.idle {
                     entry.idle = true;
                     self.idle.push_back(worker);
@@ -323,6 +339,7 @@ impl Proxy {
                         blob,
                         idle: true,
                         last_seen: now,
+                        job: None,
                     },
                 );
                 self.idle.push_back(worker);
@@ -336,7 +353,17 @@ impl Proxy {
             // A worker we don't know (we restarted): an idle one is welcome as if it had said
             // Ready; a busy one will say Ready when its job is done.
             None if h.flags & wire::flags::BUSY == 0 => self.worker_ready(worker, Vec::new()),
-            None => {}
+            None => {
+                self.workers.insert(
+                    worker,
+                    WorkerEntry {
+                        blob: Vec::new(),
+                        idle: false,
+                        last_seen: Instant::now(),
+                        job: None,
+                    },
+                );
+            }
         }
     }
 
@@ -346,21 +373,55 @@ impl Proxy {
         }
     }
 
-    fn expire(&mut self) {
+    /// Drops workers silent for longer than the heartbeat expiry; a job a dead worker held goes
+    /// back to the front of the queue, or, when `max_attempts` workers have had it, is answered
+    /// 500. Then says it is alive to every idle worker, so workers notice a dead proxy.
+    fn expire(&mut self) -> Result<(), Error> {
         let cutoff = self.config.heartbeat.expiry();
         let now = Instant::now();
         let dead: Vec<Vec<u8>> = self
             .workers
             .iter()
-            .filter(|(_, e)| e.idle && now.duration_since(e.last_seen) > cutoff)
+            .filter(|(_, e)| now.duration_since(e.last_seen) > cutoff)
             .map(|(w, _)| w.clone())
             .collect();
         for w in dead {
-            tracing::warn!(worker = %String::from_utf8_lossy(&w), "idle worker went silent, dropped");
+            let Some(entry) = self.workers.remove(&w) else {
+                continue;
+            };
+            self.idle.retain(|x| x != &w);
             self.stats.expired.fetch_add(1, Ordering::Relaxed);
-            self.forget(&w);
+            let who = String::from_utf8_lossy(&w).into_owned();
+            match entry.job {
+                None => {
+                    tracing::warn!(worker = %who, idle = entry.idle, "worker went silent, dropped")
+                }
+                Some(job) if job.header.attempt < self.config.max_attempts => {
+                    tracing::warn!(worker = %who, request_id = job.header.request_id, attempt = job.header.attempt, "worker died holding a job: handing it to another");
+                    self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+                    self.queue.push_front(job);
+                }
+                Some(job) => {
+                    tracing::error!(worker = %who, request_id = job.header.request_id, attempts = job.header.attempt, "worker died holding a job; no attempts left");
+                    self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "the request failed: {} workers died while working on it",
+                        job.header.attempt
+                    );
+                    self.answer(&job.sender, &job.header, 500, &reason)?;
+                }
+            }
+        }
+        let hb = Header::new(Kind::Heartbeat).encode();
+        let idle: Vec<Vec<u8>> = self.idle.iter().cloned().collect();
+        for w in idle {
+            if self.downstream.send([w.as_slice(), &hb[..]])? == Sent::Unreachable {
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                self.forget(&w);
+            }
         }
         self.publish_gauges();
+        Ok(())
     }
 
     fn publish_gauges(&self) {
@@ -411,6 +472,9 @@ impl Proxy {
                 Sent::Yes => {
                     if let Some(e) = self.workers.get_mut(&worker) {
                         e.idle = false;
+                        // The worker's heartbeats are now what tells us it is alive.
+                        e.last_seen = Instant::now();
+                        e.job = Some(job);
                     }
                     self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
                 }
@@ -428,8 +492,19 @@ impl Proxy {
     }
 
     fn reject(&self, sender: &[u8], header: &Header, reason: &str) -> Result<(), Error> {
+        self.answer(sender, header, 503, reason)
+    }
+
+    /// Answers a job to its sender without a worker (a Reject with this status).
+    fn answer(
+        &self,
+        sender: &[u8],
+        header: &Header,
+        status: u16,
+        reason: &str,
+    ) -> Result<(), Error> {
         let mut h = header.with_kind(Kind::Reject);
-        h.status = 503;
+        h.status = status;
         let head = h.encode();
         if self.upstream.send([sender, &head[..], reason.as_bytes()])? == Sent::Unreachable {
             tracing::warn!(

@@ -875,9 +875,10 @@ impl Core {
                         .pop()
                         .map(|r| String::from_utf8_lossy(&r).into_owned())
                         .unwrap_or_else(|| "overloaded".into());
+                    let status = if h.status == 0 { 503 } else { h.status };
                     if self.finish(
                         h.request_id,
-                        Answer::Failed(Failure::new(503, reason)),
+                        Answer::Failed(Failure::new(status, reason)),
                         false,
                     )? {
                         self.stats.overloaded.fetch_add(1, Ordering::Relaxed);

@@ -48,7 +48,8 @@ pub enum Kind {
     Reply = 2,
     /// Worker → proxy: idle and ready for a job. Payload: zero or one frame, the heartbeat blob.
     Ready = 3,
-    /// Worker ↔ proxy: still alive. No payload.
+    /// Worker ↔ proxy: still alive. Payload: zero frames, or (from a worker's heartbeat thread
+    /// while the worker is busy) one frame, the routing id of the worker it speaks for.
     Heartbeat = 4,
     /// Server → workers (interrupt channel): stop working on this request. No payload.
     Interrupt = 5,
@@ -77,8 +78,8 @@ impl Kind {
         match self {
             Kind::Job => (0, usize::MAX),
             Kind::Reply => (1, 1),
-            Kind::Ready | Kind::Reject => (0, 1),
-            Kind::Heartbeat | Kind::Interrupt | Kind::Disconnect => (0, 0),
+            Kind::Ready | Kind::Reject | Kind::Heartbeat => (0, 1),
+            Kind::Interrupt | Kind::Disconnect => (0, 0),
         }
     }
 }
@@ -350,6 +351,9 @@ mod tests {
         assert!(decode(message(&h, [b"a".to_vec()])).is_ok());
         assert!(decode(message(&h, [b"a".to_vec(), b"b".to_vec()])).is_err());
         let h = Header::new(Kind::Heartbeat);
+        assert!(decode(message(&h, [b"x".to_vec()])).is_ok());
+        assert!(decode(message(&h, [b"x".to_vec(), b"y".to_vec()])).is_err());
+        let h = Header::new(Kind::Interrupt);
         assert!(decode(message(&h, [b"x".to_vec()])).is_err());
         assert_eq!(decode(vec![]), Err(WireError::Empty));
     }

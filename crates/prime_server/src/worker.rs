@@ -19,7 +19,7 @@ use crate::Error;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -270,6 +270,12 @@ pub struct WorkerStats {
 
 /// One worker. Build with [`Worker::connect`], then [`Worker::run`] on its own thread.
 pub struct Worker {
+    ctx: Context,
+    id: Vec<u8>,
+    /// Set while the work function runs; the heartbeat thread speaks for the worker then.
+    busy: Arc<AtomicBool>,
+    /// When the proxy was last heard from.
+    last_heard: Instant,
     config: WorkerConfig,
     upstream: Socket,
     downstream: Option<Socket>,
@@ -286,6 +292,31 @@ pub struct Worker {
     left: Option<Instant>,
 }
 
+/// Waiter tokens of a worker's sockets.
+const UP: u64 = 0;
+const DOWN: u64 = 1;
+const SUB: u64 = 2;
+
+/// A header-only Heartbeat from the proxy (it is alive), as opposed to a job.
+fn is_heartbeat(frames: &Frames) -> bool {
+    frames.len() == 1 && matches!(Header::decode(&frames[0]), Ok(h) if h.kind == Kind::Heartbeat)
+}
+
+/// The worker's heartbeat thread; stopped and joined by [`HeartbeatThread::stop`].
+struct HeartbeatThread {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeartbeatThread {
+    fn stop(mut self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn unique_worker_id() -> Vec<u8> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -296,8 +327,9 @@ fn unique_worker_id() -> Vec<u8> {
 impl Worker {
     /// Opens and connects the worker's sockets.
     pub fn connect(ctx: &Context, config: WorkerConfig, work: WorkFn) -> Result<Worker, Error> {
+        let id = unique_worker_id();
         let upstream = ctx.socket(SocketKind::Dealer)?;
-        upstream.set_routing_id(&unique_worker_id())?;
+        upstream.set_routing_id(&id)?;
         upstream.connect(&config.upstream)?;
         let downstream = match &config.downstream {
             Some(ep) => {
@@ -319,6 +351,10 @@ impl Worker {
             subs.push(s);
         }
         Ok(Worker {
+            ctx: ctx.clone(),
+            id,
+            busy: Arc::new(AtomicBool::new(false)),
+            last_heard: Instant::now(),
             blob: config.blob.clone(),
             config,
             upstream,
@@ -348,9 +384,6 @@ impl Worker {
 
     /// Serves jobs until `shutdown` stops, then tells the proxy it is leaving.
     pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
-        const UP: u64 = 0;
-        const DOWN: u64 = 1;
-        const SUB: u64 = 2;
         if self.config.batch_scheduling {
             crate::transport::prefer_batch_scheduling();
         }
@@ -363,6 +396,15 @@ impl Worker {
             waiter.watch(s, SUB)?;
         }
         self.say_ready()?;
+        let heartbeats = self.start_heartbeat_thread(&shutdown)?;
+        let result = self.serve(&shutdown, &mut waiter);
+        heartbeats.stop();
+        result
+    }
+
+    /// The worker's loop; see [`Worker::run`].
+    fn serve(&mut self, shutdown: &Shutdown, waiter: &mut Waiter) -> Result<(), Error> {
+        let shutdown = shutdown.clone();
         // Which sockets may hold messages; each is drained to empty before the next wait (see
         // `Waiter`). All of them at first.
         let (mut up, mut down, mut sub) = (true, true, true);
@@ -385,7 +427,10 @@ impl Worker {
             if up {
                 match self.upstream.try_recv()? {
                     Some(frames) => {
-                        self.handle_job(frames, &shutdown)?;
+                        self.last_heard = Instant::now();
+                        if !is_heartbeat(&frames) {
+                            self.handle_job(frames, &shutdown)?;
+                        }
                         continue;
                     }
                     None => up = false,
@@ -396,7 +441,15 @@ impl Worker {
                 return Ok(());
             }
             if self.left.is_none() && self.last_sent.elapsed() >= self.config.heartbeat.interval {
-                self.send_up(Kind::Heartbeat, None)?;
+                if self.last_heard.elapsed() > self.config.heartbeat.expiry() {
+                    // The proxy went quiet (it died, or restarted and forgot us): say Ready,
+                    // which registers us with whichever proxy is there now.
+                    tracing::warn!("proxy silent: registering again");
+                    self.last_heard = Instant::now();
+                    self.say_ready()?;
+                } else {
+                    self.send_up(Kind::Heartbeat, None)?;
+                }
             }
             let mut wait = self
                 .config
@@ -422,6 +475,44 @@ impl Worker {
         }
         self.send_up(Kind::Disconnect, None)?;
         Ok(())
+    }
+
+    /// Starts the thread that sends heartbeats for this worker while its work function runs
+    /// (the worker's own thread is busy then), over a socket of its own.
+    fn start_heartbeat_thread(&self, shutdown: &Shutdown) -> Result<HeartbeatThread, Error> {
+        let socket = self.ctx.socket(SocketKind::Dealer)?;
+        let mut hb_id = self.id.clone();
+        hb_id.extend_from_slice(b"#hb");
+        socket.set_routing_id(&hb_id)?;
+        socket.connect(&self.config.upstream)?;
+        let done = Arc::new(AtomicBool::new(false));
+        let (busy, id, interval, stage) = (
+            self.busy.clone(),
+            self.id.clone(),
+            self.config.heartbeat.interval,
+            self.config.stage,
+        );
+        let (d, sd) = (done.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
+            .name("worker-heartbeat".into())
+            .spawn(move || {
+                let mut h = Header::new(Kind::Heartbeat);
+                h.stage = stage;
+                h.flags = wire::flags::BUSY;
+                let mut last = Instant::now();
+                while !d.load(Ordering::Acquire) && !sd.is_stopping() {
+                    std::thread::sleep((interval / 4).min(POLL_INTERVAL));
+                    if busy.load(Ordering::Acquire) && last.elapsed() >= interval {
+                        let _ = socket.send(wire::message(&h, [id.clone()]));
+                        last = Instant::now();
+                    }
+                }
+            })
+            .map_err(Error::Io)?;
+        Ok(HeartbeatThread {
+            done,
+            thread: Some(thread),
+        })
     }
 
     fn send_up(&mut self, kind: Kind, blob: Option<Vec<u8>>) -> Result<(), Error> {
@@ -497,7 +588,9 @@ impl Worker {
             stats: &self.stats,
         };
         let work = &mut self.work;
+        self.busy.store(true, Ordering::Release);
         let result = catch_unwind(AssertUnwindSafe(|| work(&mut job, &interrupt)));
+        self.busy.store(false, Ordering::Release);
         if let Some(blob) = job.blob.take() {
             self.blob = blob;
         }
@@ -601,7 +694,8 @@ impl Worker {
             }
         }
         for (h, reason) in rejected {
-            self.reply(&h, 503, reason)?;
+            let status = if h.status == 0 { 503 } else { h.status };
+            self.reply(&h, status, reason)?;
         }
         Ok(())
     }

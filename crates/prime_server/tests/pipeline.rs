@@ -98,14 +98,7 @@ fn many_concurrent_requests_all_get_their_own_answer() {
 
 /// Waits until `n` workers of stage `stage` (0-based) have registered as idle with their proxy.
 fn wait_idle(running: &Running, stage: usize, n: u64) {
-    let t = Instant::now();
-    while running.proxy_stats[stage].idle.load(Ordering::Relaxed) < n {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "workers never became idle"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until_idle(&running.proxy_stats[stage], n);
 }
 
 async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
@@ -696,4 +689,95 @@ fn the_cleanup_function_runs_after_every_job_whatever_its_outcome() {
     server.join();
     wt.join().unwrap();
     pt.join().unwrap();
+}
+
+#[test]
+fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
+    use prime_server::proxy::Heartbeat;
+    use prime_server::wire::{self, Header, Kind};
+    let ctx = Context::new();
+    let name = unique("redeliver");
+    let mut cfg = ProxyConfig::new(
+        format!("inproc://{name}-up"),
+        format!("inproc://{name}-down"),
+    );
+    cfg.heartbeat = Heartbeat {
+        interval: Duration::from_millis(50),
+        liveness: 2,
+    };
+    cfg.max_attempts = 2;
+    let proxy = Proxy::bind(&ctx, cfg).unwrap();
+    let stats = proxy.stats();
+    let shutdown = Shutdown::new();
+    let sd = shutdown.clone();
+    let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
+    let recv = |s: &prime_server::transport::Socket, what: &str| {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(f) = s.try_recv().unwrap() {
+                let (h, _) = wire::decode(f).unwrap();
+                if h.kind != Kind::Heartbeat {
+                    return h;
+                }
+            }
+            assert!(Instant::now() < until, "no {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let fake_worker = |id: &str| {
+        let w = ctx.socket(SocketKind::Dealer).unwrap();
+        w.set_routing_id(id.as_bytes()).unwrap();
+        w.connect(&format!("inproc://{name}-down")).unwrap();
+        w.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();
+        w
+    };
+    let sender = ctx.socket(SocketKind::Dealer).unwrap();
+    sender.connect(&format!("inproc://{name}-up")).unwrap();
+    let w1 = fake_worker("w1");
+    wait_until_idle(&stats, 1);
+    let mut job = Header::new(Kind::Job);
+    job.request_id = 7;
+    sender.send([&job.encode()[..], b"payload"]).unwrap();
+    let got = recv(&w1, "first dispatch");
+    assert_eq!((got.request_id, got.attempt), (7, 1));
+    // w1 dies holding it (goes silent). w2 arrives and stays alive while idle.
+    let w2 = fake_worker("w2");
+    let got = {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            w2.send([&Header::new(Kind::Heartbeat).encode()[..]])
+                .unwrap();
+            if let Some(f) = w2.try_recv().unwrap() {
+                let (h, _) = wire::decode(f).unwrap();
+                if h.kind == Kind::Job {
+                    break h;
+                }
+            }
+            assert!(Instant::now() < until, "never redelivered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    assert_eq!((got.request_id, got.attempt), (7, 2));
+    // w2 dies too: attempts spent, the sender is answered 500.
+    let answer = recv(&sender, "the 500");
+    assert_eq!(
+        (answer.kind, answer.request_id, answer.status),
+        (Kind::Reject, 7, 500)
+    );
+    assert_eq!(stats.redelivered.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.abandoned.load(Ordering::Relaxed), 1);
+    shutdown.stop();
+    pt.join().unwrap();
+}
+
+/// Waits until `n` workers have registered as idle with the proxy of these stats.
+fn wait_until_idle(stats: &prime_server::proxy::ProxyStats, n: u64) {
+    let t = Instant::now();
+    while stats.idle.load(Ordering::Relaxed) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "workers never became idle"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }

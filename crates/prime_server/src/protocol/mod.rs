@@ -120,6 +120,12 @@ pub async fn accept_until_drain<F, Fut>(
             }
         }
     }
+    // Serve the connections that already completed their handshake and wait in the backlog:
+    // closing the listener would reset them unanswered.
+    while let Some(Ok((stream, _))) = listener.accept().now_or_never() {
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_one(stream));
+    }
     drop(listener);
     connections.close();
     connections.wait().await;

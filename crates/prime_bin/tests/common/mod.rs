@@ -1,0 +1,154 @@
+//! What the daemon tests share: starting real daemon processes, free ports, temporary
+//! directories and a small HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin(name: &str) -> PathBuf {
+    // Cargo builds every binary of the package for its integration tests.
+    let mut p = PathBuf::from(env!("CARGO_BIN_EXE_prime_serverd"));
+    p.set_file_name(name);
+    p
+}
+
+/// A daemon that is killed if the test ends without stopping it.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        Proc::start_logging(name, args, Stdio::null())
+    }
+
+    /// Like [`Proc::start`], with its log (stderr) going to `stderr`.
+    pub fn start_logging(name: &str, args: &[&str], stderr: Stdio) -> Proc {
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for the "listening on ADDR" line of a front server.
+    pub fn listening(&mut self) -> SocketAddr {
+        let out = self.child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let line = lines.next().unwrap().unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        line.split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t.elapsed() < within,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.wait_exit(Duration::from_secs(5));
+        assert!(status.success(), "{} exited with {status:?}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ps-{tag}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One HTTP/1.1 request on a keep-alive connection: (status, headers, body), or `None` if the
+/// connection was closed before an answer.
+pub fn http(s: &mut TcpStream, req: &str) -> Option<(u16, String, String)> {
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                let status = text[9..12].parse().unwrap();
+                return Some((status, head, text[end + 4..end + 4 + len].to_string()));
+            }
+        }
+    }
+}
+
+/// A HEAD request: the answer's head (no body follows).
+pub fn head_request(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "closed");
+        out.push(b[0]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
