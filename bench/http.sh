@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# HTTP load benchmark (see bench/http.py and bench/README.md). Installs wrk and ab from Debian's
+# HTTP load benchmark (see bench/http_load.py and bench/README.md). Installs wrk and ab from Debian's
 # packages when they are missing, builds the release binaries, runs, and writes
 # bench/results/http.md.
 set -euo pipefail
@@ -9,4 +9,4 @@ if ! command -v wrk >/dev/null || ! command -v ab >/dev/null; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq wrk apache2-utils
 fi
-exec python3 bench/http.py "$@"
+exec python3 bench/http_load.py "$@"

@@ -209,3 +209,65 @@ fn two_front_servers_sharing_one_backend_each_get_their_own_answers() {
     p.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sustained_overload_gets_only_200_and_503_and_memory_stays_flat() {
+    let dir = temp_dir("overload");
+    let cfg = echo_topology(&dir, 1, 30);
+    // Tight bounds: 30 requests in flight at the front, 10 jobs queued at the proxy; one worker
+    // doing 5 ms jobs serves ~200/s, and 120 clients ask for far more.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout_seconds = 30\n", "timeout_seconds = 30\nmax_in_flight = 30\n")
+        .replace("workers = 1\n", "workers = 1\nqueue_limit = 10\n");
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let p = proxy(c);
+    let w = worker(c);
+    let (f, addr) = front(c, "s0");
+    let stop_at = Instant::now() + Duration::from_secs(4);
+    let counts = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, u64>::new()));
+    let clients: Vec<_> = (0..120)
+        .map(|_| {
+            let counts = counts.clone();
+            std::thread::spawn(move || {
+                let mut s = connect(addr);
+                while Instant::now() < stop_at {
+                    match http(&mut s, &get("/o?sleep=5")) {
+                        Some((st, _, _)) => *counts.lock().unwrap().entry(st).or_default() += 1,
+                        None => {
+                            *counts.lock().unwrap().entry(0).or_default() += 1;
+                            s = connect(addr);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (front_pid, proxy_pid) = (f.child.id(), p.child.id());
+    let early = (rss_kb(front_pid), rss_kb(proxy_pid));
+    for c in clients {
+        c.join().unwrap();
+    }
+    let late = (rss_kb(front_pid), rss_kb(proxy_pid));
+    let counts = counts.lock().unwrap().clone();
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), vec![200, 503], "{counts:?}");
+    assert!(counts[&503] > counts[&200], "not overloaded: {counts:?}");
+    // Memory: bounded queues keep both processes small and flat under the overload.
+    assert!(late.0 < 64 * 1024 && late.1 < 64 * 1024, "rss {early:?} -> {late:?} kB");
+    assert!(late.0 < early.0 + 8 * 1024 && late.1 < early.1 + 8 * 1024, "rss {early:?} -> {late:?} kB");
+    f.stop();
+    w.stop();
+    p.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
