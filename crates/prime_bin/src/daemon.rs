@@ -69,6 +69,7 @@ pub fn start_proxy(
     cfg.queue_limit = stage.queue_limit;
     cfg.heartbeat = heartbeat;
     cfg.exit_when_drained = exit_when_drained;
+    cfg.max_attempts = stage.max_attempts;
     let proxy = Proxy::bind(ctx, cfg)?;
     tracing::info!(stage = %stage.name, upstream = %stage.upstream, downstream = %stage.downstream, "proxy bound");
     let sd = shutdown.clone();

@@ -227,7 +227,10 @@ fn sustained_overload_gets_only_200_and_503_and_memory_stays_flat() {
     // doing 5 ms jobs serves ~200/s, and 120 clients ask for far more.
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("timeout_seconds = 30\n", "timeout_seconds = 30\nmax_in_flight = 30\n")
+        .replace(
+            "timeout_seconds = 30\n",
+            "timeout_seconds = 30\nmax_in_flight = 30\n",
+        )
         .replace("workers = 1\n", "workers = 1\nqueue_limit = 10\n");
     std::fs::write(&cfg, text).unwrap();
     let c = cfg.to_str().unwrap();
@@ -261,11 +264,21 @@ fn sustained_overload_gets_only_200_and_503_and_memory_stays_flat() {
     }
     let late = (rss_kb(front_pid), rss_kb(proxy_pid));
     let counts = counts.lock().unwrap().clone();
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), vec![200, 503], "{counts:?}");
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        vec![200, 503],
+        "{counts:?}"
+    );
     assert!(counts[&503] > counts[&200], "not overloaded: {counts:?}");
     // Memory: bounded queues keep both processes small and flat under the overload.
-    assert!(late.0 < 64 * 1024 && late.1 < 64 * 1024, "rss {early:?} -> {late:?} kB");
-    assert!(late.0 < early.0 + 8 * 1024 && late.1 < early.1 + 8 * 1024, "rss {early:?} -> {late:?} kB");
+    assert!(
+        late.0 < 64 * 1024 && late.1 < 64 * 1024,
+        "rss {early:?} -> {late:?} kB"
+    );
+    assert!(
+        late.0 < early.0 + 8 * 1024 && late.1 < early.1 + 8 * 1024,
+        "rss {early:?} -> {late:?} kB"
+    );
     f.stop();
     w.stop();
     p.stop();

@@ -169,6 +169,9 @@ pub struct StageSection {
     /// Jobs waiting for a worker before 503 (default 4096).
     #[serde(default = "default_queue_limit")]
     pub queue_limit: usize,
+    /// How many workers may be handed one job when the ones holding it die (default 2).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u8,
 }
 
 fn default_drain() -> u64 {
@@ -200,6 +203,9 @@ fn default_workers() -> usize {
 }
 fn default_queue_limit() -> usize {
     4096
+}
+fn default_max_attempts() -> u8 {
+    2
 }
 
 /// What is wrong with a topology file.
@@ -298,6 +304,9 @@ impl Topology {
             }
             if s.queue_limit == 0 {
                 return Err(invalid(key("queue_limit"), "must be at least 1"));
+            }
+            if s.max_attempts == 0 {
+                return Err(invalid(key("max_attempts"), "must be at least 1"));
             }
         }
         Ok(())

@@ -42,6 +42,9 @@ struct Args {
     /// Jobs waiting for a worker before 503.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
+    /// How many workers may be handed one job when the ones holding it die.
+    #[arg(long, default_value_t = 2)]
+    max_attempts: u8,
     /// Heartbeat interval in milliseconds (must match the workers').
     #[arg(long, default_value_t = 2500)]
     heartbeat_ms: u64,
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                 downstream: down.clone(),
                 workers: 0,
                 queue_limit: args.queue_limit,
+                max_attempts: args.max_attempts.max(1),
             },
             HeartbeatConfig {
                 interval_ms: args.heartbeat_ms,

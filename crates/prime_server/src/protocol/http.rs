@@ -88,7 +88,24 @@ pub async fn serve(
     .await;
 }
 
-async fn connection(stream: tokio::net::TcpStream, ctx: Arc<Ctx>) {
+/// Serves HTTP on one connection of any byte stream (a TLS stream, an in-memory pipe in a fuzz
+/// target) until the client closes it or `shutdown` stops.
+pub async fn serve_io<I>(io: I, server: ServerHandle, config: HttpConfig, shutdown: Shutdown)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(Ctx {
+        server,
+        config,
+        shutdown,
+    });
+    connection(io, ctx).await
+}
+
+async fn connection<I>(stream: I, ctx: Arc<Ctx>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let shutdown = ctx.shutdown.clone();
     let mut builder = http1::Builder::new();
     builder
