@@ -1,0 +1,169 @@
+//! Mixed pipelines: Python workers (the `python/` package, pyzmq) serving the prime-testing stage
+//! of a Rust pipeline. The test installs what it needs itself: a virtual environment under
+//! cargo's target directory with the package and pyzmq from PyPI.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The virtual environment's python, with `prime_server` (python/) and pyzmq installed.
+fn python() -> &'static PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
+        let py = venv.join("bin/python");
+        let ready = || {
+            Command::new(&py)
+                .args(["-c", "import zmq, prime_server"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ready() {
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "python3 -m venv failed");
+            let pkg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
+            let out = Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", pkg])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "pip install: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(ready(), "the python package does not import");
+        }
+        py
+    })
+}
+
+#[test]
+fn python_workers_serve_the_prime_testing_stage_of_a_rust_pipeline() {
+    let py = python().clone();
+    let dir = temp_dir("mixed");
+    let port = free_port();
+    let cfg = dir.join("mixed.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"drain_seconds = 2
+[heartbeat]
+interval_ms = 500
+[[server]]
+listen = "127.0.0.1:{port}"
+loopback = "ipc://{d}/lb"
+interrupt = "ipc://{d}/int"
+[[stage]]
+name = "parse"
+work = "prime_parse"
+upstream = "ipc://{d}/parse_in"
+downstream = "ipc://{d}/parse_out"
+[[stage]]
+name = "test"
+work = "prime_test"
+upstream = "ipc://{d}/test_in"
+downstream = "ipc://{d}/test_out"
+"#,
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let p1 = Proc::start("prime_proxyd", &["--config", c, "--stage", "parse"]);
+    let p2 = Proc::start("prime_proxyd", &["--config", c, "--stage", "test"]);
+    let w1 = Proc::start("prime_workerd", &["--config", c, "--stage", "parse"]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/python/prime_worker.py"
+    );
+    let mut pyw = Proc {
+        child: Command::new(&py)
+            .args([script, "--config", c, "--stage", "test", "--workers", "2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "python prime worker".into(),
+    };
+    {
+        use std::io::BufRead;
+        let out = pyw.child.stdout.take().unwrap();
+        let line = std::io::BufReader::new(out)
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert!(line.contains("serving stage test"), "{line}");
+    }
+    let mut f = Proc::start("prime_httpd", &["--config", c]);
+    let addr = f.listening();
+    let mut s = connect(addr);
+    for (n, prime) in [
+        (32416190071u64, true),
+        (1000, false),
+        (2, true),
+        (1, false),
+        (999983, true),
+    ] {
+        let (status, head, body) =
+            http(&mut s, &get(&format!("/is_prime?possible_prime={n}"))).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(head.contains("x-worker: python"), "{head}");
+        assert_eq!(
+            body,
+            format!("{{\"possible_prime\":{n},\"is_prime\":{prime}}}")
+        );
+    }
+    // Stage 1 (Rust) still answers bad requests itself.
+    assert_eq!(
+        http(&mut s, &get("/is_prime?possible_prime=x")).unwrap().0,
+        400
+    );
+    // The Python worker stops cleanly on SIGTERM.
+    pyw.signal("-TERM");
+    assert!(pyw.wait_exit(Duration::from_secs(5)).success());
+    f.stop();
+    w1.stop();
+    p2.stop();
+    p1.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_python_package_passes_its_own_tests() {
+    let py = python();
+    let pytest_ok = Command::new(py)
+        .args(["-c", "import pytest"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !pytest_ok {
+        let venv_pip = py.parent().unwrap().join("pip");
+        let out = Command::new(venv_pip)
+            .args(["install", "-q", "pytest"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip install pytest: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python/tests");
+    let out = Command::new(py)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", tests])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

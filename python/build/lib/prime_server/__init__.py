@@ -1,0 +1,11 @@
+"""Python peers for prime_server's ZeroMQ pipeline, written from docs/PROTOCOL.md.
+
+- :mod:`prime_server.wire`: the 48-byte header and the message kinds (protocol v1).
+- :mod:`prime_server.http`: the HTTP job and reply encodings the HTTP front uses.
+- :class:`prime_server.worker.Worker`: serves one stage of a pipeline.
+"""
+
+from .wire import Header, Kind, WireError, PROTOCOL_VERSION
+from .worker import Worker, Forward, Reply, Failed, Interrupted
+
+__all__ = ["Header", "Kind", "WireError", "PROTOCOL_VERSION", "Worker", "Forward", "Reply", "Failed", "Interrupted"]

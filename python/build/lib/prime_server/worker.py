@@ -1,0 +1,304 @@
+"""A worker that serves one stage of a prime_server pipeline (docs/PROTOCOL.md §3)."""
+
+import collections
+import logging
+import os
+import threading
+import time
+import traceback
+
+import zmq
+
+from . import wire
+from .wire import Header, Kind, WireError
+
+log = logging.getLogger("prime_server.worker")
+
+
+class Forward:
+    """Send these frames on to the next stage."""
+
+    def __init__(self, frames):
+        self.frames = [bytes(f) for f in frames]
+
+
+class Reply:
+    """Answer the client with this response (protocol-specific bytes) through the loopback."""
+
+    def __init__(self, body):
+        self.body = bytes(body)
+
+
+class Failed(Exception):
+    """Raised by a work function: the client gets `status` with `reason`."""
+
+    def __init__(self, status, reason):
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class Interrupted(Exception):
+    """Raised by Job.check(): the request was cancelled, its deadline passed, or we are stopping."""
+
+
+class Job:
+    """One job as the work function sees it."""
+
+    def __init__(self, worker, header, frames):
+        self._worker = worker
+        self.header = header
+        self.frames = frames
+        self.request_id = header.request_id
+        self.server_id = header.server_id
+        self.attempt = header.attempt
+        self.heartbeat = None  # set to change the blob this worker advertises
+
+    def check(self):
+        """Raises Interrupted when the work should stop. Cheap enough for an inner loop."""
+        self._worker._check(self.header)
+
+
+class Worker:
+    """Serves one stage: `Worker(upstream, loopbacks, interrupts, work, downstream=None).run(stop)`.
+
+    `work(job)` returns Forward(frames) or Reply(bytes), or raises Failed(status, reason); any
+    other exception becomes a 500 reply and the worker lives on.
+    """
+
+    def __init__(self, upstream, loopbacks, interrupts, work, downstream=None, stage=1,
+                 heartbeat_interval=2.5, liveness=3, blob=b"", cleanup=None, context=None):
+        self.ctx = context or zmq.Context.instance()
+        self.work = work
+        self.cleanup = cleanup
+        self.stage = stage
+        self.interval = heartbeat_interval
+        self.liveness = liveness
+        self.blob = blob
+        self.upstream_endpoint = upstream
+        self.id = ("py-%d-%x-%d" % (os.getpid(), time.time_ns() & 0xFFFFFFFF, id(self) & 0xFFFF)).encode()
+        self.up = self.ctx.socket(zmq.DEALER)
+        self.up.setsockopt(zmq.IDENTITY, self.id)
+        self.up.setsockopt(zmq.LINGER, 200)
+        self.up.connect(upstream)
+        self.down = None
+        if downstream:
+            self.down = self.ctx.socket(zmq.DEALER)
+            self.down.setsockopt(zmq.LINGER, 200)
+            self.down.connect(downstream)
+        self.loopback = self.ctx.socket(zmq.ROUTER)
+        self.loopback.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.loopback.setsockopt(zmq.LINGER, 200)
+        for ep in loopbacks:
+            self.loopback.connect(ep)
+        self.subs = []
+        for ep in interrupts:
+            s = self.ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(ep)
+            self.subs.append(s)
+        self.cancelled = collections.OrderedDict()  # (server_id, request_id) -> time
+        self.busy = threading.Event()
+        self.stopping = threading.Event()
+        self.stats = collections.Counter()
+        self.last_sent = 0.0
+        self.last_heard = time.monotonic()
+        self._last_drain = 0.0
+        self._stop = None
+
+    # -- sending ---------------------------------------------------------------------------
+    def _send_up(self, kind, payload=()):
+        h = Header(kind, stage=self.stage)
+        self.up.send_multipart(wire.message(h, payload))
+        self.last_sent = time.monotonic()
+
+    def _reply(self, header, status, body):
+        h = header.with_kind(Kind.REPLY, status=status)
+        h.stage = self.stage
+        to = wire.server_routing_id(header.server_id)
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                self.loopback.send_multipart([to, h.encode(), bytes(body)], zmq.NOBLOCK)
+                self.stats["replied"] += 1
+                return
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH or time.monotonic() > deadline:
+                    self.stats["undeliverable"] += 1
+                    log.warning("reply for request %d dropped: %s", header.request_id, e)
+                    return
+                time.sleep(0.005)
+
+    # -- interrupts --------------------------------------------------------------------------
+    def _drain_interrupts(self):
+        for s in self.subs:
+            while True:
+                try:
+                    frames = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    h, _ = wire.decode(frames)
+                    if h.kind == Kind.INTERRUPT:
+                        self.cancelled[(h.server_id, h.request_id)] = time.monotonic()
+                except WireError as e:
+                    self.stats["malformed"] += 1
+                    log.warning("dropped a malformed interrupt: %s", e)
+        cutoff = time.monotonic() - 600
+        while self.cancelled and (len(self.cancelled) > 65536 or next(iter(self.cancelled.values())) < cutoff):
+            self.cancelled.popitem(last=False)
+
+    def _stopping(self):
+        return self.stopping.is_set() or (self._stop is not None and self._stop.is_set())
+
+    def _check(self, header):
+        if self._stopping():
+            raise Interrupted("the worker is shutting down")
+        now = time.monotonic()
+        if now - self._last_drain >= 0.001:
+            self._last_drain = now
+            if header.expired():
+                raise Interrupted("the request's deadline passed")
+            self._drain_interrupts()
+        if (header.server_id, header.request_id) in self.cancelled:
+            raise Interrupted("the request was cancelled")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _heartbeats(self):
+        hb = self.ctx.socket(zmq.DEALER)
+        hb.setsockopt(zmq.IDENTITY, self.id + b"#hb")
+        hb.setsockopt(zmq.LINGER, 0)
+        hb.connect(self.upstream_endpoint)
+        h = Header(Kind.HEARTBEAT, stage=self.stage, flags=wire.BUSY)
+        last = 0.0
+        try:
+            while not self.stopping.wait(min(self.interval / 4, 0.2)):
+                if self.busy.is_set() and time.monotonic() - last >= self.interval:
+                    hb.send_multipart(wire.message(h, [self.id]))
+                    last = time.monotonic()
+        finally:
+            hb.close()
+
+    def run(self, stop=None):
+        """Serves jobs until `stop` (a threading.Event) is set, then tells the proxy it leaves."""
+        stop = stop or threading.Event()
+        self._stop = stop
+        hb = threading.Thread(target=self._heartbeats, name="worker-heartbeat", daemon=True)
+        hb.start()
+        poller = zmq.Poller()
+        poller.register(self.up, zmq.POLLIN)
+        if self.down is not None:
+            poller.register(self.down, zmq.POLLIN)
+        for s in self.subs:
+            poller.register(s, zmq.POLLIN)
+        self._send_up(Kind.READY, [self.blob])
+        try:
+            while not stop.is_set():
+                wait = max(0.0, min(0.2, self.interval - (time.monotonic() - self.last_sent)))
+                ready = dict(poller.poll(wait * 1000))
+                if any(s in ready for s in self.subs):
+                    self._drain_interrupts()
+                if self.down is not None and self.down in ready:
+                    self._relay_rejects()
+                if self.up in ready:
+                    while not stop.is_set():
+                        try:
+                            frames = self.up.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.last_heard = time.monotonic()
+                        self._handle(frames, stop)
+                if time.monotonic() - self.last_sent >= self.interval:
+                    if time.monotonic() - self.last_heard > self.interval * self.liveness:
+                        # The proxy went quiet: say Ready, which registers us with any new one.
+                        self.last_heard = time.monotonic()
+                        self._send_up(Kind.READY, [self.blob])
+                    else:
+                        self._send_up(Kind.HEARTBEAT)
+        finally:
+            self.stopping.set()
+            self._send_up(Kind.DISCONNECT)
+            hb.join()
+            for s in [self.up, self.loopback] + self.subs + ([self.down] if self.down is not None else []):
+                s.close()
+
+    def _relay_rejects(self):
+        while True:
+            try:
+                frames = self.down.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                h, payload = wire.decode(frames)
+            except WireError as e:
+                self.stats["malformed"] += 1
+                log.warning("dropped a malformed message from the next stage: %s", e)
+                continue
+            if h.kind == Kind.REJECT:
+                self._reply(h, h.status or 503, payload[0] if payload else b"overloaded")
+
+    def _handle(self, frames, stop):
+        try:
+            header, payload = wire.decode(frames)
+        except WireError as e:
+            self.stats["malformed"] += 1
+            log.warning("dropped a malformed job: %s", e)
+            self._send_up(Kind.READY, [self.blob])
+            return
+        if header.kind == Kind.HEARTBEAT:
+            return  # the proxy is alive
+        if header.kind != Kind.JOB:
+            self.stats["malformed"] += 1
+            log.warning("dropped an unexpected %s", header.kind.name)
+            self._send_up(Kind.READY, [self.blob])
+            return
+        self.stats["jobs"] += 1
+        self._drain_interrupts()
+        if (header.server_id, header.request_id) in self.cancelled or header.expired():
+            self.stats["skipped"] += 1
+        else:
+            self._run_job(header, payload)
+        if self.cleanup is not None:
+            try:
+                self.cleanup()
+            except Exception:  # noqa: BLE001 - a failing cleanup must not kill the worker
+                log.error("cleanup failed:\n%s", traceback.format_exc())
+        self._send_up(Kind.READY, [self.blob])
+
+    def _run_job(self, header, payload):
+        job = Job(self, header, payload)
+        self.busy.set()
+        try:
+            outcome = self.work(job)
+        except Interrupted as e:
+            self.stats["failed"] += 1
+            if self._stopping():
+                self._reply(header, 503, str(e).encode())
+            return
+        except Failed as e:
+            self.stats["failed"] += 1
+            self._reply(header, e.status, e.reason.encode())
+            return
+        except Exception as e:  # noqa: BLE001 - the work function's failure is the client's 500
+            self.stats["failed"] += 1
+            log.error("work function failed:\n%s", traceback.format_exc())
+            self._reply(header, 500, f"the worker failed: {e}".encode())
+            return
+        finally:
+            self.busy.clear()
+        if job.heartbeat is not None:
+            self.blob = bytes(job.heartbeat)
+        if isinstance(outcome, Reply):
+            self._reply(header, 0, outcome.body)
+        elif isinstance(outcome, Forward):
+            if self.down is None:
+                self._reply(header, 500, b"the last stage forwarded a job: no next stage")
+                return
+            h = header.with_kind(Kind.JOB)
+            h.stage = self.stage
+            h.attempt = 0
+            self.down.send_multipart(wire.message(h, outcome.frames))
+            self.stats["forwarded"] += 1
+        else:
+            self._reply(header, 500, b"the work function returned neither Forward nor Reply")

@@ -1,0 +1,114 @@
+"""Wire protocol v1 (docs/PROTOCOL.md §2): one 48-byte little-endian header frame per message."""
+
+import enum
+import struct
+import time
+
+PROTOCOL_VERSION = 1
+MAGIC = b"PS"
+HEADER_LEN = 48
+BUSY = 1  # flags bit: a heartbeat sent for a worker in the middle of a job
+
+# magic, version, kind, attempt, stage, flags, request_id, server_id, arrival_us, deadline_us,
+# status, 6 reserved bytes
+_LAYOUT = struct.Struct("<2sBBBBHQQQQH6x")
+assert _LAYOUT.size == HEADER_LEN
+
+
+class Kind(enum.IntEnum):
+    JOB = 1
+    REPLY = 2
+    READY = 3
+    HEARTBEAT = 4
+    INTERRUPT = 5
+    REJECT = 6
+    DISCONNECT = 7
+
+
+# How many payload frames each kind carries (inclusive bounds).
+_PAYLOAD = {
+    Kind.JOB: (0, None),
+    Kind.REPLY: (1, 1),
+    Kind.READY: (0, 1),
+    Kind.HEARTBEAT: (0, 1),
+    Kind.INTERRUPT: (0, 0),
+    Kind.REJECT: (0, 1),
+    Kind.DISCONNECT: (0, 0),
+}
+
+
+class WireError(ValueError):
+    """Bytes that are not a v1 message."""
+
+
+class Header:
+    __slots__ = ("kind", "attempt", "stage", "flags", "request_id", "server_id", "arrival_us", "deadline_us", "status")
+
+    def __init__(self, kind, attempt=0, stage=0, flags=0, request_id=0, server_id=0, arrival_us=0, deadline_us=0, status=0):
+        self.kind = Kind(kind)
+        self.attempt = attempt
+        self.stage = stage
+        self.flags = flags
+        self.request_id = request_id
+        self.server_id = server_id
+        self.arrival_us = arrival_us
+        self.deadline_us = deadline_us
+        self.status = status
+
+    def encode(self) -> bytes:
+        return _LAYOUT.pack(MAGIC, PROTOCOL_VERSION, int(self.kind), self.attempt, self.stage, self.flags,
+                            self.request_id, self.server_id, self.arrival_us, self.deadline_us, self.status)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> "Header":
+        if len(frame) >= 3 and frame[:2] == MAGIC and frame[2] != PROTOCOL_VERSION:
+            raise WireError(f"protocol version {frame[2]} not supported (this side speaks {PROTOCOL_VERSION})")
+        if len(frame) != HEADER_LEN:
+            raise WireError(f"header frame is {len(frame)} bytes, expected {HEADER_LEN}")
+        magic, version, kind, attempt, stage, flags, rid, sid, arr, dl, status = _LAYOUT.unpack(frame)
+        if magic != MAGIC:
+            raise WireError(f"bad magic {magic!r}")
+        try:
+            kind = Kind(kind)
+        except ValueError:
+            raise WireError(f"unknown message kind {kind}") from None
+        return cls(kind, attempt, stage, flags, rid, sid, arr, dl, status)
+
+    def with_kind(self, kind, status=0) -> "Header":
+        return Header(kind, self.attempt, self.stage, 0, self.request_id, self.server_id, self.arrival_us, self.deadline_us, status)
+
+    def expired(self, now_us=None) -> bool:
+        if self.deadline_us == 0:
+            return False
+        return (now_us if now_us is not None else now_micros()) >= self.deadline_us
+
+    def __eq__(self, other):
+        return isinstance(other, Header) and all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    def __repr__(self):
+        return "Header(" + ", ".join(f"{s}={getattr(self, s)!r}" for s in self.__slots__) + ")"
+
+
+def decode(frames):
+    """A message without routing envelope -> (Header, payload frames); WireError if malformed."""
+    if not frames:
+        raise WireError("empty message")
+    header = Header.decode(bytes(frames[0]))
+    payload = [bytes(f) for f in frames[1:]]
+    lo, hi = _PAYLOAD[header.kind]
+    if len(payload) < lo or (hi is not None and len(payload) > hi):
+        raise WireError(f"{header.kind.name} message with {len(payload)} payload frames")
+    return header, payload
+
+
+def message(header: Header, payload=()):
+    return [header.encode()] + [bytes(p) for p in payload]
+
+
+def server_routing_id(server_id: int) -> bytes:
+    """The routing id a server's loopback presents: b"ps-" and 16 lower-case hex digits."""
+    return b"ps-%016x" % server_id
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000

@@ -1,0 +1,74 @@
+import random
+
+import pytest
+
+from prime_server import http, wire
+from prime_server.wire import Header, Kind, WireError
+
+
+def test_header_layout_matches_the_protocol_table():
+    h = Header(Kind.JOB, attempt=1, stage=2, flags=0x0102, request_id=0x0807060504030201,
+               server_id=1, arrival_us=2, deadline_us=3, status=504)
+    b = h.encode()
+    assert len(b) == 48
+    assert b[0:8] == bytes([0x50, 0x53, 1, 1, 1, 2, 0x02, 0x01])
+    assert b[8:16] == bytes([1, 2, 3, 4, 5, 6, 7, 8])
+    assert b[16] == 1 and b[24] == 2 and b[32] == 3
+    assert b[40:42] == (504).to_bytes(2, "little")
+    assert b[42:] == bytes(6)
+    assert Header.decode(b) == h
+
+
+def test_random_headers_round_trip():
+    rnd = random.Random(1)
+    for _ in range(500):
+        h = Header(rnd.choice(list(Kind)), rnd.randrange(256), rnd.randrange(256), rnd.randrange(65536),
+                   rnd.getrandbits(64), rnd.getrandbits(64), rnd.getrandbits(64), rnd.getrandbits(64),
+                   rnd.randrange(65536))
+        assert Header.decode(h.encode()) == h
+
+
+def test_garbage_is_an_error_never_a_crash():
+    rnd = random.Random(2)
+    for _ in range(2000):
+        data = bytes(rnd.randrange(256) for _ in range(rnd.randrange(60)))
+        try:
+            wire.decode([data])
+        except WireError:
+            pass
+
+
+def test_wrong_version_is_named():
+    b = bytearray(Header(Kind.JOB).encode())
+    b[2] = 2
+    with pytest.raises(WireError, match="version 2"):
+        Header.decode(bytes(b))
+
+
+def test_payload_frame_counts():
+    with pytest.raises(WireError):
+        wire.decode(wire.message(Header(Kind.REPLY)))
+    wire.decode(wire.message(Header(Kind.REPLY), [b"x"]))
+    wire.decode(wire.message(Header(Kind.HEARTBEAT), [b"worker"]))
+    with pytest.raises(WireError):
+        wire.decode(wire.message(Header(Kind.INTERRUPT), [b"x"]))
+
+
+def test_http_request_head_and_query():
+    head = bytearray(b"HQ\x01\x00")
+    head += (3).to_bytes(2, "little") + b"GET"
+    target = b"/p%20q?x=1%262&y=a+b&x=3"
+    head += len(target).to_bytes(4, "little") + target
+    head += (1).to_bytes(2, "little") + (4).to_bytes(2, "little") + b"host" + (1).to_bytes(4, "little") + b"h"
+    req = http.Request.decode([bytes(head), b"body"])
+    assert (req.method, req.path, req.version, req.body) == ("GET", "/p q", "HTTP/1.1", b"body")
+    assert req.query == [("x", "1&2"), ("y", "a b"), ("x", "3")]
+    assert req.header("Host") == b"h"
+    with pytest.raises(WireError):
+        http.Request.decode([bytes(head[:-1]), b""])
+
+
+def test_http_response_encoding():
+    b = http.response(200, "hi", [("content-type", "text/plain")])
+    assert b[:6] == b"HR" + (200).to_bytes(2, "little") + (1).to_bytes(2, "little")
+    assert b.endswith(b"hi")

@@ -1,0 +1,102 @@
+"""The Python worker against a fake proxy and a fake server, over inproc."""
+
+import threading
+import time
+
+import zmq
+
+from prime_server import Failed, Forward, Reply, Worker, wire
+from prime_server.wire import Header, Kind
+
+
+def recv(sock, timeout=5.0):
+    if not sock.poll(timeout * 1000):
+        raise AssertionError("nothing received")
+    return sock.recv_multipart()
+
+
+def setup(work, name):
+    ctx = zmq.Context.instance()
+    proxy = ctx.socket(zmq.ROUTER)
+    proxy.bind(f"inproc://{name}-proxy")
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.IDENTITY, wire.server_routing_id(42))
+    server.bind(f"inproc://{name}-loop")
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"inproc://{name}-int")
+    w = Worker(f"inproc://{name}-proxy", [f"inproc://{name}-loop"], [f"inproc://{name}-int"], work,
+               heartbeat_interval=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=w.run, args=(stop,))
+    t.start()
+    return ctx, proxy, server, pub, w, stop, t
+
+
+def job(request_id, *frames, deadline_us=0):
+    return Header(Kind.JOB, attempt=1, request_id=request_id, server_id=42, deadline_us=deadline_us), list(frames)
+
+
+def test_replies_fails_and_survives_exceptions():
+    def work(j):
+        if j.frames[0] == b"boom":
+            raise RuntimeError("kaboom")
+        if j.frames[0] == b"no":
+            raise Failed(422, "refused")
+        return Reply(b"echo:" + j.frames[0])
+
+    ctx, proxy, server, pub, w, stop, t = setup(work, "t1")
+    try:
+        ident, ready = recv(proxy)[:2]
+        assert Header.decode(ready).kind == Kind.READY
+        for rid, payload, status, body in [(1, b"hi", 0, b"echo:hi"), (2, b"no", 422, b"refused"),
+                                           (3, b"boom", 500, None)]:
+            h, frames = job(rid, payload)
+            proxy.send_multipart([ident] + wire.message(h, frames))
+            _, head, got = recv(server)
+            r = Header.decode(head)
+            assert (r.kind, r.request_id, r.status) == (Kind.REPLY, rid, status)
+            if body is not None:
+                assert got == body
+            else:
+                assert b"kaboom" in got
+            # After every job, Ready again.
+            while True:
+                ident2, msg = recv(proxy)[:2]
+                if Header.decode(msg).kind == Kind.READY:
+                    break
+            assert ident2 == ident
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_forwards_and_an_interrupt_stops_long_work():
+    started = threading.Event()
+
+    def work(j):
+        if j.frames[0] == b"fwd":
+            return Forward([b"next"])
+        started.set()
+        while True:
+            j.check()
+            time.sleep(0.001)
+
+    ctx, proxy, server, pub, w, stop, t = setup(work, "t2")
+    try:
+        ident = recv(proxy)[0]
+        h, frames = job(7, b"loop")
+        proxy.send_multipart([ident] + wire.message(h, frames))
+        assert started.wait(5)
+        pub.send(h.with_kind(Kind.INTERRUPT).encode())
+        deadline = time.time() + 5
+        while w.stats["failed"] == 0:
+            assert time.time() < deadline, "not interrupted"
+            time.sleep(0.01)
+        # A forward without a next stage is a 500, not a hang.
+        h, frames = job(8, b"fwd")
+        proxy.send_multipart([ident] + wire.message(h, frames))
+        _, head, body = recv(server)
+        assert Header.decode(head).status == 500
+    finally:
+        stop.set()
+        t.join()
