@@ -196,6 +196,24 @@ pub async fn serve_front(
             }
         });
     }
+    let zmq_front = section.zmq_listen.clone().map(|endpoint| {
+        let config = protocol::zmq_front::ZmqFrontConfig {
+            max_request: section.max_body_bytes,
+            health: section.health_path.clone().map(String::into_bytes),
+            request_timeout: section.timeout(),
+            ..Default::default()
+        };
+        let (server, sd) = (server.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let ctx = prime_server::transport::Context::new();
+            if let Err(e) =
+                protocol::zmq_front::serve(&ctx, &endpoint, server, config, sd.clone()).await
+            {
+                tracing::error!(error = %e, "zmq front failed");
+                sd.stop();
+            }
+        })
+    });
     match section.protocol {
         Protocol::Http => {
             let config = HttpConfig {
@@ -222,6 +240,9 @@ pub async fn serve_front(
         }
     }
     shutdown.stopped().await;
+    if let Some(z) = zmq_front {
+        let _ = z.await;
+    }
     server.closed().await;
     Ok(())
 }
@@ -250,6 +271,7 @@ pub fn server_section(
         header_timeout_seconds: 30,
         health_path,
         access_log,
+        zmq_listen: None,
     }
 }
 

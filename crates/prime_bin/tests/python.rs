@@ -28,7 +28,20 @@ fn python() -> &'static PathBuf {
                 .status()
                 .unwrap();
             assert!(ok.success(), "python3 -m venv failed");
-            let pkg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
+        }
+        // Install the package from the repository (its dependencies the first time), so the
+        // tests always run the current sources the way a user installs them.
+        let pkg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
+        let out = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--force-reinstall", "--no-deps", pkg])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pip install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !ready() {
             let out = Command::new(venv.join("bin/pip"))
                 .args(["install", "-q", pkg])
                 .output()
@@ -166,4 +179,63 @@ fn the_python_package_passes_its_own_tests() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn python_clients_use_the_zmq_front() {
+    let py = python().clone();
+    let zmq_port = free_port();
+    let zmq_ep = format!("tcp://127.0.0.1:{zmq_port}");
+    let mut server = Proc::start(
+        "prime_serverd",
+        &[
+            "127.0.0.1:0",
+            "2",
+            "0",
+            "/health",
+            "--zmq-listen",
+            &zmq_ep,
+            "--timeout",
+            "5",
+        ],
+    );
+    let _http = server.listening();
+    let script = r#"
+import sys, zmq
+from prime_server import Client
+c = Client(sys.argv[1])
+assert c.request(b"32416190071") == (200, b'{"possible_prime":32416190071,"is_prime":true}'), c.request(b"32416190071")
+status, body = c.request(b"nope")
+assert status == 400 and b"decimal number" in body, (status, body)
+assert c.request(b"/health") == (200, b"OK")
+# Many in flight on one DEALER; each answer matches its request.
+ids = {c.send(str(n).encode()): n for n in range(1000, 1100)}
+for rid, n in ids.items():
+    status, body = c.receive(rid, timeout=10)
+    assert status == 200 and body.startswith(b'{"possible_prime":%d,' % n), (n, status, body)
+# A REQ socket works as well (it adds the empty delimiter itself).
+req = zmq.Context.instance().socket(zmq.REQ)
+req.connect(sys.argv[1])
+req.send_multipart([b"id-1", b"7"])
+assert req.recv_multipart() == [b"id-1", b"200", b'{"possible_prime":7,"is_prime":true}']
+# A malformed request (no id) gets a 400, not silence.
+d = zmq.Context.instance().socket(zmq.DEALER)
+d.connect(sys.argv[1])
+d.send_multipart([b""])
+assert d.poll(5000), "no answer to a malformed request"
+frames = d.recv_multipart()
+assert frames[2] == b"400", frames
+print("ok")
+"#;
+    let out = Command::new(&py)
+        .args(["-c", script, &zmq_ep])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop();
 }

@@ -16,14 +16,16 @@
 //! shutdown wins and later ones are dropped (and counted).
 
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
-use crate::transport::{self, Context, Frames, Kind as SocketKind, Sent, Socket, Watch};
+use crate::transport::{
+    self, Context, Frames, Kind as SocketKind, Sent, Socket, SocketEvents, Watch,
+};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::io::{Read, Write};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +33,6 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 /// How to build a [`Server`].
@@ -558,25 +559,6 @@ fn spawn_pump(core: Core, inbox: Inbox, shutdown: Shutdown) -> Result<JoinHandle
         .map_err(Error::Io)
 }
 
-/// A zmq event descriptor registered with tokio's reactor; zmq owns (and closes) it.
-struct ZmqFd(RawFd);
-
-impl AsRawFd for ZmqFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Registers a socket's zmq event descriptor with tokio's reactor.
-fn watch_zmq(socket: &Socket) -> Result<AsyncFd<ZmqFd>, Error> {
-    let fd = ZmqFd(socket.event_fd()?);
-    // SAFETY: the descriptor stays open as long as the socket does, and every `AsyncFd` made here
-    // lives in `Core::run_task`'s inner block, which ends before the `Core` (and its sockets) is
-    // dropped.
-    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-        .map_err(|e| Error::Io(e.into()))
-}
-
 /// The pump's state and work, whichever bridge drives it.
 struct Core {
     dealer: Socket,
@@ -669,8 +651,10 @@ impl Core {
         shutdown: Shutdown,
     ) -> Result<(), Error> {
         let result = async {
-            let loopback_fd = watch_zmq(&self.loopback)?;
-            let dealer_fd = watch_zmq(&self.dealer)?;
+            // SAFETY: both live in this block, which ends before `self` (owning the sockets) is
+            // dropped.
+            let loopback_fd = unsafe { SocketEvents::new(&self.loopback)? };
+            let dealer_fd = unsafe { SocketEvents::new(&self.dealer)? };
             // zmq's descriptors signal edges of its command mailbox: a socket is drained to
             // EAGAIN (which re-arms its descriptor) when its descriptor fires, and on every
             // poll interval as a safety net.
@@ -702,12 +686,12 @@ impl Core {
                         }
                         None => break,
                     },
-                    guard = loopback_fd.readable() => {
-                        guard.map_err(Error::Io)?.clear_ready();
+                    r = loopback_fd.wait() => {
+                        r?;
                         check_loopback = true;
                     }
-                    guard = dealer_fd.readable() => {
-                        guard.map_err(Error::Io)?.clear_ready();
+                    r = dealer_fd.wait() => {
+                        r?;
                         check_dealer = true;
                     }
                     _ = tokio::time::sleep_until(wake.into()) => {

@@ -141,6 +141,9 @@ pub struct ServerSection {
     /// One log line per request.
     #[serde(default)]
     pub access_log: bool,
+    /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here, e.g. `tcp://*:8003`.
+    #[serde(default)]
+    pub zmq_listen: Option<String>,
 }
 
 impl ServerSection {
@@ -278,6 +281,9 @@ impl Topology {
             crate::protocol::listen_addrs(&s.listen).map_err(|e| invalid(key("listen"), e))?;
             for (k, ep) in [("loopback", &s.loopback), ("interrupt", &s.interrupt)] {
                 validate_endpoint(ep).map_err(|e| invalid(key(k), e.to_string()))?;
+            }
+            if let Some(ep) = &s.zmq_listen {
+                validate_endpoint(ep).map_err(|e| invalid(key("zmq_listen"), e.to_string()))?;
             }
             if s.max_in_flight == 0 {
                 return Err(invalid(key("max_in_flight"), "must be at least 1"));

@@ -403,6 +403,53 @@ impl Waiter {
     }
 }
 
+/// A socket's zmq event descriptor registered with tokio's reactor, for tasks that own zmq
+/// sockets (the server core's pump, the zmq client front). The same rule as [`Waiter`]'s holds:
+/// when [`SocketEvents::wait`] returns, drain the socket with [`Socket::try_recv`] until it
+/// returns `None`.
+pub struct SocketEvents {
+    fd: tokio::io::unix::AsyncFd<ZmqFd>,
+}
+
+struct ZmqFd(RawFd);
+
+impl std::os::fd::AsRawFd for ZmqFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl SocketEvents {
+    /// Registers `socket`'s event descriptor with the current tokio runtime.
+    ///
+    /// # Safety
+    /// The `SocketEvents` must be dropped before `socket` is: the descriptor belongs to the
+    /// socket and is closed with it.
+    pub unsafe fn new(socket: &Socket) -> Result<SocketEvents> {
+        let fd = ZmqFd(socket.event_fd()?);
+        // SAFETY: the caller keeps the socket, and so its descriptor, alive for as long as this
+        // value lives.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| TransportError::Os {
+            op: "register zmq descriptor",
+            source: e.into(),
+        })?;
+        Ok(SocketEvents { fd })
+    }
+
+    /// Completes when zmq signals the socket (an edge: drain the socket after it).
+    pub async fn wait(&self) -> Result<()> {
+        let mut guard = self.fd.readable().await.map_err(|e| TransportError::Os {
+            op: "wait for zmq descriptor",
+            source: e,
+        })?;
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
 /// Marks the calling thread as a batch thread (Linux `SCHED_BATCH`): when woken it does not
 /// preempt the thread running on its core but waits for the core's next turn. Pipeline threads
 /// (proxies, workers) use it so that handing them a message does not cost the front server's

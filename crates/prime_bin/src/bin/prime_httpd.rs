@@ -64,6 +64,9 @@ struct Args {
     /// Named form of HEALTH_PATH.
     #[arg(long = "health-path", value_name = "PATH")]
     health_flag: Option<String>,
+    /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here (tcp:// or ipc://).
+    #[arg(long, value_name = "ENDPOINT")]
+    zmq_listen: Option<String>,
     /// A topology file; runs its front server (see --server).
     #[arg(long)]
     config: Option<String>,
@@ -123,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                 args.enable_logging.unwrap_or(false),
             );
             s.header_timeout_seconds = args.header_timeout.max(1);
+            s.zmq_listen = args.zmq_listen.clone();
             prime_server::protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
             (
                 s,

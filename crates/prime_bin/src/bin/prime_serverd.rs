@@ -70,6 +70,9 @@ struct Args {
     /// The most jobs waiting at each stage; more are answered 503 at once.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
+    /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here (tcp:// or ipc://).
+    #[arg(long, value_name = "ENDPOINT")]
+    zmq_listen: Option<String>,
     /// How requests cross to the server core's pump (see BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "task")]
     bridge: BridgeArg,
@@ -177,6 +180,7 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     section.name = "prime_serverd".into();
     section.max_in_flight = args.max_in_flight;
     section.header_timeout_seconds = args.header_timeout.max(1);
+    section.zmq_listen = args.zmq_listen.clone();
     let hint = match protocol {
         Protocol::Http => "curl 'http://ADDR/is_prime?possible_prime=32416190071'",
         Protocol::Netstring => "printf '11:32416190071,' | nc -q1 HOST PORT",

@@ -3,10 +3,12 @@
 //! A stream protocol (netstring here; others plug in the same way) is a [`StreamProtocol`]: a
 //! decoder for requests, a health check answered without touching workers, the mapping of a
 //! request to job frames and of an [`Answer`] to response bytes. [`serve`] runs any of them on a
-//! TCP listener over the [`ServerHandle`] bridge. The HTTP front (hyper) uses the same bridge.
+//! TCP listener over the [`ServerHandle`] bridge. The HTTP front (hyper) and the zmq-native front
+//! (a ROUTER for REQ/DEALER clients) use the same bridge.
 
 pub mod http;
 pub mod netstring;
+pub mod zmq_front;
 
 use crate::server::{Answer, ServerHandle};
 use crate::shutdown::Shutdown;

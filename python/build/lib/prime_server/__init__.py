@@ -3,9 +3,11 @@
 - :mod:`prime_server.wire`: the 48-byte header and the message kinds (protocol v1).
 - :mod:`prime_server.http`: the HTTP job and reply encodings the HTTP front uses.
 - :class:`prime_server.worker.Worker`: serves one stage of a pipeline.
+- :class:`prime_server.client.Client`: asks the front server's zmq-native front.
 """
 
 from .wire import Header, Kind, WireError, PROTOCOL_VERSION
 from .worker import Worker, Forward, Reply, Failed, Interrupted
+from .client import Client
 
-__all__ = ["Header", "Kind", "WireError", "PROTOCOL_VERSION", "Worker", "Forward", "Reply", "Failed", "Interrupted"]
+__all__ = ["Client", "Header", "Kind", "WireError", "PROTOCOL_VERSION", "Worker", "Forward", "Reply", "Failed", "Interrupted"]
