@@ -239,3 +239,58 @@ print("ok")
     );
     server.stop();
 }
+
+#[test]
+fn the_broker_demo_rust_and_python_clients_and_servers_each_get_their_own_data() {
+    let py = python().clone();
+    let dir = temp_dir("broker");
+    let zmq_ep = format!("tcp://127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/broker/broker.toml"
+    ))
+    .unwrap()
+    .replace("/tmp/prime_server_broker", dir.to_str().unwrap())
+    .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", free_port()))
+    .replace("tcp://127.0.0.1:8003", &zmq_ep);
+    let cfg = dir.join("broker.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let broker = Proc::start("prime_proxyd", &["--config", c, "--stage", "echo"]);
+    let mut front = Proc::start("prime_httpd", &["--config", c]);
+    front.listening();
+    let rust_server = Proc::start("prime_workerd", &["--config", c, "--stage", "echo"]);
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/broker");
+    let py_server = Proc {
+        child: Command::new(&py)
+            .args([&format!("{demo}/echo_worker.py"), c])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "python echo worker".into(),
+    };
+    let rust_client = bin("prime_echo_client");
+    let rc = Command::new(&rust_client)
+        .args([&zmq_ep, "2"])
+        .output()
+        .unwrap();
+    let pc = Command::new(&py)
+        .args([&format!("{demo}/echo_client.py"), &zmq_ep, "2"])
+        .output()
+        .unwrap();
+    for (who, out) in [("rust", &rc), ("python", &pc)] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{who}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("someone else's 0, errors 0"), "{who}: {text}");
+    }
+    py_server.stop();
+    rust_server.stop();
+    front.stop();
+    broker.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -781,3 +781,36 @@ fn wait_until_idle(stats: &prime_server::proxy::ProxyStats, n: u64) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() {
+    use prime_server::wire::{Header, Kind};
+    let ctx = Context::new();
+    let name = unique("version");
+    let proxy = Proxy::bind(
+        &ctx,
+        ProxyConfig::new(
+            format!("inproc://{name}-up"),
+            format!("inproc://{name}-down"),
+        ),
+    )
+    .unwrap();
+    let stats = proxy.stats();
+    let shutdown = Shutdown::new();
+    let sd = shutdown.clone();
+    let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
+    let w = ctx.socket(SocketKind::Dealer).unwrap();
+    w.connect(&format!("inproc://{name}-down")).unwrap();
+    let mut ready = Header::new(Kind::Ready).encode();
+    ready[2] = 2; // a version-2 peer
+    w.send([&ready[..]]).unwrap();
+    let t = Instant::now();
+    while stats.malformed.load(Ordering::Relaxed) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(5), "not counted");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(stats.idle.load(Ordering::Relaxed), 0);
+    shutdown.stop();
+    pt.join().unwrap();
+}
