@@ -275,6 +275,31 @@ pub fn server_section(
     }
 }
 
+/// The all-in-one daemons' main: an HTTP front on `listen` (checked first) over one stage of
+/// `workers` threads running `work`, until the stop.
+pub fn all_in_one_http(
+    listen: &str,
+    health_path: Option<String>,
+    access_log: bool,
+    max_body_bytes: usize,
+    workers: usize,
+    work: Factory,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
+    let section = server_section(
+        listen,
+        "-",
+        "-",
+        Protocol::Http,
+        60,
+        max_body_bytes,
+        health_path,
+        access_log,
+    );
+    run_all_in_one(&section, vec![(workers.max(1), work)], drain)
+}
+
 /// Runs a whole service in one process (stages over inproc) behind one front server, until the
 /// stop; with signals wired for `drain`. Used by the all-in-one daemons.
 pub fn run_all_in_one(

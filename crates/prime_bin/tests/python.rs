@@ -32,25 +32,20 @@ fn python() -> &'static PathBuf {
         // Install the package from the repository (its dependencies the first time), so the
         // tests always run the current sources the way a user installs them.
         let pkg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
-        let out = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--force-reinstall", "--no-deps", pkg])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pip install: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if !ready() {
+        let pip = |args: &[&str]| {
             let out = Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", pkg])
+                .args(args)
                 .output()
                 .unwrap();
             assert!(
                 out.status.success(),
-                "pip install: {}",
+                "pip {args:?}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+        };
+        pip(&["install", "-q", "--force-reinstall", "--no-deps", pkg]);
+        if !ready() {
+            pip(&["install", "-q", pkg]);
             assert!(ready(), "the python package does not import");
         }
         py

@@ -5,7 +5,6 @@
 
 use clap::Parser;
 use prime_bin::{daemon, work};
-use prime_server::topology::Protocol;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -36,19 +35,15 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     daemon::init_logging(args.log_format);
-    prime_server::protocol::listen_addrs(&args.listen).map_err(anyhow::Error::msg)?;
-    let section = daemon::server_section(
+    daemon::all_in_one_http(
         &args.listen,
-        "inproc://echod-loopback",
-        "inproc://echod-interrupt",
-        Protocol::Http,
-        60,
-        10 * 1024 * 1024,
         args.health_path.clone(),
         args.access_log,
-    );
-    let stages = vec![(args.concurrency.max(1), work::factory("echo", None)?)];
-    daemon::run_all_in_one(&section, stages, Duration::from_secs(args.drain_seconds))?;
+        10 * 1024 * 1024,
+        args.concurrency,
+        work::factory("echo", None)?,
+        Duration::from_secs(args.drain_seconds),
+    )?;
     tracing::info!("prime_echod stopped");
     Ok(())
 }

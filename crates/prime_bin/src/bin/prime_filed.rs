@@ -5,7 +5,6 @@
 
 use clap::Parser;
 use prime_bin::{daemon, work};
-use prime_server::topology::Protocol;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,22 +35,15 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     daemon::init_logging(args.log_format);
-    prime_server::protocol::listen_addrs(&args.listen).map_err(anyhow::Error::msg)?;
-    let section = daemon::server_section(
+    daemon::all_in_one_http(
         &args.listen,
-        "inproc://filed-loopback",
-        "inproc://filed-interrupt",
-        Protocol::Http,
-        60,
-        64 * 1024,
         args.health_path.clone(),
         args.access_log,
-    );
-    let stages = vec![(
-        args.workers.max(1),
+        64 * 1024,
+        args.workers,
         work::factory("files", Some(args.root_dir.clone()))?,
-    )];
-    daemon::run_all_in_one(&section, stages, Duration::from_secs(args.drain_seconds))?;
+        Duration::from_secs(args.drain_seconds),
+    )?;
     tracing::info!("prime_filed stopped");
     Ok(())
 }
