@@ -65,6 +65,15 @@ fn prime_stack(config: &Path) -> (Vec<Proc>, Proc, SocketAddr) {
     (parts, front, addr)
 }
 
+/// Stops the front first, then the other parts, and removes the test's directory.
+fn stop_stack(front: Proc, parts: Vec<Proc>, dir: PathBuf) {
+    front.stop();
+    for p in parts {
+        p.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn check_primes(addr: SocketAddr) {
     let mut s = connect(addr);
     let (status, _, body) = http(&mut s, &get("/is_prime?possible_prime=32416190071")).unwrap();
@@ -100,11 +109,7 @@ fn the_prime_demo_runs_as_separate_processes_over_ipc_even_with_stale_socket_fil
     }
     let (parts, front, addr) = prime_stack(&config);
     check_primes(addr);
-    front.stop();
-    for p in parts {
-        p.stop();
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    stop_stack(front, parts, dir);
 }
 
 #[test]
@@ -113,11 +118,7 @@ fn the_prime_demo_runs_as_separate_processes_over_tcp() {
     let config = write_topology(&dir, free_port(), "tcp", "");
     let (parts, front, addr) = prime_stack(&config);
     check_primes(addr);
-    front.stop();
-    for p in parts {
-        p.stop();
-    }
-    let _ = std::fs::remove_dir_all(dir);
+    stop_stack(front, parts, dir);
 }
 
 #[test]

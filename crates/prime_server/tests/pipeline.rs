@@ -79,16 +79,7 @@ fn a_job_crosses_one_two_and_three_stages_over_every_transport() {
 #[test]
 fn many_concurrent_requests_all_get_their_own_answer() {
     let running = chain(2, Transport::Inproc, "concurrent");
-    let answers = rt().block_on(async {
-        let futs: Vec<_> = (0..2000)
-            .map(|k| {
-                running
-                    .server
-                    .submit(vec![format!("{k}").into_bytes()], None)
-            })
-            .collect();
-        futures_join(futs).await
-    });
+    let answers = ask_all(&running, (0..2000).map(|k| format!("{k}")));
     for (k, a) in answers.into_iter().enumerate() {
         assert_eq!(a, Answer::Reply(format!("{k}/1/2").into_bytes()));
     }
@@ -99,6 +90,17 @@ fn many_concurrent_requests_all_get_their_own_answer() {
 /// Waits until `n` workers of stage `stage` (0-based) have registered as idle with their proxy.
 fn wait_idle(running: &Running, stage: usize, n: u64) {
     wait_until_idle(&running.proxy_stats[stage], n);
+}
+
+/// Submits one request per body, all at once, and returns the answers in order.
+fn ask_all(running: &Running, bodies: impl IntoIterator<Item = String>) -> Vec<Answer> {
+    rt().block_on(async {
+        let futs: Vec<_> = bodies
+            .into_iter()
+            .map(|b| running.server.submit(vec![b.into_bytes()], None))
+            .collect();
+        futures_join(futs).await
+    })
 }
 
 async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
@@ -265,19 +267,16 @@ fn the_proxy_never_hands_a_job_to_a_busy_worker() {
     });
     let running = p.start().unwrap();
     wait_idle(&running, 0, 2);
-    let answers = rt().block_on(async {
-        let futs: Vec<_> = (0..60)
-            .map(|k| {
-                let body = if k % 3 == 0 {
-                    format!("slow{k}")
-                } else {
-                    format!("fast{k}")
-                };
-                running.server.submit(vec![body.into_bytes()], None)
-            })
-            .collect();
-        futures_join(futs).await
-    });
+    let answers = ask_all(
+        &running,
+        (0..60).map(|k| {
+            if k % 3 == 0 {
+                format!("slow{k}")
+            } else {
+                format!("fast{k}")
+            }
+        }),
+    );
     assert!(answers.iter().all(|a| matches!(a, Answer::Reply(_))));
     let stats = &running.worker_stats[0];
     let jobs: Vec<u64> = stats
@@ -543,12 +542,7 @@ fn a_full_proxy_queue_is_answered_503_at_once() {
     });
     let running = p.start().unwrap();
     wait_idle(&running, 0, 1);
-    let answers = rt().block_on(async {
-        let futs: Vec<_> = (0..6)
-            .map(|_| running.server.submit(vec![b"x".to_vec()], None))
-            .collect();
-        futures_join(futs).await
-    });
+    let answers = ask_all(&running, (0..6).map(|_| "x".to_string()));
     let ok = answers
         .iter()
         .filter(|a| matches!(a, Answer::Reply(_)))
@@ -571,12 +565,7 @@ fn the_in_flight_limit_is_answered_503_at_once() {
         Ok(Outcome::Reply(b"done".to_vec()))
     });
     let running = p.start().unwrap();
-    let answers = rt().block_on(async {
-        let futs: Vec<_> = (0..5)
-            .map(|_| running.server.submit(vec![b"x".to_vec()], None))
-            .collect();
-        futures_join(futs).await
-    });
+    let answers = ask_all(&running, (0..5).map(|_| "x".to_string()));
     let busy = answers
         .iter()
         .filter(
@@ -595,16 +584,7 @@ fn every_bridge_carries_answers_cancels_and_timeouts() {
         p.stage(2, |job, _| Ok(Outcome::Forward(job.frames.clone())));
         p.stage(2, |job, _| Ok(Outcome::Reply(job.frames.concat())));
         let running = p.start().unwrap();
-        let answers = rt().block_on(async {
-            let futs: Vec<_> = (0..500)
-                .map(|k| {
-                    running
-                        .server
-                        .submit(vec![format!("{k}").into_bytes()], None)
-                })
-                .collect();
-            futures_join(futs).await
-        });
+        let answers = ask_all(&running, (0..500).map(|k| format!("{k}")));
         for (k, a) in answers.into_iter().enumerate() {
             assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()), "{bridge:?}");
         }
