@@ -6,7 +6,7 @@ use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Heartbeat, Proxy, ProxyConfig};
 use prime_server::server::{Server, ServerConfig, ServerHandle};
 use prime_server::shutdown::Shutdown;
-use prime_server::topology::{LogFormat, Protocol, ServerSection, StageSection};
+use prime_server::topology::{LogFormat, Protocol, ServerSection, StageSection, Topology};
 use prime_server::transport::Context;
 use prime_server::worker::{Worker, WorkerConfig};
 use std::io::IsTerminal;
@@ -97,6 +97,25 @@ pub struct PoolSpec {
     pub heartbeat: Heartbeat,
     /// Leave the proxy when the drain starts (worker processes).
     pub leave_on_drain: bool,
+}
+
+impl PoolSpec {
+    /// The pool of stage `i` of a topology: connected to its proxy and the next stage's, and to
+    /// every server's loopback and interrupt endpoints, with the stage's worker count.
+    pub fn from_topology(t: &Topology, i: usize, leave_on_drain: bool) -> PoolSpec {
+        let s = &t.stages[i];
+        PoolSpec {
+            name: s.name.clone(),
+            upstream: s.downstream.clone(),
+            downstream: t.worker_downstream(i).map(str::to_string),
+            loopbacks: t.loopbacks(),
+            interrupts: t.interrupts(),
+            stage: (i + 1) as u8,
+            workers: s.workers,
+            heartbeat: t.heartbeat.heartbeat(),
+            leave_on_drain,
+        }
+    }
 }
 
 /// Starts a pool of worker threads.
@@ -362,17 +381,7 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
             servers.push(start_server(&ctx, s, &t.stages[0].upstream, &shutdown)?);
         }
         for (i, s) in t.stages.iter().enumerate() {
-            let pool = PoolSpec {
-                name: s.name.clone(),
-                upstream: s.downstream.clone(),
-                downstream: t.worker_downstream(i).map(str::to_string),
-                loopbacks: t.loopbacks(),
-                interrupts: t.interrupts(),
-                stage: (i + 1) as u8,
-                workers: s.workers,
-                heartbeat: hb,
-                leave_on_drain: false,
-            };
+            let pool = PoolSpec::from_topology(t, i, false);
             let factory = crate::work::factory(&s.work, None)?;
             threads.extend(start_workers(&ctx, &pool, &factory, &shutdown)?);
         }

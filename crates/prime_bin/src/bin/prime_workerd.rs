@@ -83,17 +83,10 @@ fn main() -> anyhow::Result<()> {
             let t = Topology::load(path)?;
             let name = args.stage.as_deref().context("--config needs --stage NAME")?;
             let (i, stage) = t.stage(name)?;
-            let pool = daemon::PoolSpec {
-                name: stage.name.clone(),
-                upstream: stage.downstream.clone(),
-                downstream: t.worker_downstream(i).map(str::to_string),
-                loopbacks: t.loopbacks(),
-                interrupts: t.interrupts(),
-                stage: (i + 1) as u8,
-                workers: args.workers.unwrap_or(stage.workers),
-                heartbeat: t.heartbeat.heartbeat(),
-                leave_on_drain: true,
-            };
+            let mut pool = daemon::PoolSpec::from_topology(&t, i, true);
+            if let Some(n) = args.workers {
+                pool.workers = n;
+            }
             let kind = args.work.clone().unwrap_or_else(|| stage.work.clone());
             (pool, kind, t.drain(), args.log_format.unwrap_or(t.log_format))
         }
