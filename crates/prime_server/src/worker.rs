@@ -287,6 +287,11 @@ pub struct Worker {
     cancelled: RefCell<Cancelled>,
     blob: Vec<u8>,
     ready_sent: bool,
+    /// Whether every interrupt that reached the sockets before the latest wait ended has been
+    /// read: true after a wait (a signalled interrupt socket is drained before any job), false
+    /// once a job starts. A job that starts straight after a wait then skips the drain (a
+    /// system call per interrupt socket, per job) without missing what the wait saw.
+    interrupts_read: bool,
     last_sent: Instant,
     /// When this worker told its proxy it is leaving.
     left: Option<Instant>,
@@ -366,6 +371,7 @@ impl Worker {
             stats: Arc::default(),
             cancelled: RefCell::default(),
             ready_sent: false,
+            interrupts_read: false,
             last_sent: Instant::now(),
             left: None,
         })
@@ -461,6 +467,7 @@ impl Worker {
                 wait = wait.min(LEAVE_GRACE.saturating_sub(t.elapsed()));
             }
             waiter.wait(wait, &mut fired)?;
+            self.interrupts_read = true;
             for t in &fired {
                 match *t {
                     UP => up = true,
@@ -567,7 +574,9 @@ impl Worker {
         shutdown: &Shutdown,
     ) -> Result<(), Error> {
         let key = (header.server_id, header.request_id);
-        drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
+        if !std::mem::replace(&mut self.interrupts_read, false) {
+            drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
+        }
         // The server answers cancelled and expired requests itself: skip the work, send nothing.
         if self.cancelled.borrow().set.contains(&key) || header.expired_at(wire::now_us()) {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
