@@ -80,16 +80,55 @@ def wrk(port, path, conns, duration):
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = to_us(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = to_us(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     mx = to_us(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {
-        "rps": rps, "p50": p50, "p99": p99, "max": mx,
+        "rps": rps, "count": count, "p50": p50, "p99": p99, "max": mx,
         "non2xx": int(non2xx.group(1)) if non2xx else 0,
         "errors": errors.group(1).strip() if errors else "",
     }
+
+
+def threads(pid):
+    """Per thread of `pid`: name -> [CPU seconds, context switches] (summed over same-role threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        switches = sum(int(m) for m in re.findall(r"ctxt_switches:\s+(\d+)", status))
+        role = ("front" if int(tid) == pid else
+                "workers" if re.match(r"stage\d+-w", name) else
+                "proxies" if name.endswith("-proxy") else "other")
+        acc = out.setdefault(role, [0.0, 0])
+        acc[0] += cpu
+        acc[1] += switches
+    return out
+
+
+def wrk_costed(proc, port, path, conns, duration):
+    """wrk, plus what each role of the server's threads spent per request meanwhile (µs of CPU,
+    context switches)."""
+    before = threads(proc.pid)
+    r = wrk(port, path, conns, duration)
+    after = threads(proc.pid)
+    n = max(r["count"], 1)
+    r["cost"] = {role: ((after[role][0] - before.get(role, [0, 0])[0]) * 1e6 / n,
+                        (after[role][1] - before.get(role, [0, 0])[1]) / n)
+                 for role in after}
+    return r
 
 
 def ab(port, path, keepalive, n=20000, c=8):
@@ -151,11 +190,16 @@ def main():
     results = {}
     abk = {}
     abn = {}
+    # The single-thread compute rate, sampled before every seed run and at the end, so that
+    # the seed ratio compares medians taken over the same stretch of this noisy machine.
+    rates = []
     for w in worker_counts:
         with Server(serverd(w)) as s:
             for name, path in (("cheap", CHEAP), ("seed", SEED), ("invalid", INVALID)):
                 for c in (8, 64, 256):
-                    r = wrk(s.port, path, c, d)
+                    if name == "seed":
+                        rates.append(compute_rate())
+                    r = wrk_costed(s.proc, s.port, path, c, d)
                     results[(w, name, c)] = r
                     lines.append(
                         f"| prime_serverd {w}/stage | {name} `{path}` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | "
@@ -164,13 +208,14 @@ def main():
             abn[w] = ab(s.port, CHEAP, False)
     with Server([HELLO, "127.0.0.1:PORT"]) as s:
         for c in (8, 64, 256):
-            r = wrk(s.port, "/", c, d)
+            r = wrk_costed(s.proc, s.port, "/", c, d)
             results[(0, "hello", c)] = r
             lines.append(
                 f"| bare hyper hello | `/` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | "
                 f"{fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
         hello_abk = ab(s.port, "/", True)
-    rate = compute_rate()
+    rates.append(compute_rate())
+    rate = statistics.median(rates)
     lines += [
         "",
         "| ab -n 20000 -c 8, cheap request | req/s | p99 | failed |",
@@ -191,11 +236,32 @@ def main():
         for c in (8, 64, 256):
             lines.append(f"- {w}/stage: cheap two-stage request / bare hello at {c} connections: "
                          f"**{results[(w, 'cheap', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}**")
-        seed_best = max(results[(w, "seed", c)]["rps"] for c in (8, 64, 256))
-        lines.append(f"- {w}/stage: seed request: single-thread compute rate {rate:,.0f}/s in this run, so 2 cores "
-                     f"can do at most {2 * rate:,.0f}/s; served {seed_best:,.0f} req/s = "
-                     f"**{seed_best / (2 * rate):.1%}** of that")
+        for c in (8, 64, 256):
+            lines.append(f"- {w}/stage: one-stage request (invalid, answered by stage 1) / bare hello at {c} "
+                         f"connections: {results[(w, 'invalid', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}")
+        seed = statistics.median(results[(w, "seed", c)]["rps"] for c in (8, 64, 256))
+        lines.append(f"- {w}/stage: seed request: single-thread compute rate {rate:,.0f}/s in this run (median of "
+                     f"{len(rates)} samples: {' '.join(f'{x:,.0f}' for x in rates)}), so 2 cores can do at most "
+                     f"{2 * rate:,.0f}/s; served {seed:,.0f} req/s (median over 8/64/256 connections) = "
+                     f"**{seed / (2 * rate):.1%}** of that")
         lines.append(f"- {w}/stage: slowest cheap request at 256 connections: {fmt_us(results[(w, 'cheap', 256)]['max'])}")
+
+    lines += [
+        "",
+        "Where the time goes at 64 connections: CPU time and context switches per request, by the",
+        "server's threads (from /proc while wrk ran; wrk itself used the rest of the 2 cores):",
+        "",
+        "| server | request | front thread | proxies | workers | total CPU/request | switches/request |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    costed = [(f"prime_serverd {w}/stage", name, results[(w, name, 64)])
+              for w in worker_counts for name in ("cheap", "invalid")]
+    costed.append(("bare hyper hello", "hello", results[(0, "hello", 64)]))
+    for server, name, r in costed:
+        cost = r["cost"]
+        cell = lambda role: (f"{cost[role][0]:.1f} µs, {cost[role][1]:.2f} sw" if role in cost else "-")
+        lines.append(f"| {server} | {name} | {cell('front')} | {cell('proxies')} | {cell('workers')} | "
+                     f"{sum(v[0] for v in cost.values()):.1f} µs | {sum(v[1] for v in cost.values()):.2f} |")
 
     # The bridges, interleaved round by round so noise hits them alike; medians.
     bridges = ("task", "channel", "inproc")
