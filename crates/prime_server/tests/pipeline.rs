@@ -794,3 +794,57 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     shutdown.stop();
     pt.join().unwrap();
 }
+
+#[test]
+fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
+    // One worker, held by a first job that never calls the interrupt check; a second request
+    // waits in the proxy's queue and its client goes away. When the worker is free it must see
+    // that interrupt (published while it was busy) and skip the job without running it.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+    let (ran_tx, ran_rx) = mpsc::channel::<Vec<u8>>();
+    let ran_tx = std::sync::Arc::new(std::sync::Mutex::new(ran_tx));
+    let mut p = Pipeline::new(&unique("skip"));
+    p.stage(1, move |job, _| {
+        let body = job.frames.concat();
+        ran_tx.lock().unwrap().send(body.clone()).unwrap();
+        if body == b"hold" {
+            release_rx
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap();
+        }
+        Ok(Outcome::Reply(body))
+    });
+    let running = p.start().unwrap();
+    let rt = rt();
+    let held = running.server.submit(vec![b"hold".to_vec()], None);
+    let held = rt.spawn(held);
+    assert_eq!(
+        ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        b"hold"
+    );
+    let queued = running.server.submit(vec![b"queued".to_vec()], None);
+    let stats = running.server.stats();
+    drop(queued);
+    let until = Instant::now() + Duration::from_secs(5);
+    while stats.cancelled.load(Ordering::Relaxed) < 1 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    release_tx.send(()).unwrap();
+    assert_eq!(rt.block_on(held).unwrap(), Answer::Reply(b"hold".to_vec()));
+    // The next request runs normally: the worker skipped the cancelled one and asked for more.
+    assert_eq!(ask(&running, b"after"), Answer::Reply(b"after".to_vec()));
+    assert_eq!(
+        ran_rx.recv_timeout(Duration::from_secs(1)).unwrap(),
+        b"after"
+    );
+    assert!(ran_rx.try_recv().is_err(), "the cancelled job ran");
+    let w = &running.worker_stats[0][0];
+    assert_eq!(w.skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(w.jobs.load(Ordering::Relaxed), 3);
+    running.stop();
+}
