@@ -94,7 +94,8 @@ def wrk(port, path, conns, duration):
 
 
 def threads(pid):
-    """Per thread of `pid`: name -> [CPU seconds, context switches] (summed over same-role threads)."""
+    """The threads of `pid` by role (front = the main thread, proxies, workers, other):
+    role -> [CPU seconds, context switches], summed over the role's threads."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
