@@ -22,6 +22,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVERD = os.path.join(ROOT, "target/release/prime_serverd")
 HELLO = os.path.join(ROOT, "target/release/examples/hello")
+# Two stages on shared in-memory queues, no proxies, no zmq: an experiment, not the product
+# (crates/prime_bin/examples/queue_experiment.rs).
+QUEUES = os.path.join(ROOT, "target/release/examples/queue_experiment")
 
 CHEAP = "/is_prime?possible_prime=7"
 SEED = "/is_prime?possible_prime=32416190071"
@@ -215,6 +218,14 @@ def main():
                 f"| bare hyper hello | `/` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | "
                 f"{fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
         hello_abk = ab(s.port, "/", True)
+    with Server([QUEUES, "127.0.0.1:PORT", str(worker_counts[-1])]) as s:
+        for c in (8, 64, 256):
+            r = wrk_costed(s.proc, s.port, CHEAP, c, d)
+            results[(0, "queues", c)] = r
+            lines.append(
+                f"| experiment: 2 stages on in-memory queues, {worker_counts[-1]}/stage (not the product) | cheap `{CHEAP}` | "
+                f"{c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | {fmt_us(r['max'])} | "
+                f"{r['non2xx']} | {r['errors']} |")
     rates.append(compute_rate())
     rate = statistics.median(rates)
     lines += [
@@ -247,6 +258,9 @@ def main():
                      f"**{seed / (2 * rate):.1%}** of that")
         lines.append(f"- {w}/stage: slowest cheap request at 256 connections: {fmt_us(results[(w, 'cheap', 256)]['max'])}")
 
+    for c in (8, 64, 256):
+        lines.append(f"- experiment, two stages on in-memory queues without proxies or zmq / bare hello at {c} "
+                     f"connections: {results[(0, 'queues', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}")
     lines += [
         "",
         "Where the time goes at 64 connections: CPU time and context switches per request, by the",
@@ -258,6 +272,7 @@ def main():
     costed = [(f"prime_serverd {w}/stage", name, results[(w, name, 64)])
               for w in worker_counts for name in ("cheap", "invalid")]
     costed.append(("bare hyper hello", "hello", results[(0, "hello", 64)]))
+    costed.append(("experiment: in-memory queues", "cheap", results[(0, "queues", 64)]))
     for server, name, r in costed:
         cost = r["cost"]
         cell = lambda role: (f"{cost[role][0]:.1f} µs, {cost[role][1]:.2f} sw" if role in cost else "-")
