@@ -38,6 +38,7 @@
 
 pub mod client;
 pub mod http;
+pub(crate) mod memory;
 pub mod pipeline;
 pub mod protocol;
 pub mod proxy;

@@ -2,11 +2,14 @@
 //! stage, all over one transport (inproc by default; ipc or tcp to exercise the same code the
 //! multi-process deployment uses).
 
+use crate::memory::{MemWorker, StageQueue};
 use crate::proxy::{Heartbeat, Proxy, ProxyConfig, ProxyStats};
 use crate::server::{Bridge, Server, ServerConfig, ServerHandle};
 use crate::shutdown::Shutdown;
 use crate::transport::Context;
-use crate::worker::{Interrupt, Job, Outcome, WorkError, Worker, WorkerConfig, WorkerStats};
+use crate::worker::{
+    Interrupt, Job, Outcome, SharedCancels, WorkError, Worker, WorkerConfig, WorkerStats,
+};
 use crate::Error;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,7 +18,12 @@ use std::time::Duration;
 /// Which transport the pipeline's parts talk over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// Threads of one process (`inproc://NAME-…`).
+    /// Threads of one process with no proxies and no zmq: each stage's workers take jobs from a
+    /// shared in-memory queue (see the `memory` module). The same pull rule as a proxy's at a
+    /// fraction of the cost per job; no choose function, heartbeats or outside peers.
+    Memory,
+    /// Threads of one process over zmq (`inproc://NAME-…`): the same proxies and workers as a
+    /// multi-process deployment.
     Inproc,
     /// Unix domain sockets in this directory (`ipc://DIR/NAME-…`).
     Ipc(std::path::PathBuf),
@@ -99,6 +107,7 @@ impl Pipeline {
 
     fn endpoint(&self, part: &str) -> String {
         match &self.transport {
+            Transport::Memory => format!("memory://{}-{part}", self.name),
             Transport::Inproc => format!("inproc://{}-{part}", self.name),
             Transport::Ipc(dir) => format!("ipc://{}/{}-{part}", dir.display(), self.name),
             Transport::Tcp(host) => format!("tcp://{host}:*"),
@@ -114,6 +123,9 @@ impl Pipeline {
 
     /// Binds everything and starts every thread.
     pub fn start(&self) -> Result<Running, Error> {
+        if self.transport == Transport::Memory {
+            return self.start_in_memory();
+        }
         let ctx = Context::new();
         let shutdown = Shutdown::new();
         let mut proxies = Vec::new();
@@ -178,6 +190,84 @@ impl Pipeline {
             proxy_stats,
             worker_stats,
             stage_endpoints: ups.into_iter().zip(downs).collect(),
+        })
+    }
+}
+
+impl Pipeline {
+    /// [`Pipeline::start`] for [`Transport::Memory`]: a queue per stage, the server core
+    /// feeding the first, workers pulling from theirs.
+    fn start_in_memory(&self) -> Result<Running, Error> {
+        let shutdown = Shutdown::new();
+        let cancels = Arc::new(SharedCancels::default());
+        let proxy_stats: Vec<Arc<ProxyStats>> =
+            self.stages.iter().map(|_| Arc::default()).collect();
+        let queues: Vec<Arc<StageQueue>> = proxy_stats
+            .iter()
+            .map(|stats| StageQueue::new(self.queue_limit, stats.clone()))
+            .collect();
+        let first = match queues.first() {
+            Some(q) => q.clone(),
+            // No stage: a queue nobody serves; its requests end at their deadline or the stop.
+            None => StageQueue::new(self.queue_limit, Arc::default()),
+        };
+        let mut scfg = ServerConfig::new(
+            self.endpoint("stage1-up"),
+            self.endpoint("loopback"),
+            self.endpoint("interrupt"),
+        );
+        scfg.timeout = self.timeout;
+        scfg.max_in_flight = self.max_in_flight;
+        let server = Server::start_in_memory(
+            scfg,
+            first,
+            queues.clone(),
+            cancels.clone(),
+            shutdown.clone(),
+            &self.name,
+        )?;
+        let server_stats = server.stats();
+        let mut threads = Vec::new();
+        let mut worker_stats = Vec::new();
+        for (i, spec) in self.stages.iter().enumerate() {
+            let mut stats = Vec::new();
+            for w in 0..spec.workers {
+                let worker = MemWorker {
+                    stage: (i + 1) as u8,
+                    queue: queues[i].clone(),
+                    next: queues.get(i + 1).cloned(),
+                    cancels: cancels.clone(),
+                    work: (spec.make)(),
+                    cleanup: None,
+                    stats: Arc::default(),
+                    server_stats: server_stats.clone(),
+                    batch_scheduling: true,
+                };
+                stats.push(worker.stats.clone());
+                let sd = shutdown.clone();
+                threads.push(spawn(format!("stage{}-w{w}", i + 1), move || {
+                    worker.run(sd);
+                    Ok(())
+                })?);
+            }
+            worker_stats.push(stats);
+        }
+        let stage_endpoints = (1..=self.stages.len())
+            .map(|i| {
+                (
+                    self.endpoint(&format!("stage{i}-up")),
+                    self.endpoint(&format!("stage{i}-down")),
+                )
+            })
+            .collect();
+        Ok(Running {
+            ctx: Context::new(),
+            server,
+            shutdown,
+            threads,
+            proxy_stats,
+            worker_stats,
+            stage_endpoints,
         })
     }
 }

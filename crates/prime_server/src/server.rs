@@ -15,11 +15,13 @@
 //! So every request submitted gets exactly one [`Answer`]: the first of reply, timeout, reject or
 //! shutdown wins and later ones are dropped (and counted).
 
+use crate::memory::{MemJob, StageQueue};
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::transport::{
     self, Context, Frames, Kind as SocketKind, Sent, Socket, SocketEvents, Watch,
 };
 use crate::wire::{self, Header, Kind};
+use crate::worker::SharedCancels;
 use crate::Error;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -174,6 +176,12 @@ enum Sender {
     Task {
         commands: tokio::sync::mpsc::UnboundedSender<Command>,
     },
+    /// No pump: requests go straight into the first in-memory stage's queue, carrying their
+    /// answer channel; cancels and deadlines are the waiting side's (see [`Pending`]).
+    Memory {
+        first: Arc<StageQueue>,
+        cancels: Arc<SharedCancels>,
+    },
 }
 
 /// Inproc bridge: what cannot cross a zmq socket (the oneshot, the monotonic deadline) waits
@@ -228,6 +236,8 @@ impl Sender {
                 }
             }
             Sender::Task { commands } => commands.send(cmd).is_ok(),
+            // Never used: `submit` and `Pending` handle in-memory requests themselves.
+            Sender::Memory { .. } => false,
         }
     }
 }
@@ -380,6 +390,46 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The server core of an in-memory pipeline (see `memory`): requests go straight into
+    /// `first`, cancels and deadlines are written to `cancels`. When `shutdown` stops, every
+    /// queue in `queues` is closed, which answers what it holds 503.
+    pub(crate) fn start_in_memory(
+        config: ServerConfig,
+        first: Arc<StageQueue>,
+        queues: Vec<Arc<StageQueue>>,
+        cancels: Arc<SharedCancels>,
+        shutdown: Shutdown,
+        name: &str,
+    ) -> Result<ServerHandle, Error> {
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("server-close".into())
+            .spawn(move || {
+                shutdown.wait_stopped();
+                for q in &queues {
+                    q.close();
+                }
+                let _ = done_tx.send(true);
+            })
+            .map_err(Error::Io)?;
+        let shared = Arc::new(Shared {
+            sender: Sender::Memory { first, cancels },
+            next_id: AtomicU64::new(1),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            config,
+            stats: Arc::new(ServerStats::default()),
+            loopback_endpoint: format!("memory://{name}-loopback"),
+            interrupt_endpoint: format!("memory://{name}-interrupt"),
+        });
+        Ok(ServerHandle {
+            shared,
+            thread: Arc::new(Mutex::new(Some(thread))),
+            done,
+        })
+    }
+}
+
 impl ServerHandle {
     /// This server's id (the one workers address replies with).
     pub fn server_id(&self) -> u64 {
@@ -423,6 +473,7 @@ impl ServerHandle {
             state: PendingState::Ready(Some(Answer::Failed(Failure::new(status, reason)))),
             id,
             shared: shared.clone(),
+            deadline: None,
         };
         if shared.in_flight.fetch_add(1, Ordering::AcqRel) >= shared.config.max_in_flight {
             shared.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -440,6 +491,28 @@ impl ServerHandle {
             arrival_us.saturating_add(t.as_micros() as u64).max(1)
         });
         let (tx, rx) = oneshot::channel();
+        if let Sender::Memory { first, .. } = &shared.sender {
+            if let Err((_, refused)) = first.push(MemJob {
+                header,
+                frames,
+                reply: tx,
+            }) {
+                shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                return Pending {
+                    state: PendingState::Ready(Some(refused.answer())),
+                    id,
+                    shared: shared.clone(),
+                    deadline: None,
+                };
+            }
+            return Pending {
+                state: PendingState::Waiting(rx),
+                id,
+                shared: shared.clone(),
+                deadline: timeout.map(|t| Deadline::At(now + t)),
+            };
+        }
         let cmd = Command::Submit {
             header,
             deadline: timeout.map(|t| now + t),
@@ -455,6 +528,7 @@ impl ServerHandle {
             state: PendingState::Waiting(rx),
             id,
             shared: shared.clone(),
+            deadline: None,
         }
     }
 
@@ -492,6 +566,15 @@ pub struct Pending {
     state: PendingState,
     id: u64,
     shared: Arc<Shared>,
+    /// In-memory pipelines only (the pump keeps the deadlines otherwise).
+    deadline: Option<Deadline>,
+}
+
+/// A deadline kept by the waiting side; the timer is made on the first poll, inside the runtime
+/// (a request may be submitted outside one).
+enum Deadline {
+    At(Instant),
+    Timer(Pin<Box<tokio::time::Sleep>>),
 }
 
 impl Pending {
@@ -501,14 +584,64 @@ impl Pending {
     }
 }
 
+impl Pending {
+    /// In-memory pipelines: the request's deadline, if it has passed (then it is answered 504
+    /// here and its workers are told to stop).
+    fn expired(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let timer = match self.deadline.take() {
+            None => return false,
+            Some(Deadline::At(at)) => Box::pin(tokio::time::sleep_until(at.into())),
+            Some(Deadline::Timer(t)) => t,
+        };
+        let mut timer = timer;
+        if timer.as_mut().poll(cx).is_pending() {
+            self.deadline = Some(Deadline::Timer(timer));
+            return false;
+        }
+        self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.end_in_memory();
+        true
+    }
+
+    /// In-memory pipelines: the request is over for this side (answered, timed out or
+    /// cancelled); with a cancel set, workers still holding it stop.
+    fn end_in_memory(&self) {
+        if let Sender::Memory { cancels, .. } = &self.shared.sender {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            cancels.insert((self.shared.config.server_id, self.id));
+        }
+    }
+}
+
 impl Future for Pending {
     type Output = Answer;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Answer> {
+        let memory = matches!(self.shared.sender, Sender::Memory { .. });
         let answer = match &mut self.state {
             PendingState::Waiting(rx) => match Pin::new(rx).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(a)) => a,
+                Poll::Pending => {
+                    if memory && self.expired(cx) {
+                        self.state = PendingState::Done;
+                        return Poll::Ready(Answer::Failed(Failure::new(
+                            504,
+                            "the request's deadline passed",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(a)) => {
+                    if memory {
+                        if matches!(a, Answer::Reply(_)) {
+                            self.shared.stats.replied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    a
+                }
                 Poll::Ready(Err(_)) => {
+                    if memory {
+                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
                     Answer::Failed(Failure::new(503, "the server is shutting down"))
                 }
             },
@@ -525,7 +658,12 @@ impl Future for Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let PendingState::Waiting(_) = self.state {
-            self.shared.sender.send(Command::Cancel(self.id));
+            if let Sender::Memory { .. } = self.shared.sender {
+                self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.end_in_memory();
+            } else {
+                self.shared.sender.send(Command::Cancel(self.id));
+            }
         }
     }
 }
@@ -921,6 +1059,6 @@ impl Core {
     }
 }
 
-fn shutting_down() -> Answer {
+pub(crate) fn shutting_down() -> Answer {
     Answer::Failed(Failure::new(503, "the server is shutting down"))
 }

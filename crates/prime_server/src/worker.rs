@@ -92,6 +92,14 @@ pub struct Job {
 }
 
 impl Job {
+    pub(crate) fn new(header: Header, frames: Frames) -> Job {
+        Job {
+            header,
+            frames,
+            blob: None,
+        }
+    }
+
     /// The request's id, unique per server.
     pub fn request_id(&self) -> u64 {
         self.header.request_id
@@ -175,7 +183,7 @@ const INTERRUPT_DRAIN_EVERY: Duration = Duration::from_millis(1);
 const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
-struct Cancelled {
+pub(crate) struct Cancelled {
     set: HashSet<(u64, u64)>,
     order: VecDeque<(Instant, (u64, u64))>,
 }
@@ -197,10 +205,42 @@ impl Cancelled {
     }
 }
 
+/// Where a worker learns which requests were cancelled.
+pub(crate) enum CancelSource<'a> {
+    /// The servers' interrupt channels (SUB sockets), read into the worker's own set.
+    Sockets {
+        subs: &'a [Socket],
+        cancelled: &'a RefCell<Cancelled>,
+    },
+    /// The set the server core of an in-memory pipeline writes to.
+    Shared(&'a SharedCancels),
+}
+
+/// The cancelled requests of an in-memory pipeline, written by the server core (client gone,
+/// deadline passed) and read by the workers' interrupt checks.
+#[derive(Default)]
+pub(crate) struct SharedCancels(std::sync::Mutex<Cancelled>);
+
+impl SharedCancels {
+    pub(crate) fn insert(&self, key: (u64, u64)) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key);
+    }
+
+    pub(crate) fn contains(&self, key: &(u64, u64)) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set
+            .contains(key)
+    }
+}
+
 /// The interrupt check handed to the work function.
 pub struct Interrupt<'a> {
-    subs: &'a [Socket],
-    cancelled: &'a RefCell<Cancelled>,
+    source: CancelSource<'a>,
     shutdown: &'a Shutdown,
     key: (u64, u64),
     deadline_us: u64,
@@ -208,7 +248,23 @@ pub struct Interrupt<'a> {
     stats: &'a WorkerStats,
 }
 
-impl Interrupt<'_> {
+impl<'a> Interrupt<'a> {
+    pub(crate) fn new(
+        source: CancelSource<'a>,
+        shutdown: &'a Shutdown,
+        header: &Header,
+        stats: &'a WorkerStats,
+    ) -> Self {
+        Interrupt {
+            source,
+            shutdown,
+            key: (header.server_id, header.request_id),
+            deadline_us: header.deadline_us,
+            last_drain: Cell::new(Instant::now()),
+            stats,
+        }
+    }
+
     /// Fails when the work should stop: the request was cancelled, its deadline passed, or the
     /// process is stopping. Cheap enough to call in an inner loop.
     pub fn check(&self) -> Result<(), Interrupted> {
@@ -216,14 +272,24 @@ impl Interrupt<'_> {
             return Err(Interrupted::ShuttingDown);
         }
         let now = Instant::now();
-        if now.duration_since(self.last_drain.get()) >= INTERRUPT_DRAIN_EVERY {
+        let look = now.duration_since(self.last_drain.get()) >= INTERRUPT_DRAIN_EVERY;
+        if look {
             self.last_drain.set(now);
             if self.deadline_us != 0 && wire::now_us() >= self.deadline_us {
                 return Err(Interrupted::DeadlinePassed);
             }
-            drain_interrupts(self.subs, &mut self.cancelled.borrow_mut(), self.stats);
         }
-        if self.cancelled.borrow().set.contains(&self.key) {
+        let cancelled = match &self.source {
+            CancelSource::Sockets { subs, cancelled } => {
+                if look {
+                    drain_interrupts(subs, &mut cancelled.borrow_mut(), self.stats);
+                }
+                cancelled.borrow().set.contains(&self.key)
+            }
+            // A lock: taken at the same pace as the sockets are drained.
+            CancelSource::Shared(set) => look && set.contains(&self.key),
+        };
+        if cancelled {
             return Err(Interrupted::Cancelled);
         }
         Ok(())
@@ -242,6 +308,61 @@ fn drain_interrupts(subs: &[Socket], cancelled: &mut Cancelled, stats: &WorkerSt
                     tracing::warn!("worker dropped a malformed interrupt");
                 }
             }
+        }
+    }
+}
+
+/// What a worker does with a job once its work function has run.
+pub(crate) enum Action {
+    /// Hand these frames to the next stage.
+    Forward(Frames),
+    /// Answer the client: status 0 with a reply body, or a failure status with its reason.
+    Answer(u16, Vec<u8>),
+    /// Send nothing: the request is dead (cancelled, or past its deadline) and the server has
+    /// answered it.
+    Nothing,
+}
+
+/// Runs the work function on a job, catching a panic, and turns what it returned into what the
+/// worker must send, counting failures. Shared by the zmq worker and the in-memory one.
+pub(crate) fn perform(
+    work: &mut WorkFn,
+    job: &mut Job,
+    interrupt: &Interrupt<'_>,
+    busy: &AtomicBool,
+    stats: &WorkerStats,
+) -> Action {
+    busy.store(true, Ordering::Release);
+    let result = catch_unwind(AssertUnwindSafe(|| work(job, interrupt)));
+    busy.store(false, Ordering::Release);
+    let request_id = job.header.request_id;
+    match result {
+        Ok(Ok(Outcome::Reply(body))) => Action::Answer(0, body),
+        Ok(Ok(Outcome::Forward(frames))) => Action::Forward(frames),
+        Ok(Err(WorkError::Failed { status, reason })) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            Action::Answer(status, reason.into_bytes())
+        }
+        Ok(Err(WorkError::Interrupted(why))) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(request_id, %why, "work interrupted");
+            match why {
+                // The server has answered (or will, at the deadline).
+                Interrupted::Cancelled | Interrupted::DeadlinePassed => Action::Nothing,
+                Interrupted::ShuttingDown => {
+                    Action::Answer(503, b"the worker is shutting down".to_vec())
+                }
+            }
+        }
+        Err(panic) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(request_id, panic = %msg, "work function panicked");
+            Action::Answer(500, format!("the worker failed: {msg}").into_bytes())
         }
     }
 }
@@ -582,59 +703,26 @@ impl Worker {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let mut job = Job {
-            header,
-            frames: payload,
-            blob: None,
-        };
-        let interrupt = Interrupt {
+        let mut job = Job::new(header, payload);
+        let source = CancelSource::Sockets {
             subs: &self.subs,
             cancelled: &self.cancelled,
-            shutdown,
-            key,
-            deadline_us: header.deadline_us,
-            last_drain: Cell::new(Instant::now()),
-            stats: &self.stats,
         };
-        let work = &mut self.work;
-        self.busy.store(true, Ordering::Release);
-        let result = catch_unwind(AssertUnwindSafe(|| work(&mut job, &interrupt)));
-        self.busy.store(false, Ordering::Release);
+        let interrupt = Interrupt::new(source, shutdown, &header, &self.stats);
+        let action = perform(
+            &mut self.work,
+            &mut job,
+            &interrupt,
+            &self.busy,
+            &self.stats,
+        );
         if let Some(blob) = job.blob.take() {
             self.blob = blob;
         }
-        match result {
-            Ok(Ok(Outcome::Reply(body))) => self.reply(&header, 0, body),
-            Ok(Ok(Outcome::Forward(frames))) => self.forward(&header, frames),
-            Ok(Err(WorkError::Failed { status, reason })) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                self.reply(&header, status, reason.into_bytes())
-            }
-            Ok(Err(WorkError::Interrupted(why))) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(request_id = header.request_id, %why, "work interrupted");
-                match why {
-                    // The server has answered (or will, at the deadline).
-                    Interrupted::Cancelled | Interrupted::DeadlinePassed => Ok(()),
-                    Interrupted::ShuttingDown => {
-                        self.reply(&header, 503, b"the worker is shutting down".to_vec())
-                    }
-                }
-            }
-            Err(panic) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(request_id = header.request_id, panic = %msg, "work function panicked");
-                self.reply(
-                    &header,
-                    500,
-                    format!("the worker failed: {msg}").into_bytes(),
-                )
-            }
+        match action {
+            Action::Forward(frames) => self.forward(&header, frames),
+            Action::Answer(status, body) => self.reply(&header, status, body),
+            Action::Nothing => Ok(()),
         }
     }
 

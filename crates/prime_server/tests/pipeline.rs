@@ -54,6 +54,7 @@ fn a_job_crosses_one_two_and_three_stages_over_every_transport() {
     let dir = std::env::temp_dir().join(unique("ps-ipc"));
     std::fs::create_dir_all(&dir).unwrap();
     let transports = [
+        Transport::Memory,
         Transport::Inproc,
         Transport::Ipc(dir.clone()),
         Transport::Tcp("127.0.0.1".into()),
@@ -78,13 +79,19 @@ fn a_job_crosses_one_two_and_three_stages_over_every_transport() {
 
 #[test]
 fn many_concurrent_requests_all_get_their_own_answer() {
-    let running = chain(2, Transport::Inproc, "concurrent");
-    let answers = ask_all(&running, (0..2000).map(|k| format!("{k}")));
-    for (k, a) in answers.into_iter().enumerate() {
-        assert_eq!(a, Answer::Reply(format!("{k}/1/2").into_bytes()));
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let running = chain(2, transport.clone(), "concurrent");
+        let answers = ask_all(&running, (0..2000).map(|k| format!("{k}")));
+        for (k, a) in answers.into_iter().enumerate() {
+            assert_eq!(
+                a,
+                Answer::Reply(format!("{k}/1/2").into_bytes()),
+                "{transport:?}"
+            );
+        }
+        assert_eq!(running.server.in_flight(), 0);
+        running.stop();
     }
-    assert_eq!(running.server.in_flight(), 0);
-    running.stop();
 }
 
 /// Waits until `n` workers of stage `stage` (0-based) have registered as idle with their proxy.
@@ -113,47 +120,52 @@ async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
 
 #[test]
 fn stage_one_replies_early_and_stage_two_never_sees_the_job() {
-    let mut p = Pipeline::new(&unique("early"));
-    p.stage(1, |job, _| {
-        if job.frames[0] == b"bad" {
-            Err(WorkError::Failed {
-                status: 400,
-                reason: "bad input".into(),
-            })
-        } else if job.frames[0] == b"cached" {
-            Ok(Outcome::Reply(b"from cache".to_vec()))
-        } else {
-            Ok(Outcome::Forward(job.frames.clone()))
-        }
-    });
-    p.stage(1, |_, _| Ok(Outcome::Reply(b"computed".to_vec())));
-    let running = p.start().unwrap();
-    assert_eq!(
-        ask(&running, b"bad"),
-        Answer::Failed(Failure::new(400, "bad input"))
-    );
-    assert_eq!(
-        ask(&running, b"cached"),
-        Answer::Reply(b"from cache".to_vec())
-    );
-    assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 0);
-    assert_eq!(ask(&running, b"other"), Answer::Reply(b"computed".to_vec()));
-    assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 1);
-    running.stop();
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let mut p = Pipeline::new(&unique("early"));
+        p.transport(transport.clone());
+        p.stage(1, |job, _| {
+            if job.frames[0] == b"bad" {
+                Err(WorkError::Failed {
+                    status: 400,
+                    reason: "bad input".into(),
+                })
+            } else if job.frames[0] == b"cached" {
+                Ok(Outcome::Reply(b"from cache".to_vec()))
+            } else {
+                Ok(Outcome::Forward(job.frames.clone()))
+            }
+        });
+        p.stage(1, |_, _| Ok(Outcome::Reply(b"computed".to_vec())));
+        let running = p.start().unwrap();
+        assert_eq!(
+            ask(&running, b"bad"),
+            Answer::Failed(Failure::new(400, "bad input"))
+        );
+        assert_eq!(
+            ask(&running, b"cached"),
+            Answer::Reply(b"from cache".to_vec())
+        );
+        assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 0);
+        assert_eq!(ask(&running, b"other"), Answer::Reply(b"computed".to_vec()));
+        assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 1);
+        running.stop();
+    }
 }
 
 /// A stage whose work loops on the interrupt check and reports why it stopped.
 fn looping_pipeline(
     name: &str,
     timeout: Option<Duration>,
+    transport: Transport,
 ) -> (Running, mpsc::Receiver<&'static str>) {
-    looping_pipeline_over(name, timeout, Bridge::default())
+    looping_pipeline_over(name, timeout, Bridge::default(), transport)
 }
 
 fn looping_pipeline_over(
     name: &str,
     timeout: Option<Duration>,
     bridge: Bridge,
+    transport: Transport,
 ) -> (Running, mpsc::Receiver<&'static str>) {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
@@ -161,6 +173,7 @@ fn looping_pipeline_over(
     let mut p = Pipeline::new(&unique(name));
     p.timeout = timeout;
     p.bridge = bridge;
+    p.transport(transport);
     p.stage(1, move |_, interrupt| {
         let tx = tx.lock().unwrap().clone();
         tx.send("started").unwrap();
@@ -182,148 +195,164 @@ fn looping_pipeline_over(
 
 #[test]
 fn client_going_away_interrupts_a_long_job() {
-    let (running, rx) = looping_pipeline("cancel", None);
-    let rt = rt();
-    let pending = running.server.submit(vec![b"x".to_vec()], None);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
-    let dropped = Instant::now();
-    drop(pending);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("cancelled"));
-    assert!(
-        dropped.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        dropped.elapsed()
-    );
-    let stats = running.server.stats();
-    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
-    // The worker is free again and serves the next request (which we let time out quickly).
-    let a = rt.block_on(
-        running
-            .server
-            .submit(vec![b"y".to_vec()], Some(Duration::from_millis(100))),
-    );
-    assert_eq!(
-        a,
-        Answer::Failed(Failure::new(504, "the request's deadline passed"))
-    );
-    running.stop();
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let (running, rx) = looping_pipeline("cancel", None, transport.clone());
+        let rt = rt();
+        let pending = running.server.submit(vec![b"x".to_vec()], None);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+        let dropped = Instant::now();
+        drop(pending);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("cancelled"));
+        assert!(
+            dropped.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            dropped.elapsed()
+        );
+        let stats = running.server.stats();
+        assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+        // The worker is free again and serves the next request (which we let time out quickly).
+        let a = rt.block_on(
+            running
+                .server
+                .submit(vec![b"y".to_vec()], Some(Duration::from_millis(100))),
+        );
+        assert_eq!(
+            a,
+            Answer::Failed(Failure::new(504, "the request's deadline passed"))
+        );
+        running.stop();
+    }
 }
 
 #[test]
 fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
-    let (running, rx) = looping_pipeline("deadline", Some(Duration::from_millis(300)));
-    let started = Instant::now();
-    let answer = rt().block_on(running.server.submit(vec![b"x".to_vec()], None));
-    let took = started.elapsed();
-    assert_eq!(
-        answer,
-        Answer::Failed(Failure::new(504, "the request's deadline passed"))
-    );
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(1300),
-        "{took:?}"
-    );
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
-    let why = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert!(why == "cancelled" || why == "deadline", "{why}");
-    assert_eq!(running.server.stats().timeouts.load(Ordering::Relaxed), 1);
-    running.stop();
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let (running, rx) = looping_pipeline(
+            "deadline",
+            Some(Duration::from_millis(300)),
+            transport.clone(),
+        );
+        let started = Instant::now();
+        let answer = rt().block_on(running.server.submit(vec![b"x".to_vec()], None));
+        let took = started.elapsed();
+        assert_eq!(
+            answer,
+            Answer::Failed(Failure::new(504, "the request's deadline passed"))
+        );
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(1300),
+            "{took:?}"
+        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+        let why = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(why == "cancelled" || why == "deadline", "{why}");
+        assert_eq!(running.server.stats().timeouts.load(Ordering::Relaxed), 1);
+        running.stop();
+    }
 }
 
 #[test]
 fn stopping_interrupts_a_long_job_and_every_thread_ends() {
-    let (running, rx) = looping_pipeline("stop", None);
-    let rt = rt();
-    let pending = running.server.submit(vec![b"x".to_vec()], None);
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
-    let t = Instant::now();
-    let server = running.server.clone();
-    running.stop();
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok("shutdown"));
-    let a = rt.block_on(pending);
-    assert!(
-        matches!(a, Answer::Failed(Failure { status: 503, .. })),
-        "{a:?}"
-    );
-    // A stopped server answers at once.
-    let a = rt.block_on(server.submit(vec![b"late".to_vec()], None));
-    assert!(
-        matches!(a, Answer::Failed(Failure { status: 503, .. })),
-        "{a:?}"
-    );
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let (running, rx) = looping_pipeline("stop", None, transport.clone());
+        let rt = rt();
+        let pending = running.server.submit(vec![b"x".to_vec()], None);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+        let t = Instant::now();
+        let server = running.server.clone();
+        running.stop();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok("shutdown"));
+        let a = rt.block_on(pending);
+        assert!(
+            matches!(a, Answer::Failed(Failure { status: 503, .. })),
+            "{a:?}"
+        );
+        // A stopped server answers at once.
+        let a = rt.block_on(server.submit(vec![b"late".to_vec()], None));
+        assert!(
+            matches!(a, Answer::Failed(Failure { status: 503, .. })),
+            "{a:?}"
+        );
+    }
 }
 
 #[test]
 fn the_proxy_never_hands_a_job_to_a_busy_worker() {
-    let mut p = Pipeline::new(&unique("busy"));
-    // Worker pool of 2 where the work takes 20 ms (slow) or 0 ms depending on the payload; with
-    // pull-based balancing both workers serve and neither ever gets a job while busy.
-    p.stage(2, |job, _| {
-        if job.frames[0].starts_with(b"slow") {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Outcome::Reply(job.frames[0].clone()))
-    });
-    let running = p.start().unwrap();
-    wait_idle(&running, 0, 2);
-    let answers = ask_all(
-        &running,
-        (0..60).map(|k| {
-            if k % 3 == 0 {
-                format!("slow{k}")
-            } else {
-                format!("fast{k}")
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let mut p = Pipeline::new(&unique("busy"));
+        p.transport(transport.clone());
+        // Worker pool of 2 where the work takes 20 ms (slow) or 0 ms depending on the payload; with
+        // pull-based balancing both workers serve and neither ever gets a job while busy.
+        p.stage(2, |job, _| {
+            if job.frames[0].starts_with(b"slow") {
+                std::thread::sleep(Duration::from_millis(20));
             }
-        }),
-    );
-    assert!(answers.iter().all(|a| matches!(a, Answer::Reply(_))));
-    let stats = &running.worker_stats[0];
-    let jobs: Vec<u64> = stats
-        .iter()
-        .map(|s| s.jobs.load(Ordering::Relaxed))
-        .collect();
-    assert_eq!(jobs.iter().sum::<u64>(), 60);
-    for s in stats {
-        assert_eq!(s.jobs_while_busy.load(Ordering::Relaxed), 0);
+            Ok(Outcome::Reply(job.frames[0].clone()))
+        });
+        let running = p.start().unwrap();
+        wait_idle(&running, 0, 2);
+        let answers = ask_all(
+            &running,
+            (0..60).map(|k| {
+                if k % 3 == 0 {
+                    format!("slow{k}")
+                } else {
+                    format!("fast{k}")
+                }
+            }),
+        );
+        assert!(answers.iter().all(|a| matches!(a, Answer::Reply(_))));
+        let stats = &running.worker_stats[0];
+        let jobs: Vec<u64> = stats
+            .iter()
+            .map(|s| s.jobs.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(jobs.iter().sum::<u64>(), 60);
+        for s in stats {
+            assert_eq!(s.jobs_while_busy.load(Ordering::Relaxed), 0);
+        }
+        assert!(jobs.iter().all(|&j| j > 0), "{jobs:?}");
+        let proxy = &running.proxy_stats[0];
+        assert_eq!(proxy.dispatched.load(Ordering::Relaxed), 60);
+        running.stop();
     }
-    assert!(jobs.iter().all(|&j| j > 0), "{jobs:?}");
-    let proxy = &running.proxy_stats[0];
-    assert_eq!(proxy.dispatched.load(Ordering::Relaxed), 60);
-    running.stop();
 }
 
 #[test]
 fn a_slow_worker_does_not_hold_up_jobs_behind_it() {
-    // One worker is stuck on a long job; every other job must go to the other worker at once.
-    let mut p = Pipeline::new(&unique("hol"));
-    p.stage(2, |job, _| {
-        if job.frames[0] == b"long" {
-            std::thread::sleep(Duration::from_millis(1500));
+    for transport in [Transport::Inproc, Transport::Memory] {
+        // One worker is stuck on a long job; every other job must go to the other worker at once.
+        let mut p = Pipeline::new(&unique("hol"));
+        p.transport(transport.clone());
+        p.stage(2, |job, _| {
+            if job.frames[0] == b"long" {
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            Ok(Outcome::Reply(job.frames[0].clone()))
+        });
+        let running = p.start().unwrap();
+        wait_idle(&running, 0, 2);
+        let rt = rt();
+        let long = running.server.submit(vec![b"long".to_vec()], None);
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        for k in 0..20 {
+            let a = rt.block_on(
+                running
+                    .server
+                    .submit(vec![format!("{k}").into_bytes()], None),
+            );
+            assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()));
         }
-        Ok(Outcome::Reply(job.frames[0].clone()))
-    });
-    let running = p.start().unwrap();
-    wait_idle(&running, 0, 2);
-    let rt = rt();
-    let long = running.server.submit(vec![b"long".to_vec()], None);
-    std::thread::sleep(Duration::from_millis(100));
-    let t = Instant::now();
-    for k in 0..20 {
-        let a = rt.block_on(
-            running
-                .server
-                .submit(vec![format!("{k}").into_bytes()], None),
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
         );
-        assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()));
+        assert_eq!(rt.block_on(long), Answer::Reply(b"long".to_vec()));
+        running.stop();
     }
-    assert!(
-        t.elapsed() < Duration::from_millis(1000),
-        "{:?}",
-        t.elapsed()
-    );
-    assert_eq!(rt.block_on(long), Answer::Reply(b"long".to_vec()));
-    running.stop();
 }
 
 /// A proxy and a server core over inproc, assembled by hand (for custom workers and choose
@@ -442,23 +471,26 @@ fn the_choose_function_routes_deterministically() {
 
 #[test]
 fn a_panicking_work_function_yields_a_500_and_the_worker_lives_on() {
-    let mut p = Pipeline::new(&unique("panic"));
-    p.stage(1, |job, _| {
-        if job.frames[0] == b"boom" {
-            panic!("kaboom");
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let mut p = Pipeline::new(&unique("panic"));
+        p.transport(transport.clone());
+        p.stage(1, |job, _| {
+            if job.frames[0] == b"boom" {
+                panic!("kaboom");
+            }
+            Ok(Outcome::Reply(b"fine".to_vec()))
+        });
+        let running = p.start().unwrap();
+        match ask(&running, b"boom") {
+            Answer::Failed(f) => {
+                assert_eq!(f.status, 500);
+                assert!(f.reason.contains("kaboom"), "{}", f.reason);
+            }
+            other => panic!("{other:?}"),
         }
-        Ok(Outcome::Reply(b"fine".to_vec()))
-    });
-    let running = p.start().unwrap();
-    match ask(&running, b"boom") {
-        Answer::Failed(f) => {
-            assert_eq!(f.status, 500);
-            assert!(f.reason.contains("kaboom"), "{}", f.reason);
-        }
-        other => panic!("{other:?}"),
+        assert_eq!(ask(&running, b"ok"), Answer::Reply(b"fine".to_vec()));
+        running.stop();
     }
-    assert_eq!(ask(&running, b"ok"), Answer::Reply(b"fine".to_vec()));
-    running.stop();
 }
 
 #[test]
@@ -534,46 +566,52 @@ fn a_worker_drops_malformed_jobs_counts_them_and_asks_for_more() {
 
 #[test]
 fn a_full_proxy_queue_is_answered_503_at_once() {
-    let mut p = Pipeline::new(&unique("full"));
-    p.queue_limit = 2;
-    p.stage(1, |_, _| {
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Outcome::Reply(b"done".to_vec()))
-    });
-    let running = p.start().unwrap();
-    wait_idle(&running, 0, 1);
-    let answers = ask_all(&running, (0..6).map(|_| "x".to_string()));
-    let ok = answers
-        .iter()
-        .filter(|a| matches!(a, Answer::Reply(_)))
-        .count();
-    let busy = answers
-        .iter()
-        .filter(|a| matches!(a, Answer::Failed(Failure { status: 503, .. })))
-        .count();
-    // One in the worker's hands, two queued, three refused.
-    assert_eq!((ok, busy), (3, 3), "{answers:?}");
-    running.stop();
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let mut p = Pipeline::new(&unique("full"));
+        p.transport(transport.clone());
+        p.queue_limit = 2;
+        p.stage(1, |_, _| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(Outcome::Reply(b"done".to_vec()))
+        });
+        let running = p.start().unwrap();
+        wait_idle(&running, 0, 1);
+        let answers = ask_all(&running, (0..6).map(|_| "x".to_string()));
+        let ok = answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Reply(_)))
+            .count();
+        let busy = answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Failed(Failure { status: 503, .. })))
+            .count();
+        // One in the worker's hands, two queued, three refused.
+        assert_eq!((ok, busy), (3, 3), "{answers:?}");
+        running.stop();
+    }
 }
 
 #[test]
 fn the_in_flight_limit_is_answered_503_at_once() {
-    let mut p = Pipeline::new(&unique("inflight"));
-    p.max_in_flight = 3;
-    p.stage(1, |_, _| {
-        std::thread::sleep(Duration::from_millis(100));
-        Ok(Outcome::Reply(b"done".to_vec()))
-    });
-    let running = p.start().unwrap();
-    let answers = ask_all(&running, (0..5).map(|_| "x".to_string()));
-    let busy = answers
-        .iter()
-        .filter(
-            |a| matches!(a, Answer::Failed(f) if f.status == 503 && f.reason.contains("in flight")),
-        )
-        .count();
-    assert_eq!(busy, 2, "{answers:?}");
-    running.stop();
+    for transport in [Transport::Inproc, Transport::Memory] {
+        let mut p = Pipeline::new(&unique("inflight"));
+        p.transport(transport.clone());
+        p.max_in_flight = 3;
+        p.stage(1, |_, _| {
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(Outcome::Reply(b"done".to_vec()))
+        });
+        let running = p.start().unwrap();
+        let answers = ask_all(&running, (0..5).map(|_| "x".to_string()));
+        let busy = answers
+            .iter()
+            .filter(
+                |a| matches!(a, Answer::Failed(f) if f.status == 503 && f.reason.contains("in flight")),
+            )
+            .count();
+        assert_eq!(busy, 2, "{answers:?}");
+        running.stop();
+    }
 }
 
 #[test]
@@ -590,7 +628,7 @@ fn every_bridge_carries_answers_cancels_and_timeouts() {
         }
         running.stop();
 
-        let (running, rx) = looping_pipeline_over("bridge-loop", None, bridge);
+        let (running, rx) = looping_pipeline_over("bridge-loop", None, bridge, Transport::Inproc);
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
@@ -797,54 +835,57 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
 
 #[test]
 fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
-    // One worker, held by a first job that never calls the interrupt check; a second request
-    // waits in the proxy's queue and its client goes away. When the worker is free it must see
-    // that interrupt (published while it was busy) and skip the job without running it.
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
-    let (ran_tx, ran_rx) = mpsc::channel::<Vec<u8>>();
-    let ran_tx = std::sync::Arc::new(std::sync::Mutex::new(ran_tx));
-    let mut p = Pipeline::new(&unique("skip"));
-    p.stage(1, move |job, _| {
-        let body = job.frames.concat();
-        ran_tx.lock().unwrap().send(body.clone()).unwrap();
-        if body == b"hold" {
-            release_rx
-                .lock()
-                .unwrap()
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap();
+    for transport in [Transport::Inproc, Transport::Memory] {
+        // One worker, held by a first job that never calls the interrupt check; a second request
+        // waits in the proxy's queue and its client goes away. When the worker is free it must see
+        // that interrupt (published while it was busy) and skip the job without running it.
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+        let (ran_tx, ran_rx) = mpsc::channel::<Vec<u8>>();
+        let ran_tx = std::sync::Arc::new(std::sync::Mutex::new(ran_tx));
+        let mut p = Pipeline::new(&unique("skip"));
+        p.transport(transport.clone());
+        p.stage(1, move |job, _| {
+            let body = job.frames.concat();
+            ran_tx.lock().unwrap().send(body.clone()).unwrap();
+            if body == b"hold" {
+                release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap();
+            }
+            Ok(Outcome::Reply(body))
+        });
+        let running = p.start().unwrap();
+        let rt = rt();
+        let held = running.server.submit(vec![b"hold".to_vec()], None);
+        let held = rt.spawn(held);
+        assert_eq!(
+            ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            b"hold"
+        );
+        let queued = running.server.submit(vec![b"queued".to_vec()], None);
+        let stats = running.server.stats();
+        drop(queued);
+        let until = Instant::now() + Duration::from_secs(5);
+        while stats.cancelled.load(Ordering::Relaxed) < 1 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(Outcome::Reply(body))
-    });
-    let running = p.start().unwrap();
-    let rt = rt();
-    let held = running.server.submit(vec![b"hold".to_vec()], None);
-    let held = rt.spawn(held);
-    assert_eq!(
-        ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
-        b"hold"
-    );
-    let queued = running.server.submit(vec![b"queued".to_vec()], None);
-    let stats = running.server.stats();
-    drop(queued);
-    let until = Instant::now() + Duration::from_secs(5);
-    while stats.cancelled.load(Ordering::Relaxed) < 1 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+        std::thread::sleep(Duration::from_millis(100));
+        release_tx.send(()).unwrap();
+        assert_eq!(rt.block_on(held).unwrap(), Answer::Reply(b"hold".to_vec()));
+        // The next request runs normally: the worker skipped the cancelled one and asked for more.
+        assert_eq!(ask(&running, b"after"), Answer::Reply(b"after".to_vec()));
+        assert_eq!(
+            ran_rx.recv_timeout(Duration::from_secs(1)).unwrap(),
+            b"after"
+        );
+        assert!(ran_rx.try_recv().is_err(), "the cancelled job ran");
+        let w = &running.worker_stats[0][0];
+        assert_eq!(w.skipped.load(Ordering::Relaxed), 1);
+        assert_eq!(w.jobs.load(Ordering::Relaxed), 3);
+        running.stop();
     }
-    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
-    std::thread::sleep(Duration::from_millis(100));
-    release_tx.send(()).unwrap();
-    assert_eq!(rt.block_on(held).unwrap(), Answer::Reply(b"hold".to_vec()));
-    // The next request runs normally: the worker skipped the cancelled one and asked for more.
-    assert_eq!(ask(&running, b"after"), Answer::Reply(b"after".to_vec()));
-    assert_eq!(
-        ran_rx.recv_timeout(Duration::from_secs(1)).unwrap(),
-        b"after"
-    );
-    assert!(ran_rx.try_recv().is_err(), "the cancelled job ran");
-    let w = &running.worker_stats[0][0];
-    assert_eq!(w.skipped.load(Ordering::Relaxed), 1);
-    assert_eq!(w.jobs.load(Ordering::Relaxed), 3);
-    running.stop();
 }
