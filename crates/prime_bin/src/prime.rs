@@ -7,7 +7,7 @@
 
 use prime_server::client::{BatchClient, BatchReport, HttpClient};
 use prime_server::http::{Request, Response};
-use prime_server::pipeline::Pipeline;
+use prime_server::pipeline::{Pipeline, Transport};
 use prime_server::protocol::{self, http::HttpConfig};
 use prime_server::worker::{Interrupt, Job, Outcome, WorkError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,12 +198,18 @@ pub struct Simulation {
     pub report: BatchReport,
 }
 
-/// Runs the whole two-stage pipeline in one process over inproc, with the HTTP front on an
+/// Runs the whole two-stage pipeline in one process over `transport`, with the HTTP front on an
 /// ephemeral loopback port, and asks it (`GET /is_prime?possible_prime=N`, keep-alive, one
 /// request in flight per connection, two connections per worker) about every odd number of
 /// `[start, end]`.
-pub fn simulate(start: u64, end: u64, workers: usize) -> anyhow::Result<Simulation> {
+pub fn simulate(
+    start: u64,
+    end: u64,
+    workers: usize,
+    transport: Transport,
+) -> anyhow::Result<Simulation> {
     let mut p = Pipeline::new("prime-simulation");
+    p.transport(transport);
     p.timeout = None;
     p.stage(workers, parse_stage).stage(workers, test_stage);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -300,8 +306,13 @@ mod tests {
 
     #[test]
     fn simulation_counts_primes_right() {
-        for (start, end, workers) in [(1, 1000, 1), (1000, 20000, 3), (3, 3, 1)] {
-            let sim = simulate(start, end, workers).unwrap();
+        for (start, end, workers, transport) in [
+            (1, 1000, 1, Transport::Memory),
+            (1000, 20000, 3, Transport::Memory),
+            (3, 3, 1, Transport::Memory),
+            (1000, 20000, 3, Transport::Inproc),
+        ] {
+            let sim = simulate(start, end, workers, transport).unwrap();
             assert_eq!(sim.errors, 0);
             assert_eq!(sim.primes, sieve_count_odd(start, end), "{start},{end}");
             let n = odd_numbers(start, end).count() as u64;

@@ -178,10 +178,26 @@ fn http(s: &mut TcpStream, req: &str) -> (u16, String) {
 
 #[test]
 fn serves_http_with_an_access_log_and_drains_on_sigterm() {
-    let log = std::env::temp_dir().join(format!("ps-access-{}.log", std::process::id()));
+    // Both ways of joining the stages in one process: in-memory queues (the default) and zmq.
+    for transport in ["memory", "inproc"] {
+        serves_http_and_drains_over(transport);
+    }
+}
+
+fn serves_http_and_drains_over(transport: &str) {
+    let log =
+        std::env::temp_dir().join(format!("ps-access-{}-{transport}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
     let (mut child, addr) = start_with_stderr(
-        &["127.0.0.1:0", "2", "1", "/health", "--access-log"],
+        &[
+            "127.0.0.1:0",
+            "2",
+            "1",
+            "/health",
+            "--access-log",
+            "--transport",
+            transport,
+        ],
         Stdio::from(file),
     );
     let mut s = TcpStream::connect(&addr).unwrap();

@@ -10,7 +10,7 @@
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use prime_bin::{daemon, prime};
-use prime_server::pipeline::Pipeline;
+use prime_server::pipeline::{Pipeline, Transport};
 use prime_server::server::Bridge;
 use prime_server::topology::Protocol;
 use std::time::Duration;
@@ -31,6 +31,24 @@ enum BridgeArg {
     Channel,
     /// The pump is a thread; requests cross by a zmq inproc socket.
     Inproc,
+}
+
+/// How the stages of the all-in-one service are joined.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum TransportArg {
+    /// Shared in-memory queues that the workers pull from (no proxy threads, no zmq).
+    Memory,
+    /// zmq inproc sockets and a proxy thread per stage, as a multi-process deployment.
+    Inproc,
+}
+
+impl TransportArg {
+    fn transport(self) -> Transport {
+        match self {
+            TransportArg::Memory => Transport::Memory,
+            TransportArg::Inproc => Transport::Inproc,
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -73,7 +91,12 @@ struct Args {
     /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here (tcp:// or ipc://).
     #[arg(long, value_name = "ENDPOINT")]
     zmq_listen: Option<String>,
-    /// How requests cross to the server core's pump (see BENCHMARKS.md).
+    /// How the stages are joined: `memory` (the default; measured ~2-3x faster on cheap
+    /// requests, see BENCHMARKS.md) or `inproc` (zmq, the multi-process code path).
+    #[arg(long, value_enum, default_value = "memory")]
+    transport: TransportArg,
+    /// How requests cross to the server core's pump, with `--transport inproc` (see
+    /// BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "task")]
     bridge: BridgeArg,
     /// With --compute-only: test the range this many times (to time one number).
@@ -137,13 +160,13 @@ fn main() -> anyhow::Result<()> {
             println!("{:.3} s wall time", t.elapsed().as_secs_f64());
             Ok(())
         }
-        Some(range) => simulate(range?, workers),
+        Some(range) => simulate(range?, workers, args.transport.transport()),
         None => serve(&args, workers),
     }
 }
 
-fn simulate((start, end): (u64, u64), workers: usize) -> anyhow::Result<()> {
-    let sim = prime::simulate(start, end, workers)?;
+fn simulate((start, end): (u64, u64), workers: usize, transport: Transport) -> anyhow::Result<()> {
+    let sim = prime::simulate(start, end, workers, transport)?;
     println!("{} primes found", sim.primes);
     println!("{} requests made", sim.report.sent);
     println!("{:.3} s wall time", sim.report.elapsed.as_secs_f64());
@@ -155,6 +178,7 @@ fn simulate((start, end): (u64, u64), workers: usize) -> anyhow::Result<()> {
 
 fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     let mut p = Pipeline::new("prime_serverd");
+    p.transport(args.transport.transport());
     p.queue_limit = args.queue_limit;
     p.bridge = match args.bridge {
         BridgeArg::Task => Bridge::Task,
