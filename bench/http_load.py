@@ -22,9 +22,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVERD = os.path.join(ROOT, "target/release/prime_serverd")
 HELLO = os.path.join(ROOT, "target/release/examples/hello")
-# Two stages on shared in-memory queues, no proxies, no zmq: an experiment, not the product
-# (crates/prime_bin/examples/queue_experiment.rs).
-QUEUES = os.path.join(ROOT, "target/release/examples/queue_experiment")
 
 CHEAP = "/is_prime?possible_prime=7"
 SEED = "/is_prime?possible_prime=32416190071"
@@ -188,8 +185,13 @@ def main():
         "| server | request | connections | req/s | p50 | p99 | max | non-2xx | socket errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    def serverd(w):
-        return [SERVERD, "127.0.0.1:PORT", str(w), "0", "--timeout", "60"]
+    def serverd(w, transport="memory"):
+        return [SERVERD, "127.0.0.1:PORT", str(w), "0", "--timeout", "60", "--transport", transport]
+
+    # The default (stages on in-memory queues) at each worker count, and the same service over
+    # zmq inproc with proxies (the multi-process code path) at the largest.
+    configs = [(f"memory {w}/stage", w, "memory") for w in worker_counts]
+    configs.append((f"inproc {worker_counts[-1]}/stage", worker_counts[-1], "inproc"))
 
     results = {}
     abk = {}
@@ -197,19 +199,19 @@ def main():
     # The single-thread compute rate, sampled before every seed run and at the end, so that
     # the seed ratio compares medians taken over the same stretch of this noisy machine.
     rates = []
-    for w in worker_counts:
-        with Server(serverd(w)) as s:
+    for label, w, transport in configs:
+        with Server(serverd(w, transport)) as s:
             for name, path in (("cheap", CHEAP), ("seed", SEED), ("invalid", INVALID)):
                 for c in (8, 64, 256):
                     if name == "seed":
                         rates.append(compute_rate())
                     r = wrk_costed(s.proc, s.port, path, c, d)
-                    results[(w, name, c)] = r
+                    results[(label, name, c)] = r
                     lines.append(
-                        f"| prime_serverd {w}/stage | {name} `{path}` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | "
+                        f"| prime_serverd {label} | {name} `{path}` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | "
                         f"{fmt_us(r['p99'])} | {fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
-            abk[w] = ab(s.port, CHEAP, True)
-            abn[w] = ab(s.port, CHEAP, False)
+            abk[label] = ab(s.port, CHEAP, True)
+            abn[label] = ab(s.port, CHEAP, False)
     with Server([HELLO, "127.0.0.1:PORT"]) as s:
         for c in (8, 64, 256):
             r = wrk_costed(s.proc, s.port, "/", c, d)
@@ -218,14 +220,6 @@ def main():
                 f"| bare hyper hello | `/` | {c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | "
                 f"{fmt_us(r['max'])} | {r['non2xx']} | {r['errors']} |")
         hello_abk = ab(s.port, "/", True)
-    with Server([QUEUES, "127.0.0.1:PORT", str(worker_counts[-1])]) as s:
-        for c in (8, 64, 256):
-            r = wrk_costed(s.proc, s.port, CHEAP, c, d)
-            results[(0, "queues", c)] = r
-            lines.append(
-                f"| experiment: 2 stages on in-memory queues, {worker_counts[-1]}/stage (not the product) | cheap `{CHEAP}` | "
-                f"{c} | {r['rps']:,.0f} | {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | {fmt_us(r['max'])} | "
-                f"{r['non2xx']} | {r['errors']} |")
     rates.append(compute_rate())
     rate = statistics.median(rates)
     lines += [
@@ -233,10 +227,10 @@ def main():
         "| ab -n 20000 -c 8, cheap request | req/s | p99 | failed |",
         "|---|---|---|---|",
     ]
-    for w in worker_counts:
+    for label, _, _ in configs:
         lines += [
-            f"| prime_serverd {w}/stage, keep-alive (`ab -k`) | {abk[w]['rps']:,.0f} | {abk[w]['p99_ms']} ms | {abk[w]['failed']} |",
-            f"| prime_serverd {w}/stage, a connection per request | {abn[w]['rps']:,.0f} | {abn[w]['p99_ms']} ms | {abn[w]['failed']} |",
+            f"| prime_serverd {label}, keep-alive (`ab -k`) | {abk[label]['rps']:,.0f} | {abk[label]['p99_ms']} ms | {abk[label]['failed']} |",
+            f"| prime_serverd {label}, a connection per request | {abn[label]['rps']:,.0f} | {abn[label]['p99_ms']} ms | {abn[label]['failed']} |",
         ]
     lines += [
         f"| bare hyper hello, keep-alive | {hello_abk['rps']:,.0f} | {hello_abk['p99_ms']} ms | {hello_abk['failed']} |",
@@ -244,23 +238,20 @@ def main():
         "Ratios from this run:",
         "",
     ]
-    for w in worker_counts:
+    for label, _, _ in configs:
         for c in (8, 64, 256):
-            lines.append(f"- {w}/stage: cheap two-stage request / bare hello at {c} connections: "
-                         f"**{results[(w, 'cheap', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}**")
+            lines.append(f"- {label}: cheap two-stage request / bare hello at {c} connections: "
+                         f"**{results[(label, 'cheap', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}**")
         for c in (8, 64, 256):
-            lines.append(f"- {w}/stage: one-stage request (invalid, answered by stage 1) / bare hello at {c} "
-                         f"connections: {results[(w, 'invalid', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}")
-        seed = statistics.median(results[(w, "seed", c)]["rps"] for c in (8, 64, 256))
-        lines.append(f"- {w}/stage: seed request: single-thread compute rate {rate:,.0f}/s in this run (median of "
+            lines.append(f"- {label}: one-stage request (invalid, answered by stage 1) / bare hello at {c} "
+                         f"connections: {results[(label, 'invalid', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}")
+        seed = statistics.median(results[(label, "seed", c)]["rps"] for c in (8, 64, 256))
+        lines.append(f"- {label}: seed request: single-thread compute rate {rate:,.0f}/s in this run (median of "
                      f"{len(rates)} samples: {' '.join(f'{x:,.0f}' for x in rates)}), so 2 cores can do at most "
                      f"{2 * rate:,.0f}/s; served {seed:,.0f} req/s (median over 8/64/256 connections) = "
                      f"**{seed / (2 * rate):.1%}** of that")
-        lines.append(f"- {w}/stage: slowest cheap request at 256 connections: {fmt_us(results[(w, 'cheap', 256)]['max'])}")
+        lines.append(f"- {label}: slowest cheap request at 256 connections: {fmt_us(results[(label, 'cheap', 256)]['max'])}")
 
-    for c in (8, 64, 256):
-        lines.append(f"- experiment, two stages on in-memory queues without proxies or zmq / bare hello at {c} "
-                     f"connections: {results[(0, 'queues', c)]['rps'] / results[(0, 'hello', c)]['rps']:.2f}")
     lines += [
         "",
         "Where the time goes at 64 connections: CPU time and context switches per request, by the",
@@ -269,10 +260,9 @@ def main():
         "| server | request | front thread | proxies | workers | total CPU/request | switches/request |",
         "|---|---|---|---|---|---|---|",
     ]
-    costed = [(f"prime_serverd {w}/stage", name, results[(w, name, 64)])
-              for w in worker_counts for name in ("cheap", "invalid")]
+    costed = [(f"prime_serverd {label}", name, results[(label, name, 64)])
+              for label, _, _ in configs for name in ("cheap", "invalid")]
     costed.append(("bare hyper hello", "hello", results[(0, "hello", 64)]))
-    costed.append(("experiment: in-memory queues", "cheap", results[(0, "queues", 64)]))
     for server, name, r in costed:
         cost = r["cost"]
         cell = lambda role: (f"{cost[role][0]:.1f} µs, {cost[role][1]:.2f} sw" if role in cost else "-")
@@ -284,11 +274,11 @@ def main():
     rps = {b: [] for b in bridges}
     for _ in range(a.rounds):
         for b in bridges:
-            with Server(serverd(worker_counts[-1]) + ["--bridge", b]) as s:
+            with Server(serverd(worker_counts[-1], "inproc") + ["--bridge", b]) as s:
                 rps[b].append(wrk(s.port, CHEAP, 64, d)["rps"])
     lines += [
         "",
-        f"Bridges (cheap request, 64 connections, {worker_counts[-1]}/stage, {a.rounds} interleaved rounds, median req/s):",
+        f"Bridges of the zmq path (`--transport inproc`; cheap request, 64 connections, {worker_counts[-1]}/stage, {a.rounds} interleaved rounds, median req/s):",
         "",
         "| bridge | median req/s | runs |",
         "|---|---|---|",
