@@ -17,7 +17,9 @@
 //! - [`http`]: HTTP requests and responses as workers see them, and their job encoding.
 //! - [`client`]: a batch client that keeps N requests in flight.
 //! - [`shutdown`]: drain-then-stop, wired to SIGTERM/SIGINT in daemons.
-//! - [`pipeline`]: helpers to run a whole pipeline in one process.
+//! - [`pipeline`]: helpers to run a whole pipeline in one process, its stages joined by zmq
+//!   (the code of a multi-process deployment) or by in-memory queues (`memory`, the fast path
+//!   when every part lives in the process).
 //! - [`topology`]: the TOML topology file that describes a deployment.
 //!
 //! # Example

@@ -1,6 +1,7 @@
-//! A whole pipeline in one process: one server core, one proxy per stage, N worker threads per
-//! stage, all over one transport (inproc by default; ipc or tcp to exercise the same code the
-//! multi-process deployment uses).
+//! A whole pipeline in one process: one server core and N worker threads per stage, joined
+//! either by zmq (a proxy per stage; inproc by default, ipc or tcp to exercise the same code the
+//! multi-process deployment uses) or by in-memory queues ([`Transport::Memory`]: no proxies, the
+//! fastest way when every part lives in the process).
 
 use crate::memory::{MemWorker, StageQueue};
 use crate::proxy::{Heartbeat, Proxy, ProxyConfig, ProxyStats};

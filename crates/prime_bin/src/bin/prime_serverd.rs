@@ -149,12 +149,8 @@ fn main() -> anyhow::Result<()> {
         Some(range) if args.compute_only => {
             let (start, end) = range?;
             let t = std::time::Instant::now();
-            let (mut primes, mut n) = (0, 0);
-            for _ in 0..args.repeat.max(1) {
-                let (p, k) = prime::compute(start, end, workers);
-                primes += p;
-                n += k;
-            }
+            let repeat = usize::try_from(args.repeat.max(1)).unwrap_or(usize::MAX);
+            let (primes, n) = prime::compute(start, end, workers, repeat);
             println!("{primes} primes found");
             println!("{n} numbers tested");
             println!("{:.3} s wall time", t.elapsed().as_secs_f64());
