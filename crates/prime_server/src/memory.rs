@@ -21,10 +21,9 @@ use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::transport::Frames;
 use crate::wire::{self, Header};
 use crate::worker::{
-    perform, Action, CancelSource, CleanupFn, Interrupt, Job, SharedCancels, WorkFn, WorkerStats,
+    perform, Action, CancelSource, Interrupt, Job, SharedCancels, WorkFn, WorkerStats,
 };
 use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -172,18 +171,15 @@ pub(crate) struct MemWorker {
     pub(crate) next: Option<Arc<StageQueue>>,
     pub(crate) cancels: Arc<SharedCancels>,
     pub(crate) work: WorkFn,
-    pub(crate) cleanup: Option<CleanupFn>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) server_stats: Arc<ServerStats>,
-    pub(crate) batch_scheduling: bool,
 }
 
 impl MemWorker {
-    /// Serves jobs until `shutdown` stops.
+    /// Serves jobs until `shutdown` stops, as a batch thread like the zmq pipeline's (see
+    /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)).
     pub(crate) fn run(mut self, shutdown: Shutdown) {
-        if self.batch_scheduling {
-            crate::transport::prefer_batch_scheduling();
-        }
+        crate::transport::prefer_batch_scheduling();
         let busy = AtomicBool::new(false);
         while !shutdown.is_stopping() {
             if let Some(job) = self.queue.pop(POLL_INTERVAL) {
@@ -218,11 +214,6 @@ impl MemWorker {
             Action::Forward(frames) => self.forward(header, frames, reply),
             Action::Answer(status, body) => self.answer(reply, status, body),
             Action::Nothing => self.dead(&header, reply),
-        }
-        if let Some(cleanup) = self.cleanup.as_mut() {
-            if catch_unwind(AssertUnwindSafe(cleanup)).is_err() {
-                tracing::error!("cleanup function panicked");
-            }
         }
     }
 

@@ -239,10 +239,8 @@ impl Pipeline {
                     next: queues.get(i + 1).cloned(),
                     cancels: cancels.clone(),
                     work: (spec.make)(),
-                    cleanup: None,
                     stats: Arc::default(),
                     server_stats: server_stats.clone(),
-                    batch_scheduling: true,
                 };
                 stats.push(worker.stats.clone());
                 let sd = shutdown.clone();
