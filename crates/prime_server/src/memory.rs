@@ -16,7 +16,7 @@
 //! 500), and a stopping pipeline answers every queued job 503.
 
 use crate::proxy::ProxyStats;
-use crate::server::{shutting_down, Answer, Failure, ServerStats};
+use crate::server::{deadline_passed, shutting_down, Answer, Failure, ServerStats};
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::transport::Frames;
 use crate::wire::{self, Header};
@@ -241,15 +241,7 @@ impl MemWorker {
     }
 
     fn answer(&self, reply: oneshot::Sender<Answer>, status: u16, body: Vec<u8>) {
-        let answer = if status == 0 {
-            Answer::Reply(body)
-        } else {
-            Answer::Failed(Failure::new(
-                status,
-                String::from_utf8_lossy(&body).into_owned(),
-            ))
-        };
-        if reply.send(answer).is_ok() {
+        if reply.send(Answer::from_worker(status, body)).is_ok() {
             self.stats.replied.fetch_add(1, Ordering::Relaxed);
         } else {
             // Answered already (deadline) or nobody waits any more (client gone).
@@ -261,11 +253,8 @@ impl MemWorker {
     /// deadline itself; a deadline is also answered here, so that which clock noticed first
     /// does not matter: the first answer wins, and whoever gives it counts the timeout.
     fn dead(&self, header: &Header, reply: oneshot::Sender<Answer>) {
-        if header.expired_at(wire::now_us()) {
-            let late = Answer::Failed(Failure::new(504, "the request's deadline passed"));
-            if reply.send(late).is_ok() {
-                self.server_stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            }
+        if header.expired_at(wire::now_us()) && reply.send(deadline_passed()).is_ok() {
+            self.server_stats.timeouts.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

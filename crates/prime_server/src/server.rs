@@ -133,6 +133,20 @@ pub enum Answer {
     Failed(Failure),
 }
 
+impl Answer {
+    /// What a worker sent: status 0 with a reply body, or a failure status with its reason.
+    pub(crate) fn from_worker(status: u16, body: Vec<u8>) -> Answer {
+        if status == 0 {
+            Answer::Reply(body)
+        } else {
+            Answer::Failed(Failure::new(
+                status,
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
+        }
+    }
+}
+
 /// Counters of the server core, readable while it runs.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -619,31 +633,19 @@ impl Future for Pending {
         let memory = matches!(self.shared.sender, Sender::Memory { .. });
         let answer = match &mut self.state {
             PendingState::Waiting(rx) => match Pin::new(rx).poll(cx) {
-                Poll::Pending => {
-                    if memory && self.expired(cx) {
-                        self.state = PendingState::Done;
-                        return Poll::Ready(Answer::Failed(Failure::new(
-                            504,
-                            "the request's deadline passed",
-                        )));
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok(a)) => {
+                Poll::Ready(result) => {
+                    let answer = result.unwrap_or_else(|_| shutting_down());
                     if memory {
-                        if matches!(a, Answer::Reply(_)) {
+                        // No pump counts it: this side does.
+                        if matches!(answer, Answer::Reply(_)) {
                             self.shared.stats.replied.fetch_add(1, Ordering::Relaxed);
                         }
                         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
-                    a
+                    answer
                 }
-                Poll::Ready(Err(_)) => {
-                    if memory {
-                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    }
-                    Answer::Failed(Failure::new(503, "the server is shutting down"))
-                }
+                Poll::Pending if memory && self.expired(cx) => deadline_passed(),
+                Poll::Pending => return Poll::Pending,
             },
             PendingState::Ready(a) => a
                 .take()
@@ -965,14 +967,7 @@ impl Core {
                         continue;
                     }
                     let body = payload.pop().unwrap_or_default();
-                    let answer = if h.status == 0 {
-                        Answer::Reply(body)
-                    } else {
-                        Answer::Failed(Failure::new(
-                            h.status,
-                            String::from_utf8_lossy(&body).into_owned(),
-                        ))
-                    };
+                    let answer = Answer::from_worker(h.status, body);
                     let ok = h.status == 0;
                     if self.finish(h.request_id, answer, false)? {
                         if ok {
@@ -1027,11 +1022,7 @@ impl Core {
             self.timers.pop();
             if self.table.contains_key(&id) {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.finish(
-                    id,
-                    Answer::Failed(Failure::new(504, "the request's deadline passed")),
-                    true,
-                )?;
+                self.finish(id, deadline_passed(), true)?;
             }
         }
         Ok(())
@@ -1057,6 +1048,11 @@ impl Core {
         }
         Ok(true)
     }
+}
+
+/// The answer to a request whose deadline passed.
+pub(crate) fn deadline_passed() -> Answer {
+    Answer::Failed(Failure::new(504, "the request's deadline passed"))
 }
 
 pub(crate) fn shutting_down() -> Answer {

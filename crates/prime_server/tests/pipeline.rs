@@ -26,6 +26,16 @@ fn unique(name: &str) -> String {
     )
 }
 
+/// The two ways of joining stages inside one process: zmq (proxies) and in-memory queues.
+const IN_PROCESS: [Transport; 2] = [Transport::Inproc, Transport::Memory];
+
+/// An empty pipeline over `transport`, with a name no other test uses.
+fn pipeline_over(name: &str, transport: Transport) -> Pipeline {
+    let mut p = Pipeline::new(&unique(name));
+    p.transport(transport);
+    p
+}
+
 /// Each stage appends its number to the single frame; the last one replies.
 fn chain(stages: usize, transport: Transport, name: &str) -> Running {
     let mut p = Pipeline::new(&unique(name));
@@ -79,7 +89,7 @@ fn a_job_crosses_one_two_and_three_stages_over_every_transport() {
 
 #[test]
 fn many_concurrent_requests_all_get_their_own_answer() {
-    for transport in [Transport::Inproc, Transport::Memory] {
+    for transport in IN_PROCESS {
         let running = chain(2, transport.clone(), "concurrent");
         let answers = ask_all(&running, (0..2000).map(|k| format!("{k}")));
         for (k, a) in answers.into_iter().enumerate() {
@@ -120,9 +130,8 @@ async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
 
 #[test]
 fn stage_one_replies_early_and_stage_two_never_sees_the_job() {
-    for transport in [Transport::Inproc, Transport::Memory] {
-        let mut p = Pipeline::new(&unique("early"));
-        p.transport(transport.clone());
+    for transport in IN_PROCESS {
+        let mut p = pipeline_over("early", transport);
         p.stage(1, |job, _| {
             if job.frames[0] == b"bad" {
                 Err(WorkError::Failed {
@@ -195,8 +204,8 @@ fn looping_pipeline_over(
 
 #[test]
 fn client_going_away_interrupts_a_long_job() {
-    for transport in [Transport::Inproc, Transport::Memory] {
-        let (running, rx) = looping_pipeline("cancel", None, transport.clone());
+    for transport in IN_PROCESS {
+        let (running, rx) = looping_pipeline("cancel", None, transport);
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
@@ -226,7 +235,7 @@ fn client_going_away_interrupts_a_long_job() {
 
 #[test]
 fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
-    for transport in [Transport::Inproc, Transport::Memory] {
+    for transport in IN_PROCESS {
         let (running, rx) = looping_pipeline(
             "deadline",
             Some(Duration::from_millis(300)),
@@ -253,8 +262,8 @@ fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
 
 #[test]
 fn stopping_interrupts_a_long_job_and_every_thread_ends() {
-    for transport in [Transport::Inproc, Transport::Memory] {
-        let (running, rx) = looping_pipeline("stop", None, transport.clone());
+    for transport in IN_PROCESS {
+        let (running, rx) = looping_pipeline("stop", None, transport);
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
@@ -279,9 +288,8 @@ fn stopping_interrupts_a_long_job_and_every_thread_ends() {
 
 #[test]
 fn the_proxy_never_hands_a_job_to_a_busy_worker() {
-    for transport in [Transport::Inproc, Transport::Memory] {
-        let mut p = Pipeline::new(&unique("busy"));
-        p.transport(transport.clone());
+    for transport in IN_PROCESS {
+        let mut p = pipeline_over("busy", transport);
         // Worker pool of 2 where the work takes 20 ms (slow) or 0 ms depending on the payload; with
         // pull-based balancing both workers serve and neither ever gets a job while busy.
         p.stage(2, |job, _| {
@@ -321,10 +329,9 @@ fn the_proxy_never_hands_a_job_to_a_busy_worker() {
 
 #[test]
 fn a_slow_worker_does_not_hold_up_jobs_behind_it() {
-    for transport in [Transport::Inproc, Transport::Memory] {
+    for transport in IN_PROCESS {
         // One worker is stuck on a long job; every other job must go to the other worker at once.
-        let mut p = Pipeline::new(&unique("hol"));
-        p.transport(transport.clone());
+        let mut p = pipeline_over("hol", transport);
         p.stage(2, |job, _| {
             if job.frames[0] == b"long" {
                 std::thread::sleep(Duration::from_millis(1500));
@@ -471,9 +478,8 @@ fn the_choose_function_routes_deterministically() {
 
 #[test]
 fn a_panicking_work_function_yields_a_500_and_the_worker_lives_on() {
-    for transport in [Transport::Inproc, Transport::Memory] {
-        let mut p = Pipeline::new(&unique("panic"));
-        p.transport(transport.clone());
+    for transport in IN_PROCESS {
+        let mut p = pipeline_over("panic", transport);
         p.stage(1, |job, _| {
             if job.frames[0] == b"boom" {
                 panic!("kaboom");
@@ -566,9 +572,8 @@ fn a_worker_drops_malformed_jobs_counts_them_and_asks_for_more() {
 
 #[test]
 fn a_full_proxy_queue_is_answered_503_at_once() {
-    for transport in [Transport::Inproc, Transport::Memory] {
-        let mut p = Pipeline::new(&unique("full"));
-        p.transport(transport.clone());
+    for transport in IN_PROCESS {
+        let mut p = pipeline_over("full", transport);
         p.queue_limit = 2;
         p.stage(1, |_, _| {
             std::thread::sleep(Duration::from_millis(300));
@@ -593,9 +598,8 @@ fn a_full_proxy_queue_is_answered_503_at_once() {
 
 #[test]
 fn the_in_flight_limit_is_answered_503_at_once() {
-    for transport in [Transport::Inproc, Transport::Memory] {
-        let mut p = Pipeline::new(&unique("inflight"));
-        p.transport(transport.clone());
+    for transport in IN_PROCESS {
+        let mut p = pipeline_over("inflight", transport);
         p.max_in_flight = 3;
         p.stage(1, |_, _| {
             std::thread::sleep(Duration::from_millis(100));
@@ -835,7 +839,7 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
 
 #[test]
 fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
-    for transport in [Transport::Inproc, Transport::Memory] {
+    for transport in IN_PROCESS {
         // One worker, held by a first job that never calls the interrupt check; a second request
         // waits in the proxy's queue and its client goes away. When the worker is free it must see
         // that interrupt (published while it was busy) and skip the job without running it.
@@ -843,8 +847,7 @@ fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
         let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
         let (ran_tx, ran_rx) = mpsc::channel::<Vec<u8>>();
         let ran_tx = std::sync::Arc::new(std::sync::Mutex::new(ran_tx));
-        let mut p = Pipeline::new(&unique("skip"));
-        p.transport(transport.clone());
+        let mut p = pipeline_over("skip", transport);
         p.stage(1, move |job, _| {
             let body = job.frames.concat();
             ran_tx.lock().unwrap().send(body.clone()).unwrap();
