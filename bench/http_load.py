@@ -2,11 +2,13 @@
 """End-to-end HTTP load on loopback: prime_serverd against a bare hyper "hello", side by side.
 
 Runs wrk (keep-alive; 8/64/256 connections; bounded duration) and ab (-k and without) on the
-seed's request, a cheap one and an invalid one, the hello reference, and the three server-core
-bridges; prints a markdown table and writes it to bench/results/http.md. Traffic goes to
-127.0.0.1 only and every run is bounded in time.
+seed's request, a cheap one and an invalid one, and the hello reference; with `--baseline BIN`,
+also another prime_serverd build (e.g. the one before a change) against this one on cheap
+requests, in interleaved rounds; prints a markdown table and writes it to bench/results/http.md.
+Traffic goes to 127.0.0.1 only and every run is bounded in time.
 
     bench/http.sh [--duration 10] [--workers 2] [--rounds 3] [--quick]
+                  [--baseline PATH [--only-baseline]]
 """
 
 import argparse
@@ -160,13 +162,49 @@ def fmt_us(x):
     return f"{x / 1000:.2f} ms" if x >= 1000 else f"{x:.0f} µs"
 
 
+def compare_with_baseline(a, workers):
+    """This build against `a.baseline` on cheap requests, over both transports, at 8/64/256
+    connections: rounds interleaved (baseline, then this build) so noise hits both alike;
+    medians and their ratio."""
+    builds = (("baseline", a.baseline), ("this build", SERVERD))
+    cases = [(t, c) for t in ("memory", "inproc") for c in (8, 64, 256)]
+    rps = {(b, t, c): [] for b, _ in builds for t, c in cases}
+    p99 = {(b, t, c): [] for b, _ in builds for t, c in cases}
+    for _ in range(a.rounds):
+        for t, c in cases:
+            for b, binary in builds:
+                cmd = [binary, "127.0.0.1:PORT", str(workers), "0", "--timeout", "60", "--transport", t]
+                with Server(cmd) as s:
+                    r = wrk(s.port, CHEAP, c, a.duration)
+                rps[(b, t, c)].append(r["rps"])
+                p99[(b, t, c)].append(r["p99"])
+    lines = [
+        "",
+        f"This build against `{a.baseline}` (cheap request, {workers}/stage, {a.rounds} interleaved "
+        f"rounds of {a.duration} s, medians):",
+        "",
+        "| transport | connections | baseline req/s | this build req/s | ratio | baseline p99 | this build p99 | runs (baseline / this) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t, c in cases:
+        base, new = statistics.median(rps[("baseline", t, c)]), statistics.median(rps[("this build", t, c)])
+        runs = " / ".join(" ".join(f"{x:,.0f}" for x in rps[(b, t, c)]) for b, _ in builds)
+        lines.append(
+            f"| {t} | {c} | {base:,.0f} | {new:,.0f} | {new / base:.3f} | "
+            f"{fmt_us(statistics.median(p99[('baseline', t, c)]))} | "
+            f"{fmt_us(statistics.median(p99[('this build', t, c)]))} | {runs} |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--workers", default="2,4",
                     help="workers per stage, comma-separated (2 is the C++ figures' set-up; 4 = 2x cores is the default)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the bridge comparison")
-    ap.add_argument("--quick", action="store_true", help="2 s runs, 1 bridge round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the baseline comparison")
+    ap.add_argument("--quick", action="store_true", help="2 s runs, 1 comparison round")
+    ap.add_argument("--baseline", help="another prime_serverd binary to compare with this build")
+    ap.add_argument("--only-baseline", action="store_true", help="run only the baseline comparison")
     a = ap.parse_args()
     if a.quick:
         a.duration, a.rounds = 2, 1
@@ -177,6 +215,15 @@ def main():
                    cwd=ROOT, check=True)
     d = a.duration
     worker_counts = [int(x) for x in a.workers.split(",")]
+    if a.only_baseline:
+        if not a.baseline:
+            sys.exit("--only-baseline needs --baseline")
+        lines = [f"`bench/http.sh --only-baseline --baseline {a.baseline} --workers {a.workers} "
+                 f"--duration {d} --rounds {a.rounds}`, {time.strftime('%Y-%m-%d')}, "
+                 f"{os.cpu_count()} cores, wrk -t2 and the server on the same cores, loopback."]
+        lines += compare_with_baseline(a, worker_counts[-1])
+        print("\n".join(lines))
+        return
     rows = []
     lines = [
         f"`bench/http.sh --duration {d} --workers {a.workers} --rounds {a.rounds}`, {time.strftime('%Y-%m-%d')}, "
@@ -269,22 +316,8 @@ def main():
         lines.append(f"| {server} | {name} | {cell('front')} | {cell('proxies')} | {cell('workers')} | "
                      f"{sum(v[0] for v in cost.values()):.1f} µs | {sum(v[1] for v in cost.values()):.2f} |")
 
-    # The bridges, interleaved round by round so noise hits them alike; medians.
-    bridges = ("task", "channel", "inproc")
-    rps = {b: [] for b in bridges}
-    for _ in range(a.rounds):
-        for b in bridges:
-            with Server(serverd(worker_counts[-1], "inproc") + ["--bridge", b]) as s:
-                rps[b].append(wrk(s.port, CHEAP, 64, d)["rps"])
-    lines += [
-        "",
-        f"Bridges of the zmq path (`--transport inproc`; cheap request, 64 connections, {worker_counts[-1]}/stage, {a.rounds} interleaved rounds, median req/s):",
-        "",
-        "| bridge | median req/s | runs |",
-        "|---|---|---|",
-    ]
-    for b in bridges:
-        lines.append(f"| {b} | {statistics.median(rps[b]):,.0f} | {' '.join(f'{x:,.0f}' for x in rps[b])} |")
+    if a.baseline:
+        lines += compare_with_baseline(a, worker_counts[-1])
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
     with open(os.path.join(ROOT, "bench/results/http.md"), "w") as f:

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use prime_server::pipeline::{Pipeline, Running};
 use prime_server::protocol::http::{serve_io, HttpConfig};
-use prime_server::worker::Outcome;
+use prime_server::Outcome;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +17,7 @@ fn pipeline() -> &'static Running {
         p.timeout = Some(Duration::from_secs(2));
         p.stage(1, |job, _| {
             Ok(Outcome::Reply(
-                prime_server::http::Response::new(200)
+                prime_server::http_job::Response::new(200)
                     .body(job.frames.concat())
                     .encode(),
             ))

@@ -1,7 +1,7 @@
 //! The HTTP job and reply decoders workers use, on arbitrary bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use prime_server::http::{Request, Response, ResponseView};
+use prime_server::http_job::{Request, Response, ResponseView};
 
 fuzz_target!(|data: &[u8]| {
     let (a, b) = data.split_at(data.len() / 2);

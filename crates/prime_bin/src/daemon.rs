@@ -4,7 +4,7 @@
 use crate::work::Factory;
 use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Heartbeat, Proxy, ProxyConfig};
-use prime_server::server::{Server, ServerConfig, ServerHandle};
+use prime_server::server::{Server, ServerConfig};
 use prime_server::shutdown::Shutdown;
 use prime_server::topology::{LogFormat, Protocol, ServerSection, StageSection, Topology};
 use prime_server::transport::Context;
@@ -154,7 +154,7 @@ pub fn start_server(
     section: &ServerSection,
     proxy: &str,
     shutdown: &Shutdown,
-) -> anyhow::Result<ServerHandle> {
+) -> anyhow::Result<Server> {
     let mut cfg = ServerConfig::new(proxy, &section.loopback, &section.interrupt);
     cfg.timeout = section.timeout();
     cfg.max_in_flight = section.max_in_flight;
@@ -175,7 +175,7 @@ fn display_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 /// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try.
 pub async fn serve_front(
     section: &ServerSection,
-    server: ServerHandle,
+    server: Server,
     shutdown: Shutdown,
     exit_when_idle: bool,
     hint: Option<&str>,

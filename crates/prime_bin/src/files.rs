@@ -2,7 +2,7 @@
 //! escape, MIME types by extension, directory listings, `ETag`/`Last-Modified` with 304, and
 //! single byte-range requests (206/416).
 
-use prime_server::http::{Request, Response};
+use prime_server::http_job::{Request, Response};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;

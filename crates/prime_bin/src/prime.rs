@@ -6,10 +6,10 @@
 //! the square root), so the work per request matches it, calling the interrupt check as it goes.
 
 use prime_server::client::{BatchClient, BatchReport, HttpClient};
-use prime_server::http::{Request, Response};
+use prime_server::http_job::{Request, Response};
 use prime_server::pipeline::{Pipeline, Transport};
 use prime_server::protocol::{self, http::HttpConfig};
-use prime_server::worker::{Interrupt, Job, Outcome, WorkError};
+use prime_server::{Interrupt, Job, Outcome, WorkError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -128,7 +128,7 @@ pub fn parse_stage_http(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, Wor
 /// Stage 1 for either protocol: HTTP jobs are two frames starting with the request head's magic.
 pub fn parse_stage(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
     let is_http =
-        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http::REQUEST_MAGIC);
+        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http_job::REQUEST_MAGIC);
     if is_http {
         parse_stage_http(job, interrupt)
     } else {

@@ -2,8 +2,8 @@
 //! topology file).
 
 use crate::{files, prime};
-use prime_server::http::{Request, Response};
-use prime_server::worker::{Interrupt, Job, Outcome, WorkError, WorkFn};
+use prime_server::http_job::{Request, Response};
+use prime_server::{Interrupt, Job, Outcome, WorkError, WorkFn};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ pub fn factory(name: &str, root: Option<PathBuf>) -> anyhow::Result<Factory> {
 /// (interruptibly), to stand in for expensive requests in tests and demos.
 pub fn echo(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
     let is_http =
-        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http::REQUEST_MAGIC);
+        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http_job::REQUEST_MAGIC);
     if !is_http {
         return Ok(Outcome::Reply(job.frames.concat()));
     }
@@ -58,8 +58,8 @@ pub fn echo(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkErr
         }
     }
     let version = match req.version {
-        prime_server::http::Version::Http10 => "HTTP/1.0",
-        prime_server::http::Version::Http11 => "HTTP/1.1",
+        prime_server::http_job::Version::Http10 => "HTTP/1.0",
+        prime_server::http_job::Version::Http11 => "HTTP/1.1",
     };
     let mut body = format!("{} {} {version}\r\n", req.method, req.target).into_bytes();
     for (n, v) in &req.headers {

@@ -14,7 +14,8 @@
 //! - [`worker`]: runs the application's work function; forwards or replies through the loopback.
 //! - [`server`]: the server core: request table, deadlines, interrupts, the async bridge.
 //! - [`protocol`]: client protocols (HTTP/1.1 on hyper, netstring) served over the server core.
-//! - [`http`]: HTTP requests and responses as workers see them, and their job encoding.
+//! - [`http_job`]: HTTP requests and responses as workers see them, and their job encoding
+//!   (named apart from the HTTP front, [`protocol::http`], and the `http` crate).
 //! - [`client`]: a batch client that keeps N requests in flight.
 //! - [`shutdown`]: drain-then-stop, wired to SIGTERM/SIGINT in daemons.
 //! - [`pipeline`]: helpers to run a whole pipeline in one process, its stages joined by zmq
@@ -27,7 +28,7 @@
 //! A one-stage echo service over inproc, asked once through the server core:
 //!
 //! ```
-//! use prime_server::{pipeline::Pipeline, server::Answer, worker::Outcome};
+//! use prime_server::{Answer, Outcome, Pipeline};
 //!
 //! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 //! let mut p = Pipeline::new("doc-echo");
@@ -38,26 +39,46 @@
 //! running.stop();
 //! ```
 
+pub mod answer;
 pub mod client;
-pub mod http;
+mod component;
+pub mod http_job;
+pub mod interrupt;
 pub(crate) mod memory;
 pub mod pipeline;
 pub mod protocol;
 pub mod proxy;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod topology;
 pub mod transport;
 pub mod wire;
+pub mod work;
 pub mod worker;
 
-/// Errors of the library.
+pub use answer::{Answer, Failure};
+pub use interrupt::{Interrupt, Interrupted};
+pub use pipeline::{Pipeline, Running, Transport};
+pub use proxy::{Heartbeat, Proxy, ProxyConfig};
+pub use server::{Pending, Server, ServerConfig};
+pub use shutdown::Shutdown;
+pub use transport::Context;
+pub use work::{Job, Outcome, WorkError, WorkFn};
+pub use worker::{Worker, WorkerConfig};
+
+/// Errors of the library. Each says what failed; the cause is part of the message.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A zmq endpoint or socket failed.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
     /// An operating-system call failed.
-    #[error("i/o: {0}")]
-    Io(#[source] std::io::Error),
+    #[error("{op}: {cause}")]
+    Io {
+        /// What the library was doing.
+        op: &'static str,
+        /// What the system said.
+        cause: std::io::Error,
+    },
 }

@@ -15,14 +15,14 @@
 //! part here: a worker cannot die apart from its process (a panicking work function becomes a
 //! 500), and a stopping pipeline answers every queued job 503.
 
+use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
+use crate::interrupt::{CancelSource, Interrupt, SharedCancels};
 use crate::proxy::ProxyStats;
-use crate::server::{deadline_passed, shutting_down, Answer, Failure, ServerStats};
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::stats::{ServerStats, WorkerStats};
 use crate::transport::Frames;
 use crate::wire::{self, Header};
-use crate::worker::{
-    perform, Action, CancelSource, Interrupt, Job, SharedCancels, WorkFn, WorkerStats,
-};
+use crate::work::{perform, Action, Job, WorkFn};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};

@@ -3,14 +3,16 @@
 //! multi-process deployment uses) or by in-memory queues ([`Transport::Memory`]: no proxies, the
 //! fastest way when every part lives in the process).
 
+use crate::component;
+use crate::interrupt::{Interrupt, SharedCancels};
 use crate::memory::{MemWorker, StageQueue};
 use crate::proxy::{Heartbeat, Proxy, ProxyConfig, ProxyStats};
-use crate::server::{Bridge, Server, ServerConfig, ServerHandle};
+use crate::server::{Server, ServerConfig};
 use crate::shutdown::Shutdown;
+use crate::stats::WorkerStats;
 use crate::transport::Context;
-use crate::worker::{
-    Interrupt, Job, Outcome, SharedCancels, WorkError, Worker, WorkerConfig, WorkerStats,
-};
+use crate::work::{Job, Outcome, WorkError, WorkFn};
+use crate::worker::{Worker, WorkerConfig};
 use crate::Error;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,7 +34,7 @@ pub enum Transport {
     Tcp(String),
 }
 
-type MakeWork = Box<dyn Fn() -> crate::worker::WorkFn + Send + Sync>;
+type MakeWork = Box<dyn Fn() -> WorkFn + Send + Sync>;
 
 struct StageSpec {
     workers: usize,
@@ -52,9 +54,6 @@ pub struct Pipeline {
     pub queue_limit: usize,
     /// Heartbeat timing of proxies and workers.
     pub heartbeat: Heartbeat,
-    /// How requests cross to the server core's pump ([`Bridge::Task`] runs it on the tokio
-    /// runtime [`Pipeline::start`] is called in, if any).
-    pub bridge: Bridge,
 }
 
 impl Pipeline {
@@ -68,7 +67,6 @@ impl Pipeline {
             max_in_flight: 10_000,
             queue_limit: 4096,
             heartbeat: Heartbeat::default(),
-            bridge: Bridge::default(),
         }
     }
 
@@ -97,7 +95,7 @@ impl Pipeline {
     /// Appends a stage of `workers` threads, each running a work function made by `make`.
     pub fn stage_with<M>(&mut self, workers: usize, make: M) -> &mut Self
     where
-        M: Fn() -> crate::worker::WorkFn + Send + Sync + 'static,
+        M: Fn() -> WorkFn + Send + Sync + 'static,
     {
         self.stages.push(StageSpec {
             workers: workers.max(1),
@@ -106,17 +104,17 @@ impl Pipeline {
         self
     }
 
+    /// The endpoint of one part over zmq (in-memory stages have none).
     fn endpoint(&self, part: &str) -> String {
         match &self.transport {
-            Transport::Memory => format!("memory://{}-{part}", self.name),
-            Transport::Inproc => format!("inproc://{}-{part}", self.name),
+            Transport::Memory | Transport::Inproc => format!("inproc://{}-{part}", self.name),
             Transport::Ipc(dir) => format!("ipc://{}/{}-{part}", dir.display(), self.name),
             Transport::Tcp(host) => format!("tcp://{host}:*"),
         }
     }
 
-    /// [`Pipeline::start`] inside `rt`, so that the server core's pump ([`Bridge::Task`]) runs
-    /// on that runtime, beside the front that will serve on it.
+    /// [`Pipeline::start`] inside `rt`, so that the server core's pump runs on that runtime,
+    /// beside the front that will serve on it.
     pub fn start_in(&self, rt: &tokio::runtime::Runtime) -> Result<Running, Error> {
         let _entered = rt.enter();
         self.start()
@@ -139,15 +137,16 @@ impl Pipeline {
             cfg.heartbeat = self.heartbeat;
             proxies.push(Proxy::bind(&ctx, cfg)?);
         }
+        // No stage: the server connects to an endpoint nobody binds, and every request is
+        // answered at its deadline or the stop, as one waiting for a proxy that is not there.
         let first = match proxies.first() {
             Some(p) => p.upstream_endpoint()?,
-            None => self.endpoint("nowhere"),
+            None => self.endpoint("stage1-up"),
         };
         let mut scfg =
             ServerConfig::new(first, self.endpoint("loopback"), self.endpoint("interrupt"));
         scfg.timeout = self.timeout;
         scfg.max_in_flight = self.max_in_flight;
-        scfg.bridge = self.bridge;
         let server = Server::start(&ctx, scfg, shutdown.clone())?;
         let mut threads = Vec::new();
         let mut worker_stats = Vec::new();
@@ -157,23 +156,28 @@ impl Pipeline {
             ups.push(p.upstream_endpoint()?);
             downs.push(p.downstream_endpoint()?);
         }
+        let (Some(loopback), Some(interrupt)) =
+            (server.loopback_endpoint(), server.interrupt_endpoint())
+        else {
+            unreachable!("a server started over zmq has both endpoints");
+        };
         for (i, spec) in self.stages.iter().enumerate() {
             let mut stats = Vec::new();
             for w in 0..spec.workers {
-                let mut cfg = WorkerConfig::new(
-                    downs[i].clone(),
-                    server.loopback_endpoint(),
-                    server.interrupt_endpoint(),
-                );
+                let mut cfg =
+                    WorkerConfig::new(downs[i].clone(), loopback.clone(), interrupt.clone());
                 cfg.downstream = ups.get(i + 1).cloned();
                 cfg.heartbeat = self.heartbeat;
                 cfg.stage = (i + 1) as u8;
                 let worker = Worker::connect(&ctx, cfg, (spec.make)())?;
                 stats.push(worker.stats());
                 let sd = shutdown.clone();
-                threads.push(spawn(format!("stage{}-w{w}", i + 1), move || {
-                    worker.run(sd)
-                })?);
+                let span = tracing::info_span!("worker", stage = i + 1, worker = w);
+                threads.push(component::spawn(
+                    format!("stage{}-w{w}", i + 1),
+                    span,
+                    move || worker.run(sd),
+                )?);
             }
             worker_stats.push(stats);
         }
@@ -181,10 +185,15 @@ impl Pipeline {
         for (i, p) in proxies.into_iter().enumerate() {
             proxy_stats.push(p.stats());
             let sd = shutdown.clone();
-            threads.push(spawn(format!("stage{}-proxy", i + 1), move || p.run(sd))?);
+            let span = tracing::info_span!("proxy", stage = i + 1);
+            threads.push(component::spawn(
+                format!("stage{}-proxy", i + 1),
+                span,
+                move || p.run(sd),
+            )?);
         }
         Ok(Running {
-            ctx,
+            ctx: Some(ctx),
             server,
             shutdown,
             threads,
@@ -212,21 +221,12 @@ impl Pipeline {
             // No stage: a queue nobody serves; its requests end at their deadline or the stop.
             None => StageQueue::new(self.queue_limit, Arc::default()),
         };
-        let mut scfg = ServerConfig::new(
-            self.endpoint("stage1-up"),
-            self.endpoint("loopback"),
-            self.endpoint("interrupt"),
-        );
+        // No zmq here: the config's endpoints are never used.
+        let mut scfg = ServerConfig::new("", "", "");
         scfg.timeout = self.timeout;
         scfg.max_in_flight = self.max_in_flight;
-        let server = Server::start_in_memory(
-            scfg,
-            first,
-            queues.clone(),
-            cancels.clone(),
-            shutdown.clone(),
-            &self.name,
-        )?;
+        let server =
+            Server::start_in_memory(scfg, first, queues.clone(), cancels.clone(), &shutdown);
         let server_stats = server.stats();
         let mut threads = Vec::new();
         let mut worker_stats = Vec::new();
@@ -244,53 +244,36 @@ impl Pipeline {
                 };
                 stats.push(worker.stats.clone());
                 let sd = shutdown.clone();
-                threads.push(spawn(format!("stage{}-w{w}", i + 1), move || {
-                    worker.run(sd);
-                    Ok(())
-                })?);
+                let span = tracing::info_span!("worker", stage = i + 1, worker = w);
+                threads.push(component::spawn(
+                    format!("stage{}-w{w}", i + 1),
+                    span,
+                    move || {
+                        worker.run(sd);
+                        Ok(())
+                    },
+                )?);
             }
             worker_stats.push(stats);
         }
-        let stage_endpoints = (1..=self.stages.len())
-            .map(|i| {
-                (
-                    self.endpoint(&format!("stage{i}-up")),
-                    self.endpoint(&format!("stage{i}-down")),
-                )
-            })
-            .collect();
         Ok(Running {
-            ctx: Context::new(),
+            ctx: None,
             server,
             shutdown,
             threads,
             proxy_stats,
             worker_stats,
-            stage_endpoints,
+            stage_endpoints: Vec::new(),
         })
     }
 }
 
-fn spawn<F>(name: String, f: F) -> Result<JoinHandle<()>, Error>
-where
-    F: FnOnce() -> Result<(), Error> + Send + 'static,
-{
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            if let Err(e) = f() {
-                tracing::error!(thread = %name, error = %e, "component failed");
-            }
-        })
-        .map_err(Error::Io)
-}
-
 /// A running pipeline.
 pub struct Running {
-    /// The zmq context everything shares (for extra inproc peers).
-    pub ctx: Context,
+    /// The zmq context everything shares (for extra inproc peers); `None` for in-memory stages.
+    pub ctx: Option<Context>,
     /// The server core: submit requests here or serve a client protocol over it.
-    pub server: ServerHandle,
+    pub server: Server,
     /// Stops everything.
     pub shutdown: Shutdown,
     threads: Vec<JoinHandle<()>>,
@@ -298,7 +281,8 @@ pub struct Running {
     pub proxy_stats: Vec<Arc<ProxyStats>>,
     /// Each stage's workers' counters.
     pub worker_stats: Vec<Vec<Arc<WorkerStats>>>,
-    /// Each stage's proxy endpoints as bound: (upstream, downstream).
+    /// Each stage's proxy endpoints as bound: (upstream, downstream); empty for in-memory
+    /// stages.
     pub stage_endpoints: Vec<(String, String)>,
 }
 
@@ -309,11 +293,12 @@ impl Running {
         self.join();
     }
 
-    /// Waits for every thread (after the shutdown handle stops).
+    /// Waits for every thread (after the shutdown handle stops); a thread that panicked is
+    /// reported.
     pub fn join(self) {
         self.server.join();
         for t in self.threads {
-            let _ = t.join();
+            component::join(t);
         }
     }
 }

@@ -6,18 +6,22 @@
 //! ([`POLL_INTERVAL`]) and so notice within a fraction of a second.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The longest a blocking loop waits before it looks at the shutdown flag again.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
+type Hook = Box<dyn FnOnce() + Send>;
+
 #[derive(Default)]
 struct Flags {
     draining: AtomicBool,
     stopping: AtomicBool,
     notify: Notify,
+    /// Run once by the first [`Shutdown::stop`].
+    on_stop: Mutex<Vec<Hook>>,
 }
 
 /// A cloneable handle on the process's (or a test's) shutdown state.
@@ -47,11 +51,36 @@ impl Shutdown {
         self.flags.notify.notify_waiters();
     }
 
-    /// Stops everything: loops exit, interrupt checks fail.
+    /// Stops everything: loops exit, interrupt checks fail, and what was registered with
+    /// [`Shutdown::on_stop`] runs, on this thread.
     pub fn stop(&self) {
         self.flags.draining.store(true, Ordering::SeqCst);
+        // Set before the hooks are taken: a hook registered from now on runs at once.
         self.flags.stopping.store(true, Ordering::SeqCst);
         self.flags.notify.notify_waiters();
+        let hooks = std::mem::take(&mut *self.hooks());
+        for hook in hooks {
+            hook();
+        }
+    }
+
+    /// Runs `hook` when [`Shutdown::stop`] is first called (at once if it was already), so a
+    /// component whose end is a single action (closing queues) needs no thread to wait for it.
+    pub(crate) fn on_stop(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut hooks = self.hooks();
+        if self.is_stopping() {
+            drop(hooks);
+            hook();
+        } else {
+            hooks.push(Box::new(hook));
+        }
+    }
+
+    fn hooks(&self) -> std::sync::MutexGuard<'_, Vec<Hook>> {
+        self.flags
+            .on_stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True once [`Shutdown::drain`] or [`Shutdown::stop`] was called.
@@ -83,13 +112,6 @@ impl Shutdown {
                 return;
             }
             notified.await;
-        }
-    }
-
-    /// Blocks the calling thread until stop, waking every [`POLL_INTERVAL`].
-    pub fn wait_stopped(&self) {
-        while !self.is_stopping() {
-            std::thread::sleep(POLL_INTERVAL / 4);
         }
     }
 
@@ -141,5 +163,30 @@ mod tests {
         s.stop();
         w.await.unwrap();
         assert!(s.is_draining() && s.is_stopping());
+    }
+
+    #[test]
+    fn stop_hooks_run_once_whenever_they_were_registered() {
+        let s = Shutdown::new();
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = |runs: &Arc<std::sync::atomic::AtomicUsize>| {
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        s.on_stop(count(&runs));
+        s.drain();
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "a drain is not a stop");
+        s.stop();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        s.stop();
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "hooks run once");
+        s.on_stop(count(&runs));
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "registered after the stop: runs at once"
+        );
     }
 }

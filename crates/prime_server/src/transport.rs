@@ -1,6 +1,7 @@
 //! The one module that talks to libzmq.
 //!
-//! Everything else in the crate speaks in [`Context`], [`Socket`], [`Frames`] and [`poll`], so the
+//! Everything else in the crate speaks in [`Context`], [`Socket`], [`Frames`], [`Waiter`] and
+//! [`SocketEvents`], so the
 //! rest of the code never names `zmq::`. Endpoints are zmq's: `inproc://name` (threads of one
 //! process sharing one [`Context`]), `ipc:///path` (processes on one host) and `tcp://host:port`
 //! (processes on many hosts). A bind or connect that fails is an error naming the endpoint.
@@ -16,10 +17,6 @@ pub type Frames = Vec<Vec<u8>>;
 pub enum Kind {
     /// Addresses peers by routing id; the first frame received is the sender's id.
     Router,
-    /// Sends to one of its peers, round-robin; never receives.
-    Push,
-    /// Receives from all its peers, fair-queued; never sends.
-    Pull,
     /// Round-robins sends over its peers and fair-queues receives.
     Dealer,
     /// Broadcasts to every subscriber.
@@ -32,8 +29,6 @@ impl Kind {
     fn zmq(self) -> zmq::SocketType {
         match self {
             Kind::Router => zmq::ROUTER,
-            Kind::Push => zmq::PUSH,
-            Kind::Pull => zmq::PULL,
             Kind::Dealer => zmq::DEALER,
             Kind::Pub => zmq::PUB,
             Kind::Sub => zmq::SUB,
@@ -41,7 +36,9 @@ impl Kind {
     }
 }
 
-/// Errors of the transport layer. Each names the endpoint or operation it concerns.
+/// Errors of the transport layer. Each names the endpoint or operation it concerns, followed by
+/// the cause; the cause is part of the message and not also a `source()`, so that an error chain
+/// printed in full (anyhow's `{:#}`) does not say it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The endpoint string is not `inproc://…`, `ipc://…` or `tcp://…`.
@@ -53,36 +50,36 @@ pub enum TransportError {
         endpoint: String,
     },
     /// Binding failed (address in use, permission, bad interface…).
-    #[error("cannot bind {endpoint}: {source}")]
+    #[error("cannot bind {endpoint}: {cause}")]
     Bind {
         /// The endpoint as given.
         endpoint: String,
         /// What libzmq said.
-        source: zmq::Error,
+        cause: zmq::Error,
     },
     /// Connecting failed (malformed address, unknown inproc name…).
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}: {cause}")]
     Connect {
         /// The endpoint as given.
         endpoint: String,
         /// What libzmq said.
-        source: zmq::Error,
+        cause: zmq::Error,
     },
     /// A system call failed.
-    #[error("{op}: {source}")]
+    #[error("{op}: {cause}")]
     Os {
         /// The call.
         op: &'static str,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Any other libzmq failure.
-    #[error("zmq {op}: {source}")]
+    #[error("zmq {op}: {cause}")]
     Zmq {
         /// The operation that failed.
         op: &'static str,
         /// What libzmq said.
-        source: zmq::Error,
+        cause: zmq::Error,
     },
 }
 
@@ -99,7 +96,7 @@ pub enum Sent {
 type Result<T> = std::result::Result<T, TransportError>;
 
 fn zerr(op: &'static str) -> impl FnOnce(zmq::Error) -> TransportError {
-    move |source| TransportError::Zmq { op, source }
+    move |cause| TransportError::Zmq { op, cause }
 }
 
 /// EAFNOSUPPORT's value on Linux (the only target we build for); the binding has no name for it.
@@ -178,7 +175,7 @@ impl Socket {
                 if !no_ipv6 {
                     return Err(TransportError::Bind {
                         endpoint: endpoint.to_string(),
-                        source: e,
+                        cause: e,
                     });
                 }
                 let _ = self.inner.set_ipv6(false);
@@ -188,9 +185,9 @@ impl Socket {
         }
         self.inner
             .bind(endpoint)
-            .map_err(|source| TransportError::Bind {
+            .map_err(|cause| TransportError::Bind {
                 endpoint: endpoint.to_string(),
-                source,
+                cause,
             })
     }
 
@@ -203,9 +200,9 @@ impl Socket {
         }
         self.inner
             .connect(endpoint)
-            .map_err(|source| TransportError::Connect {
+            .map_err(|cause| TransportError::Connect {
                 endpoint: endpoint.to_string(),
-                source,
+                cause,
             })
     }
 
@@ -290,32 +287,6 @@ impl Socket {
     }
 }
 
-/// What [`poll`] watches: a socket or a plain file descriptor (used to wake a loop from outside).
-pub enum Watch<'a> {
-    /// Readable when a message is waiting.
-    Socket(&'a Socket),
-    /// Readable when the descriptor is.
-    Fd(RawFd),
-}
-
-/// Waits until one of `items` is readable or `timeout` passes. Returns one flag per item.
-/// An interrupted wait (a signal) returns all false.
-pub fn poll(items: &[Watch<'_>], timeout: Duration) -> Result<Vec<bool>> {
-    let mut raw: Vec<zmq::PollItem<'_>> = items
-        .iter()
-        .map(|w| match w {
-            Watch::Socket(s) => s.inner.as_poll_item(zmq::POLLIN),
-            Watch::Fd(fd) => zmq::PollItem::from_fd(*fd, zmq::POLLIN),
-        })
-        .collect();
-    let ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-    match zmq::poll(&mut raw, ms) {
-        Ok(_) => Ok(raw.iter().map(|p| p.is_readable()).collect()),
-        Err(zmq::Error::EINTR) => Ok(vec![false; items.len()]),
-        Err(e) => Err(zerr("poll")(e)),
-    }
-}
-
 /// Waits for zmq sockets (and plain descriptors) to become readable with an edge-triggered epoll
 /// set, which is cheaper than `zmq_poll`: `zmq_poll` asks every socket for its events (a system
 /// call each) before and after it sleeps, where this sleeps in one `epoll_wait`.
@@ -395,7 +366,7 @@ impl Waiter {
             }
             return Err(TransportError::Os {
                 op: "epoll_wait",
-                source: e,
+                cause: e,
             });
         }
         fired.extend(self.events[..n as usize].iter().map(|e| e.u64));
@@ -403,12 +374,15 @@ impl Waiter {
     }
 }
 
-/// A socket's zmq event descriptor registered with tokio's reactor, for tasks that own zmq
-/// sockets (the server core's pump, the zmq client front). The same rule as [`Waiter`]'s holds:
-/// when [`SocketEvents::wait`] returns, drain the socket with [`Socket::try_recv`] until it
-/// returns `None`.
+/// A socket that owns its zmq event descriptor's registration with tokio's reactor, for tasks
+/// that own zmq sockets (the server core's pump, the zmq client front). The same rule as
+/// [`Waiter`]'s holds: when [`SocketEvents::wait`] returns, drain the socket with
+/// [`Socket::try_recv`] until it returns `None`.
 pub struct SocketEvents {
+    // Declared before `socket`: the registration ends before the socket (and with it the
+    // descriptor) is closed.
     fd: tokio::io::unix::AsyncFd<ZmqFd>,
+    socket: Socket,
 }
 
 struct ZmqFd(RawFd);
@@ -419,34 +393,46 @@ impl std::os::fd::AsRawFd for ZmqFd {
     }
 }
 
+impl std::fmt::Debug for SocketEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SocketEvents({:?})", self.socket.kind)
+    }
+}
+
 impl SocketEvents {
-    /// Registers `socket`'s event descriptor with the current tokio runtime.
-    ///
-    /// # Safety
-    /// The `SocketEvents` must be dropped before `socket` is: the descriptor belongs to the
-    /// socket and is closed with it.
-    pub unsafe fn new(socket: &Socket) -> Result<SocketEvents> {
+    /// Takes `socket` and registers its event descriptor with the current tokio runtime.
+    pub fn new(socket: Socket) -> Result<SocketEvents> {
         let fd = ZmqFd(socket.event_fd()?);
-        // SAFETY: the caller keeps the socket, and so its descriptor, alive for as long as this
-        // value lives.
+        // SAFETY: the descriptor belongs to `socket`, which this value owns and closes only
+        // after the registration has ended (field order).
         let fd = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
         }
-        .map_err(|e| TransportError::Os {
+        .map_err(|cause| TransportError::Os {
             op: "register zmq descriptor",
-            source: e.into(),
+            cause: cause.into(),
         })?;
-        Ok(SocketEvents { fd })
+        Ok(SocketEvents { fd, socket })
     }
 
-    /// Completes when zmq signals the socket (an edge: drain the socket after it).
-    pub async fn wait(&self) -> Result<()> {
-        let mut guard = self.fd.readable().await.map_err(|e| TransportError::Os {
-            op: "wait for zmq descriptor",
-            source: e,
-        })?;
-        guard.clear_ready();
-        Ok(())
+    /// The socket.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// Completes when zmq signals the socket (an edge: drain the socket after it). The future
+    /// borrows only the registration, not the socket (which is not `Sync`), so a task waiting
+    /// on it can move between threads.
+    pub fn wait(&self) -> impl std::future::Future<Output = Result<()>> + Send + '_ {
+        let fd = &self.fd;
+        async move {
+            let mut guard = fd.readable().await.map_err(|cause| TransportError::Os {
+                op: "wait for zmq descriptor",
+                cause,
+            })?;
+            guard.clear_ready();
+            Ok(())
+        }
     }
 }
 
@@ -464,7 +450,7 @@ pub fn prefer_batch_scheduling() {
 fn os_error(op: &'static str) -> TransportError {
     TransportError::Os {
         op,
-        source: std::io::Error::last_os_error(),
+        cause: std::io::Error::last_os_error(),
     }
 }
 

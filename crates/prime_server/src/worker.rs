@@ -11,17 +11,19 @@
 //! passed) or the process is stopping. A panic in the work function becomes a 500 reply and the
 //! worker lives on. An optional cleanup function runs after every job.
 
+use crate::interrupt::{drain_interrupts, CancelSource, Cancelled, Interrupt};
 use crate::proxy::Heartbeat;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::stats::WorkerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
+use crate::work::{perform, Action, CleanupFn, Job, WorkFn};
 use crate::Error;
-use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How to connect a [`Worker`].
 #[derive(Debug, Clone)]
@@ -81,313 +83,9 @@ impl WorkerConfig {
     }
 }
 
-/// One job as the work function sees it.
-#[derive(Debug)]
-pub struct Job {
-    header: Header,
-    /// The application's frames: the client's request for stage 1, the previous stage's
-    /// [`Outcome::Forward`] frames after that.
-    pub frames: Frames,
-    blob: Option<Vec<u8>>,
-}
-
-impl Job {
-    pub(crate) fn new(header: Header, frames: Frames) -> Job {
-        Job {
-            header,
-            frames,
-            blob: None,
-        }
-    }
-
-    /// The request's id, unique per server.
-    pub fn request_id(&self) -> u64 {
-        self.header.request_id
-    }
-    /// The server that will answer the client.
-    pub fn server_id(&self) -> u64 {
-        self.header.server_id
-    }
-    /// When the server accepted the request.
-    pub fn arrival(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_micros(self.header.arrival_us)
-    }
-    /// When the server gives up on the request, if ever.
-    pub fn deadline(&self) -> Option<SystemTime> {
-        self.header.deadline()
-    }
-    /// How many times this job has been handed to a worker of this stage (1 = first).
-    pub fn attempt(&self) -> u8 {
-        self.header.attempt
-    }
-    /// Changes the heartbeat blob this worker advertises from now on (for the proxy's choose
-    /// function).
-    pub fn set_heartbeat(&mut self, blob: Vec<u8>) {
-        self.blob = Some(blob);
-    }
-}
-
-/// What the work function decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Send these frames on to the next stage.
-    Forward(Frames),
-    /// Answer the client with this (protocol-specific) response, through the loopback.
-    Reply(Vec<u8>),
-}
-
-/// Why the interrupt check stopped the work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Interrupted {
-    /// The server cancelled the request (the client went away or the server timed it out).
-    #[error("the request was cancelled")]
-    Cancelled,
-    /// The request's deadline passed.
-    #[error("the request's deadline passed")]
-    DeadlinePassed,
-    /// The process is stopping.
-    #[error("the worker is shutting down")]
-    ShuttingDown,
-}
-
-/// Why a work function did not produce an outcome.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WorkError {
-    /// The interrupt check fired; see [`Interrupted`].
-    #[error(transparent)]
-    Interrupted(#[from] Interrupted),
-    /// The work failed: the client gets `status` (a 5xx or 4xx) with `reason`.
-    #[error("{status}: {reason}")]
-    Failed {
-        /// The status the client gets.
-        status: u16,
-        /// A short text for the client.
-        reason: String,
-    },
-}
-
-/// The application's work function.
-pub type WorkFn = Box<dyn FnMut(&mut Job, &Interrupt<'_>) -> Result<Outcome, WorkError> + Send>;
-/// Runs after every job, whatever its outcome.
-pub type CleanupFn = Box<dyn FnMut() + Send>;
-
-/// How long to keep remembering a cancelled request.
-const CANCEL_MEMORY: Duration = Duration::from_secs(600);
-/// The most cancelled requests remembered at once.
-const CANCEL_CAPACITY: usize = 65_536;
-/// How often the interrupt check looks at the interrupt sockets (it checks the deadline and the
-/// shutdown flag on every call).
-const INTERRUPT_DRAIN_EVERY: Duration = Duration::from_millis(1);
 /// How long a reply may wait for the server's loopback to become reachable (connection race at
 /// start-up) before it is dropped and counted.
 const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
-
-#[derive(Default)]
-pub(crate) struct Cancelled {
-    set: HashSet<(u64, u64)>,
-    order: VecDeque<(Instant, (u64, u64))>,
-}
-
-impl Cancelled {
-    fn insert(&mut self, key: (u64, u64)) {
-        let now = Instant::now();
-        while let Some(&(t, k)) = self.order.front() {
-            if now.duration_since(t) > CANCEL_MEMORY || self.order.len() >= CANCEL_CAPACITY {
-                self.order.pop_front();
-                self.set.remove(&k);
-            } else {
-                break;
-            }
-        }
-        if self.set.insert(key) {
-            self.order.push_back((now, key));
-        }
-    }
-}
-
-/// Where a worker learns which requests were cancelled.
-pub(crate) enum CancelSource<'a> {
-    /// The servers' interrupt channels (SUB sockets), read into the worker's own set.
-    Sockets {
-        subs: &'a [Socket],
-        cancelled: &'a RefCell<Cancelled>,
-    },
-    /// The set the server core of an in-memory pipeline writes to.
-    Shared(&'a SharedCancels),
-}
-
-/// The cancelled requests of an in-memory pipeline, written by the server core (client gone,
-/// deadline passed) and read by the workers' interrupt checks.
-#[derive(Default)]
-pub(crate) struct SharedCancels(std::sync::Mutex<Cancelled>);
-
-impl SharedCancels {
-    pub(crate) fn insert(&self, key: (u64, u64)) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key);
-    }
-
-    pub(crate) fn contains(&self, key: &(u64, u64)) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .set
-            .contains(key)
-    }
-}
-
-/// The interrupt check handed to the work function.
-pub struct Interrupt<'a> {
-    source: CancelSource<'a>,
-    shutdown: &'a Shutdown,
-    key: (u64, u64),
-    deadline_us: u64,
-    last_drain: Cell<Instant>,
-    stats: &'a WorkerStats,
-}
-
-impl<'a> Interrupt<'a> {
-    pub(crate) fn new(
-        source: CancelSource<'a>,
-        shutdown: &'a Shutdown,
-        header: &Header,
-        stats: &'a WorkerStats,
-    ) -> Self {
-        Interrupt {
-            source,
-            shutdown,
-            key: (header.server_id, header.request_id),
-            deadline_us: header.deadline_us,
-            last_drain: Cell::new(Instant::now()),
-            stats,
-        }
-    }
-
-    /// Fails when the work should stop: the request was cancelled, its deadline passed, or the
-    /// process is stopping. Cheap enough to call in an inner loop.
-    pub fn check(&self) -> Result<(), Interrupted> {
-        if self.shutdown.is_stopping() {
-            return Err(Interrupted::ShuttingDown);
-        }
-        let now = Instant::now();
-        let look = now.duration_since(self.last_drain.get()) >= INTERRUPT_DRAIN_EVERY;
-        if look {
-            self.last_drain.set(now);
-            if self.deadline_us != 0 && wire::now_us() >= self.deadline_us {
-                return Err(Interrupted::DeadlinePassed);
-            }
-        }
-        let cancelled = match &self.source {
-            CancelSource::Sockets { subs, cancelled } => {
-                if look {
-                    drain_interrupts(subs, &mut cancelled.borrow_mut(), self.stats);
-                }
-                cancelled.borrow().set.contains(&self.key)
-            }
-            // A lock: taken at the same pace as the sockets are drained.
-            CancelSource::Shared(set) => look && set.contains(&self.key),
-        };
-        if cancelled {
-            return Err(Interrupted::Cancelled);
-        }
-        Ok(())
-    }
-}
-
-fn drain_interrupts(subs: &[Socket], cancelled: &mut Cancelled, stats: &WorkerStats) {
-    for sub in subs {
-        while let Ok(Some(frames)) = sub.try_recv() {
-            match wire::decode(frames) {
-                Ok((h, _)) if h.kind == Kind::Interrupt => {
-                    cancelled.insert((h.server_id, h.request_id))
-                }
-                Ok(_) | Err(_) => {
-                    stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("worker dropped a malformed interrupt");
-                }
-            }
-        }
-    }
-}
-
-/// What a worker does with a job once its work function has run.
-pub(crate) enum Action {
-    /// Hand these frames to the next stage.
-    Forward(Frames),
-    /// Answer the client: status 0 with a reply body, or a failure status with its reason.
-    Answer(u16, Vec<u8>),
-    /// Send nothing: the request is dead (cancelled, or past its deadline) and the server has
-    /// answered it.
-    Nothing,
-}
-
-/// Runs the work function on a job, catching a panic, and turns what it returned into what the
-/// worker must send, counting failures. Shared by the zmq worker and the in-memory one.
-pub(crate) fn perform(
-    work: &mut WorkFn,
-    job: &mut Job,
-    interrupt: &Interrupt<'_>,
-    busy: &AtomicBool,
-    stats: &WorkerStats,
-) -> Action {
-    busy.store(true, Ordering::Release);
-    let result = catch_unwind(AssertUnwindSafe(|| work(job, interrupt)));
-    busy.store(false, Ordering::Release);
-    let request_id = job.header.request_id;
-    match result {
-        Ok(Ok(Outcome::Reply(body))) => Action::Answer(0, body),
-        Ok(Ok(Outcome::Forward(frames))) => Action::Forward(frames),
-        Ok(Err(WorkError::Failed { status, reason })) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            Action::Answer(status, reason.into_bytes())
-        }
-        Ok(Err(WorkError::Interrupted(why))) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(request_id, %why, "work interrupted");
-            match why {
-                // The server has answered (or will, at the deadline).
-                Interrupted::Cancelled | Interrupted::DeadlinePassed => Action::Nothing,
-                Interrupted::ShuttingDown => {
-                    Action::Answer(503, b"the worker is shutting down".to_vec())
-                }
-            }
-        }
-        Err(panic) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(request_id, panic = %msg, "work function panicked");
-            Action::Answer(500, format!("the worker failed: {msg}").into_bytes())
-        }
-    }
-}
-
-/// Counters of one worker, readable while it runs.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Jobs taken in.
-    pub jobs: AtomicU64,
-    /// Jobs that arrived while this worker had not said Ready: would mean the proxy handed a job
-    /// to a busy worker. Always 0 with a correct proxy.
-    pub jobs_while_busy: AtomicU64,
-    /// Jobs answered through the loopback.
-    pub replied: AtomicU64,
-    /// Jobs forwarded to the next stage.
-    pub forwarded: AtomicU64,
-    /// Work functions that failed, panicked or were interrupted.
-    pub failed: AtomicU64,
-    /// Jobs skipped because they were already cancelled or past their deadline on arrival.
-    pub skipped: AtomicU64,
-    /// Messages that were not valid protocol messages, dropped.
-    pub malformed: AtomicU64,
-    /// Replies that could not reach their server.
-    pub undeliverable: AtomicU64,
-}
 
 /// One worker. Build with [`Worker::connect`], then [`Worker::run`] on its own thread.
 pub struct Worker {
@@ -636,7 +334,10 @@ impl Worker {
                     }
                 }
             })
-            .map_err(Error::Io)?;
+            .map_err(|cause| Error::Io {
+                op: "start the heartbeat thread",
+                cause,
+            })?;
         Ok(HeartbeatThread {
             done,
             thread: Some(thread),
@@ -699,7 +400,7 @@ impl Worker {
             drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
         }
         // The server answers cancelled and expired requests itself: skip the work, send nothing.
-        if self.cancelled.borrow().set.contains(&key) || header.expired_at(wire::now_us()) {
+        if self.cancelled.borrow().contains(&key) || header.expired_at(wire::now_us()) {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -716,7 +417,7 @@ impl Worker {
             &self.busy,
             &self.stats,
         );
-        if let Some(blob) = job.blob.take() {
+        if let Some(blob) = job.take_blob() {
             self.blob = blob;
         }
         match action {

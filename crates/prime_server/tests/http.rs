@@ -1,10 +1,10 @@
 //! The HTTP/1.1 front over real TCP sockets on 127.0.0.1: raw bytes on the wire, and real clients
 //! (curl, Python's http.client) where they are installed.
 
-use prime_server::http::{Request, Response};
+use prime_server::http_job::{Request, Response};
 use prime_server::pipeline::Pipeline;
 use prime_server::protocol::{self, http::HttpConfig};
-use prime_server::worker::Outcome;
+use prime_server::Outcome;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -34,11 +34,10 @@ fn front_with(name: &str, config: HttpConfig) -> Front {
     let mut p = Pipeline::new(&format!("{name}-{}", prime_server::server::random_id()));
     p.timeout = Some(Duration::from_secs(3));
     p.stage(2, |job, interrupt| {
-        let req =
-            Request::decode(&job.frames).map_err(|e| prime_server::worker::WorkError::Failed {
-                status: 400,
-                reason: e.to_string(),
-            })?;
+        let req = Request::decode(&job.frames).map_err(|e| prime_server::WorkError::Failed {
+            status: 400,
+            reason: e.to_string(),
+        })?;
         if req.query_value("loop").is_some() {
             loop {
                 interrupt.check()?;

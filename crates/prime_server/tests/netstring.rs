@@ -5,7 +5,7 @@ use prime_server::protocol::{
     self,
     netstring::{HealthCheck, Netstring},
 };
-use prime_server::worker::Outcome;
+use prime_server::Outcome;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;

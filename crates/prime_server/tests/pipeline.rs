@@ -3,10 +3,12 @@
 
 use prime_server::pipeline::{Pipeline, Running, Transport};
 use prime_server::proxy::{Proxy, ProxyConfig};
-use prime_server::server::{Answer, Bridge, Failure, Server, ServerConfig};
+use prime_server::server::{Server, ServerConfig};
 use prime_server::shutdown::Shutdown;
 use prime_server::transport::{Context, Kind as SocketKind};
-use prime_server::worker::{Interrupted, Outcome, WorkError, Worker, WorkerConfig};
+use prime_server::worker::{Worker, WorkerConfig};
+use prime_server::{Answer, Failure};
+use prime_server::{Interrupted, Outcome, WorkError};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -167,21 +169,11 @@ fn looping_pipeline(
     timeout: Option<Duration>,
     transport: Transport,
 ) -> (Running, mpsc::Receiver<&'static str>) {
-    looping_pipeline_over(name, timeout, Bridge::default(), transport)
-}
-
-fn looping_pipeline_over(
-    name: &str,
-    timeout: Option<Duration>,
-    bridge: Bridge,
-    transport: Transport,
-) -> (Running, mpsc::Receiver<&'static str>) {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let tx = std::sync::Arc::new(tx);
     let mut p = Pipeline::new(&unique(name));
     p.timeout = timeout;
-    p.bridge = bridge;
     p.transport(transport);
     p.stage(1, move |_, interrupt| {
         let tx = tx.lock().unwrap().clone();
@@ -368,7 +360,7 @@ struct Manual {
     ctx: Context,
     name: String,
     shutdown: Shutdown,
-    server: prime_server::server::ServerHandle,
+    server: prime_server::Server,
 }
 
 impl Manual {
@@ -504,13 +496,15 @@ fn malformed_frames_are_dropped_counted_and_the_components_keep_serving() {
     let running = chain(1, Transport::Inproc, "malformed");
     let proxy_up = running.stage_endpoints[0].0.clone();
     // Garbage into the proxy's upstream.
-    let raw = running.ctx.socket(SocketKind::Dealer).unwrap();
+    let ctx = running.ctx.as_ref().expect("a zmq pipeline has a context");
+    let raw = ctx.socket(SocketKind::Dealer).unwrap();
     raw.connect(&proxy_up).unwrap();
     raw.send([b"garbage".as_slice()]).unwrap();
     raw.send([vec![0u8; 48]]).unwrap();
     // Garbage into the server's loopback.
-    let lb = running.ctx.socket(SocketKind::Dealer).unwrap();
-    lb.connect(&running.server.loopback_endpoint()).unwrap();
+    let lb = ctx.socket(SocketKind::Dealer).unwrap();
+    lb.connect(&running.server.loopback_endpoint().unwrap())
+        .unwrap();
     lb.send([b"not a reply".as_slice()]).unwrap();
     lb.send([b"x".as_slice(), b"y".as_slice(), b"z".as_slice()])
         .unwrap();
@@ -619,29 +613,24 @@ fn the_in_flight_limit_is_answered_503_at_once() {
 }
 
 #[test]
-fn every_bridge_carries_answers_cancels_and_timeouts() {
-    for bridge in [Bridge::Task, Bridge::Channel, Bridge::Inproc] {
-        let mut p = Pipeline::new(&unique("bridge"));
-        p.bridge = bridge;
+fn the_pump_carries_answers_cancels_and_timeouts() {
+    {
+        let mut p = Pipeline::new(&unique("pump"));
         p.stage(2, |job, _| Ok(Outcome::Forward(job.frames.clone())));
         p.stage(2, |job, _| Ok(Outcome::Reply(job.frames.concat())));
         let running = p.start().unwrap();
         let answers = ask_all(&running, (0..500).map(|k| format!("{k}")));
         for (k, a) in answers.into_iter().enumerate() {
-            assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()), "{bridge:?}");
+            assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()));
         }
         running.stop();
 
-        let (running, rx) = looping_pipeline_over("bridge-loop", None, bridge, Transport::Inproc);
+        let (running, rx) = looping_pipeline("pump-loop", None, Transport::Inproc);
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
         drop(pending);
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(5)),
-            Ok("cancelled"),
-            "{bridge:?}"
-        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("cancelled"));
         let a = rt.block_on(
             running
                 .server
@@ -651,7 +640,7 @@ fn every_bridge_carries_answers_cancels_and_timeouts() {
             a,
             Answer::Failed(Failure::new(504, "the request's deadline passed"))
         );
-        assert_eq!(running.server.in_flight(), 0, "{bridge:?}");
+        assert_eq!(running.server.in_flight(), 0);
         running.stop();
     }
 }

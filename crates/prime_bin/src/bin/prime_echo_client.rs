@@ -4,7 +4,7 @@
 //!
 //! `prime_echo_client [tcp://127.0.0.1:8003] [SECONDS]`
 
-use prime_server::transport::{self, Context, Kind, Watch};
+use prime_server::transport::{Context, Kind, Waiter};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
@@ -14,6 +14,9 @@ fn main() -> anyhow::Result<()> {
     let ctx = Context::new();
     let sock = ctx.socket(Kind::Dealer)?;
     sock.connect(&endpoint)?;
+    let mut waiter = Waiter::new()?;
+    waiter.watch(&sock, 0)?;
+    let mut fired = Vec::new();
     // xorshift: random enough strings without a dependency.
     let mut x = prime_server::server::random_id();
     let (mut sent, mut ok, mut wrong, mut failed) = (0u64, 0u64, 0u64, 0u64);
@@ -28,15 +31,14 @@ fn main() -> anyhow::Result<()> {
         sock.send([&b""[..], &id[..], &data[..]])?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                failed += 1;
-                break;
-            }
-            if !transport::poll(&[Watch::Socket(&sock)], left)?[0] {
-                continue;
-            }
+            // The waiter reports edges: read until the socket is empty before each wait.
             let Some(frames) = sock.try_recv()? else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    failed += 1;
+                    break;
+                }
+                waiter.wait(left, &mut fired)?;
                 continue;
             };
             if frames.len() != 4 || frames[1] != id {

@@ -11,7 +11,6 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use prime_bin::{daemon, prime};
 use prime_server::pipeline::{Pipeline, Transport};
-use prime_server::server::Bridge;
 use prime_server::topology::Protocol;
 use std::time::Duration;
 
@@ -21,16 +20,6 @@ enum Proto {
     Http,
     /// `len:payload,` requests and responses; the payload is the number.
     Netstring,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BridgeArg {
-    /// The pump is a task on the front's runtime.
-    Task,
-    /// The pump is a thread; requests cross by a channel and a doorbell.
-    Channel,
-    /// The pump is a thread; requests cross by a zmq inproc socket.
-    Inproc,
 }
 
 /// How the stages of the all-in-one service are joined.
@@ -95,10 +84,6 @@ struct Args {
     /// requests, see BENCHMARKS.md) or `inproc` (zmq, the multi-process code path).
     #[arg(long, value_enum, default_value = "memory")]
     transport: TransportArg,
-    /// How requests cross to the server core's pump, with `--transport inproc` (see
-    /// BENCHMARKS.md).
-    #[arg(long, value_enum, default_value = "task")]
-    bridge: BridgeArg,
     /// With --compute-only: test the range this many times (to time one number).
     #[arg(long, default_value_t = 1)]
     repeat: u64,
@@ -176,11 +161,6 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     let mut p = Pipeline::new("prime_serverd");
     p.transport(args.transport.transport());
     p.queue_limit = args.queue_limit;
-    p.bridge = match args.bridge {
-        BridgeArg::Task => Bridge::Task,
-        BridgeArg::Channel => Bridge::Channel,
-        BridgeArg::Inproc => Bridge::Inproc,
-    };
     p.stage(workers, prime::parse_stage)
         .stage(workers, prime::test_stage);
     let protocol = match args.protocol {

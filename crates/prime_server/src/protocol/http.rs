@@ -4,12 +4,13 @@
 //! answered in order, chunked bodies, `Expect: 100-continue`, HEAD, header limits → 431, header
 //! and idle timeouts). This module adds what is ours: the request-size limit (413), the body-read
 //! timeout (408), the Host check for HTTP/1.1 (400), the health path answered by the server
-//! itself, the mapping of a request to job frames ([`crate::http`]) and of an [`Answer`] to a
+//! itself, the mapping of a request to job frames ([`crate::http_job`]) and of an [`Answer`] to a
 //! response, and the access log. A client that goes away drops its request's future, which
 //! interrupts the workers holding it.
 
-use crate::http::{encode_request, ResponseView, Version as WireVersion};
-use crate::server::{Answer, ServerHandle};
+use crate::answer::Answer;
+use crate::http_job::{encode_request, ResponseView, Version as WireVersion};
+use crate::server::Server;
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode, Version};
@@ -62,7 +63,7 @@ impl Default for HttpConfig {
 }
 
 struct Ctx {
-    server: ServerHandle,
+    server: Server,
     config: HttpConfig,
     shutdown: Shutdown,
 }
@@ -71,12 +72,7 @@ struct Ctx {
 /// connections; those already open go on being served (the health path answers 503) until the
 /// stop, when each answers what it has in flight and closes. Returns when every connection is
 /// closed.
-pub async fn serve(
-    listener: TcpListener,
-    server: ServerHandle,
-    config: HttpConfig,
-    shutdown: Shutdown,
-) {
+pub async fn serve(listener: TcpListener, server: Server, config: HttpConfig, shutdown: Shutdown) {
     let ctx = Arc::new(Ctx {
         server,
         config,
@@ -90,7 +86,7 @@ pub async fn serve(
 
 /// Serves HTTP on one connection of any byte stream (a TLS stream, an in-memory pipe in a fuzz
 /// target) until the client closes it or `shutdown` stops.
-pub async fn serve_io<I>(io: I, server: ServerHandle, config: HttpConfig, shutdown: Shutdown)
+pub async fn serve_io<I>(io: I, server: Server, config: HttpConfig, shutdown: Shutdown)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

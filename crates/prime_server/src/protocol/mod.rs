@@ -3,14 +3,15 @@
 //! A stream protocol (netstring here; others plug in the same way) is a [`StreamProtocol`]: a
 //! decoder for requests, a health check answered without touching workers, the mapping of a
 //! request to job frames and of an [`Answer`] to response bytes. [`serve`] runs any of them on a
-//! TCP listener over the [`ServerHandle`] bridge. The HTTP front (hyper) and the zmq-native front
+//! TCP listener over the [`Server`] bridge. The HTTP front (hyper) and the zmq-native front
 //! (a ROUTER for REQ/DEALER clients) use the same bridge.
 
 pub mod http;
 pub mod netstring;
 pub mod zmq_front;
 
-use crate::server::{Answer, ServerHandle};
+use crate::answer::Answer;
+use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::transport::Frames;
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -84,7 +85,7 @@ pub const MAX_PIPELINE: usize = 1024;
 /// Each connection's answers go back in request order.
 pub async fn serve<P: StreamProtocol>(
     listener: TcpListener,
-    server: ServerHandle,
+    server: Server,
     protocol: P,
     shutdown: Shutdown,
 ) {
@@ -137,7 +138,7 @@ type Reply = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
 
 async fn connection<P: StreamProtocol>(
     stream: TcpStream,
-    server: ServerHandle,
+    server: Server,
     protocol: Arc<P>,
     shutdown: Shutdown,
 ) {

@@ -6,7 +6,7 @@
 //! oversized netstring, after which the connection closes.
 
 use super::{ProtocolError, StreamProtocol};
-use crate::server::Answer;
+use crate::answer::Answer;
 use crate::transport::Frames;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::Arc;

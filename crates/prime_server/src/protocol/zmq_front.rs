@@ -7,7 +7,8 @@
 //! is `[empty][id][status][body]`, `status` in ASCII decimal: `200` with the worker's reply, or a
 //! failure (`400`, `413`, `500`, `503`, `504`, …) with a short reason. See `docs/PROTOCOL.md` §5.
 
-use crate::server::{Answer, ServerHandle};
+use crate::answer::Answer;
+use crate::server::Server;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::transport::{Context, Frames, Kind, Sent, Socket, SocketEvents};
 use crate::Error;
@@ -47,7 +48,7 @@ type Answered = Pin<Box<dyn Future<Output = (Frames, Answer)> + Send>>;
 pub async fn serve(
     ctx: &Context,
     endpoint: &str,
-    server: ServerHandle,
+    server: Server,
     config: ZmqFrontConfig,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
@@ -55,14 +56,15 @@ pub async fn serve(
     socket.set_router_mandatory(true)?;
     socket.bind(endpoint)?;
     tracing::info!(endpoint = %socket.last_endpoint()?, "zmq front listening");
-    // SAFETY: declared after `socket`, so dropped before it.
-    let events = unsafe { SocketEvents::new(&socket)? };
+    // The socket is reached through `events` at each use: a reference to it (not `Sync`) held
+    // across an await would keep this future from moving between threads.
+    let events = SocketEvents::new(socket)?;
     let mut pending: FuturesUnordered<Answered> = FuturesUnordered::new();
     let mut check = true;
     loop {
         if check {
-            while let Some(msg) = socket.try_recv()? {
-                if let Some(fut) = request(&socket, msg, &server, &config, &shutdown)? {
+            while let Some(msg) = events.socket().try_recv()? {
+                if let Some(fut) = request(events.socket(), msg, &server, &config, &shutdown)? {
                     pending.push(fut);
                 }
             }
@@ -72,7 +74,7 @@ pub async fn serve(
             biased;
             _ = shutdown.stopped() => break,
             Some((envelope, answer)) = pending.next(), if !pending.is_empty() => {
-                send(&socket, envelope, answer)?;
+                send(events.socket(), envelope, answer)?;
             }
             r = events.wait() => {
                 r?;
@@ -85,7 +87,7 @@ pub async fn serve(
     while let Ok(Some((envelope, answer))) =
         tokio::time::timeout(Duration::from_secs(1), pending.next()).await
     {
-        send(&socket, envelope, answer)?;
+        send(events.socket(), envelope, answer)?;
     }
     Ok(())
 }
@@ -95,7 +97,7 @@ pub async fn serve(
 fn request(
     socket: &Socket,
     mut msg: Frames,
-    server: &ServerHandle,
+    server: &Server,
     config: &ZmqFrontConfig,
     shutdown: &Shutdown,
 ) -> Result<Option<Answered>, Error> {
@@ -108,7 +110,7 @@ fn request(
         let mut envelope = msg;
         envelope.truncate(delim + 1);
         envelope.push(Vec::new());
-        let a = Answer::Failed(crate::server::Failure::new(
+        let a = Answer::Failed(crate::answer::Failure::new(
             400,
             "a request is [empty][id][payload...]",
         ));
@@ -117,7 +119,7 @@ fn request(
     }
     let payload = msg.split_off(delim + 2);
     let envelope = msg;
-    let fail = |status, reason: &str| Answer::Failed(crate::server::Failure::new(status, reason));
+    let fail = |status, reason: &str| Answer::Failed(crate::answer::Failure::new(status, reason));
     let immediate = if payload.is_empty() {
         Some(fail(400, "a request needs at least one payload frame"))
     } else if payload.len() > config.max_frames {

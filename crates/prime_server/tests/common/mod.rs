@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use prime_server::pipeline::Running;
-use prime_server::server::ServerHandle;
 use prime_server::shutdown::Shutdown;
+use prime_server::Server;
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ impl Front {
     /// Serves `running` with `serve` (a client protocol's serve function) on a runtime thread.
     pub fn start<S, Fut>(running: Running, serve: S) -> Front
     where
-        S: FnOnce(tokio::net::TcpListener, ServerHandle, Shutdown) -> Fut + Send + 'static,
+        S: FnOnce(tokio::net::TcpListener, Server, Shutdown) -> Fut + Send + 'static,
         Fut: Future<Output = ()>,
     {
         let (tx, rx) = std::sync::mpsc::channel();

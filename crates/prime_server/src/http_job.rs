@@ -2,12 +2,12 @@
 //!
 //! The HTTP front hands stage 1 a job of two payload frames: the request **head** and the
 //! **body** (de-chunked). A worker answers with [`Response::encode`] as its
-//! [`Outcome::Reply`](crate::worker::Outcome::Reply). Both encodings are plain little-endian
+//! [`Outcome::Reply`](crate::work::Outcome::Reply). Both encodings are plain little-endian
 //! length-prefixed fields, documented in `docs/PROTOCOL.md` §5, so a worker in any language can
 //! read requests and write responses.
 //!
 //! ```
-//! use prime_server::http::{Request, Response};
+//! use prime_server::http_job::{Request, Response};
 //!
 //! let req = Request::parse_target("GET", "/is_prime?possible_prime=7&x=a+b%26c");
 //! assert_eq!(req.path, "/is_prime");

@@ -1,0 +1,359 @@
+//! The server core: request ids, deadlines, the in-flight limit, interrupts and the loopback,
+//! independent of the client protocol.
+//!
+//! [`Server`] is the handle client-facing tasks hold: [`Server::submit`] gives a request an id
+//! and a deadline and returns a [`Pending`] future of its one [`Answer`]. Where the request goes
+//! depends on how the stages are joined ([`Dispatch`]):
+//! - over zmq, to the **pump** ([`pump`]), a task that owns the server's sockets: a DEALER to
+//!   the first stage's proxy, the loopback ROUTER (bound; its routing id names this server, so
+//!   several servers can share one set of workers) and the interrupt PUB (bound);
+//! - in memory, straight into the first stage's queue, carrying its answer channel (see
+//!   [`memory`](crate::memory)).
+//!
+//! Either way every request submitted gets exactly one answer: the first of reply, timeout,
+//! reject or shutdown wins and later ones are dropped (and counted).
+
+mod pending;
+pub(crate) mod pump;
+
+pub use pending::Pending;
+
+use crate::answer::Answer;
+use crate::answer::Failure;
+use crate::interrupt::SharedCancels;
+use crate::memory::{MemJob, StageQueue};
+use crate::shutdown::Shutdown;
+pub use crate::stats::ServerStats;
+use crate::transport::{Context, Frames, Kind as SocketKind, SocketEvents};
+use crate::wire::{self, Header, Kind};
+use crate::Error;
+use pump::{Command, Pump};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+/// How to build a [`Server`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The first stage's proxy, its upstream endpoint (connected).
+    pub proxy: String,
+    /// Where workers send replies (bound).
+    pub loopback: String,
+    /// Where workers listen for interrupts (bound).
+    pub interrupt: String,
+    /// This server's id; workers address replies with it. Must be unique among the servers that
+    /// share workers.
+    pub server_id: u64,
+    /// The deadline given to requests that bring none of their own; `None` = no deadline.
+    pub timeout: Option<Duration>,
+    /// The most requests in flight at once; more are answered 503 at once.
+    pub max_in_flight: usize,
+}
+
+impl ServerConfig {
+    /// A config with a fresh random server id, a 60 s timeout and 10,000 requests in flight.
+    pub fn new(
+        proxy: impl Into<String>,
+        loopback: impl Into<String>,
+        interrupt: impl Into<String>,
+    ) -> Self {
+        ServerConfig {
+            proxy: proxy.into(),
+            loopback: loopback.into(),
+            interrupt: interrupt.into(),
+            server_id: random_id(),
+            timeout: Some(Duration::from_secs(60)),
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+/// A server id that is unlikely to collide: time, pid and a counter, mixed.
+pub fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(wire::now_us());
+    h.write_u32(std::process::id());
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.finish().max(1)
+}
+
+/// Where submitted requests go.
+pub(crate) enum Dispatch {
+    /// To the pump, which owns the zmq sockets.
+    Pump {
+        commands: mpsc::UnboundedSender<Command>,
+        /// The loopback endpoint as bound (with the real port for `tcp://…:*`).
+        loopback: String,
+        /// The interrupt endpoint as bound.
+        interrupt: String,
+    },
+    /// Straight into the first in-memory stage's queue, carrying the answer channel; cancels
+    /// and deadlines are the waiting side's (see [`Pending`]).
+    Memory {
+        first: Arc<StageQueue>,
+        cancels: Arc<SharedCancels>,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) dispatch: Dispatch,
+    next_id: AtomicU64,
+    /// One counter for both sides: `submit` increments, whoever answers decrements.
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) config: ServerConfig,
+    pub(crate) stats: Arc<ServerStats>,
+}
+
+/// The server core, running: submit requests, read counters, wait for the end. Cheap to clone;
+/// every clone is the same server.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+    /// The pump's own thread, when [`Server::start`] was called outside a tokio runtime.
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Closed (its sender dropped) when the pump has ended, or the in-memory stages are closed.
+    done: watch::Receiver<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("server_id", &self.shared.config.server_id)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds the loopback and interrupt sockets, connects to the first proxy and starts the
+    /// pump: as a task on the current tokio runtime, so that a request on a current-thread
+    /// runtime crosses no thread until it leaves for the first proxy, or, called outside a
+    /// runtime, on a thread of its own. The pump stops when `shutdown` stops, answering what is
+    /// still open with 503.
+    pub fn start(ctx: &Context, config: ServerConfig, shutdown: Shutdown) -> Result<Server, Error> {
+        let dealer = ctx.socket(SocketKind::Dealer)?;
+        let hwm = i32::try_from(config.max_in_flight).unwrap_or(i32::MAX);
+        dealer.set_high_water_marks(hwm, 0)?;
+        dealer.connect(&config.proxy)?;
+        let loopback = ctx.socket(SocketKind::Router)?;
+        loopback.set_routing_id(&wire::server_routing_id(config.server_id))?;
+        loopback.bind(&config.loopback)?;
+        let publisher = ctx.socket(SocketKind::Pub)?;
+        publisher.bind(&config.interrupt)?;
+        let loopback_endpoint = loopback.last_endpoint()?;
+        let interrupt_endpoint = publisher.last_endpoint()?;
+        let stats = Arc::new(ServerStats::default());
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (done_tx, done) = watch::channel(());
+        let (commands, rx) = mpsc::unbounded_channel();
+        // Outside a runtime the pump gets one of its own, on its own thread; its descriptors
+        // must be registered with the reactor that will drive them.
+        let own_runtime = match tokio::runtime::Handle::try_current() {
+            Ok(_) => None,
+            Err(_) => Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Io {
+                        op: "build the pump's runtime",
+                        cause: e,
+                    })?,
+            ),
+        };
+        let pump = {
+            let _entered = own_runtime.as_ref().map(|rt| rt.enter());
+            Pump::new(
+                SocketEvents::new(dealer)?,
+                SocketEvents::new(loopback)?,
+                publisher,
+                stats.clone(),
+                in_flight.clone(),
+                config.server_id,
+                done_tx,
+            )
+        };
+        let span = tracing::info_span!("pump", server_id = config.server_id);
+        let task = async move {
+            if let Err(e) = pump.run(rx, shutdown).await {
+                tracing::error!(error = %e, "server pump failed");
+            }
+        }
+        .instrument(span.clone());
+        let thread = match own_runtime {
+            None => {
+                tokio::spawn(task);
+                None
+            }
+            Some(rt) => Some(crate::component::spawn(
+                "server-pump".into(),
+                span,
+                move || {
+                    rt.block_on(task);
+                    Ok(())
+                },
+            )?),
+        };
+        Ok(Server {
+            shared: Arc::new(Shared {
+                dispatch: Dispatch::Pump {
+                    commands,
+                    loopback: loopback_endpoint,
+                    interrupt: interrupt_endpoint,
+                },
+                next_id: AtomicU64::new(1),
+                in_flight,
+                config,
+                stats,
+            }),
+            thread: Arc::new(Mutex::new(thread)),
+            done,
+        })
+    }
+
+    /// The server core of in-memory stages (see [`memory`](crate::memory)): requests go
+    /// straight into `first`, cancels and deadlines are written to `cancels`. When `shutdown`
+    /// stops, every queue in `queues` is closed, which answers what it holds 503.
+    pub(crate) fn start_in_memory(
+        config: ServerConfig,
+        first: Arc<StageQueue>,
+        queues: Vec<Arc<StageQueue>>,
+        cancels: Arc<SharedCancels>,
+        shutdown: &Shutdown,
+    ) -> Server {
+        let (done_tx, done) = watch::channel(());
+        shutdown.on_stop(move || {
+            for q in &queues {
+                q.close();
+            }
+            drop(done_tx);
+        });
+        Server {
+            shared: Arc::new(Shared {
+                dispatch: Dispatch::Memory { first, cancels },
+                next_id: AtomicU64::new(1),
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                config,
+                stats: Arc::new(ServerStats::default()),
+            }),
+            thread: Arc::new(Mutex::new(None)),
+            done,
+        }
+    }
+
+    /// This server's id (the one workers address replies with).
+    pub fn server_id(&self) -> u64 {
+        self.shared.config.server_id
+    }
+
+    /// The loopback endpoint as bound (with the real port for `tcp://…:*`); `None` for
+    /// in-memory stages, which have none.
+    pub fn loopback_endpoint(&self) -> Option<String> {
+        match &self.shared.dispatch {
+            Dispatch::Pump { loopback, .. } => Some(loopback.clone()),
+            Dispatch::Memory { .. } => None,
+        }
+    }
+
+    /// The interrupt endpoint as bound (with the real port for `tcp://…:*`); `None` for
+    /// in-memory stages.
+    pub fn interrupt_endpoint(&self) -> Option<String> {
+        match &self.shared.dispatch {
+            Dispatch::Pump { interrupt, .. } => Some(interrupt.clone()),
+            Dispatch::Memory { .. } => None,
+        }
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Takes a request id for a request the front answers itself (a health check), so ids in
+    /// logs stay unique.
+    pub fn reserve_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Sends a request into the pipeline. The returned future resolves to its one answer;
+    /// dropping it before then cancels the request (workers holding it are interrupted).
+    /// `timeout` overrides the configured one.
+    pub fn submit(&self, frames: Frames, timeout: Option<Duration>) -> Pending {
+        let shared = &self.shared;
+        shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let refuse = |answer: Answer| {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            Pending::answered(id, shared.clone(), answer)
+        };
+        if shared.in_flight.fetch_add(1, Ordering::AcqRel) >= shared.config.max_in_flight {
+            return refuse(Answer::Failed(Failure::new(
+                503,
+                "too many requests in flight",
+            )));
+        }
+        let timeout = timeout.or(shared.config.timeout);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let arrival_us = wire::now_us();
+        let mut header = Header::new(Kind::Job);
+        header.request_id = id;
+        header.server_id = shared.config.server_id;
+        header.arrival_us = arrival_us;
+        header.deadline_us = timeout.map_or(0, |t| {
+            arrival_us.saturating_add(t.as_micros() as u64).max(1)
+        });
+        let (tx, rx) = oneshot::channel();
+        match &shared.dispatch {
+            Dispatch::Memory { first, .. } => {
+                let job = MemJob {
+                    header,
+                    frames,
+                    reply: tx,
+                };
+                match first.push(job) {
+                    Ok(()) => Pending::waiting(id, shared.clone(), rx, deadline),
+                    Err((_, refused)) => refuse(refused.answer()),
+                }
+            }
+            Dispatch::Pump { commands, .. } => {
+                let cmd = Command::Submit {
+                    header,
+                    deadline,
+                    frames,
+                    tx,
+                };
+                if commands.send(cmd).is_err() {
+                    return refuse(crate::answer::shutting_down());
+                }
+                Pending::waiting(id, shared.clone(), rx, None)
+            }
+        }
+    }
+
+    /// Completes when the pump has ended (after the shutdown it was started with stops, every
+    /// request it held answered) or, for in-memory stages, once their queues are closed.
+    pub async fn closed(&self) {
+        let mut done = self.done.clone();
+        // Nothing is ever sent: the channel only closes.
+        while done.changed().await.is_ok() {}
+    }
+
+    /// Waits for the pump's own thread, if [`Server::start`] gave it one. A pump that runs as
+    /// a task belongs to its runtime: await [`Server::closed`] inside it, or drop the runtime
+    /// (the open requests are then answered 503 by their [`Pending`]).
+    pub fn join(&self) {
+        let thread = self.thread.lock().ok().and_then(|mut g| g.take());
+        if let Some(t) = thread {
+            crate::component::join(t);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! [`Pending`]: the future of one request's answer.
+//!
+//! Behind the pump, the pump answers (reply, Reject, deadline, shutdown) and `Pending` only
+//! waits; dropping it early asks the pump to cancel. In-memory stages have no pump, so there
+//! `Pending` keeps the request's deadline itself (a timer: 504, and the request goes into the
+//! shared cancel set that workers' interrupt checks read) and does the in-flight accounting.
+
+use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
+use crate::server::pump::Command;
+use crate::server::{Dispatch, Shared};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+enum State {
+    Waiting(oneshot::Receiver<Answer>),
+    Ready(Option<Answer>),
+    Done,
+}
+
+/// The answer to a submitted request, to come. Dropping it before it resolves cancels the
+/// request: the workers holding it are interrupted.
+#[must_use = "dropping a Pending cancels its request"]
+pub struct Pending {
+    state: State,
+    id: u64,
+    shared: Arc<Shared>,
+    /// In-memory stages only (the pump keeps the deadlines otherwise).
+    deadline: Option<Deadline>,
+}
+
+/// A deadline kept by the waiting side; the timer is made on the first poll, inside the runtime
+/// (a request may be submitted outside one).
+enum Deadline {
+    At(Instant),
+    Timer(Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Pending {
+    /// A request on its way: its answer comes on `rx`. `deadline` is for in-memory stages.
+    pub(crate) fn waiting(
+        id: u64,
+        shared: Arc<Shared>,
+        rx: oneshot::Receiver<Answer>,
+        deadline: Option<Instant>,
+    ) -> Pending {
+        Pending {
+            state: State::Waiting(rx),
+            id,
+            shared,
+            deadline: deadline.map(Deadline::At),
+        }
+    }
+
+    /// A request answered before it entered the pipeline (limits, shutdown).
+    pub(crate) fn answered(id: u64, shared: Arc<Shared>, answer: Answer) -> Pending {
+        Pending {
+            state: State::Ready(Some(answer)),
+            id,
+            shared,
+            deadline: None,
+        }
+    }
+
+    /// The request's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// In-memory stages: the request's deadline, if it has passed (then it is answered 504 here
+    /// and its workers are told to stop).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut timer = match self.deadline.take() {
+            None => return false,
+            Some(Deadline::At(at)) => Box::pin(tokio::time::sleep_until(at.into())),
+            Some(Deadline::Timer(t)) => t,
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            self.deadline = Some(Deadline::Timer(timer));
+            return false;
+        }
+        self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        self.end_in_memory();
+        true
+    }
+
+    /// In-memory stages: the request is over for this side (answered, timed out or cancelled);
+    /// workers still holding it stop.
+    fn end_in_memory(&self) {
+        if let Dispatch::Memory { cancels, .. } = &self.shared.dispatch {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            cancels.insert((self.shared.config.server_id, self.id));
+        }
+    }
+}
+
+impl Future for Pending {
+    type Output = Answer;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let memory = matches!(self.shared.dispatch, Dispatch::Memory { .. });
+        let answer = match &mut self.state {
+            State::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(result) => {
+                    let answer = result.unwrap_or_else(|_| shutting_down());
+                    if memory {
+                        // No pump counts it: this side does.
+                        if matches!(answer, Answer::Reply(_)) {
+                            self.shared.stats.replied.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    answer
+                }
+                Poll::Pending if memory && self.expired(cx) => deadline_passed(),
+                Poll::Pending => return Poll::Pending,
+            },
+            State::Ready(a) => a
+                .take()
+                .unwrap_or_else(|| Answer::Failed(Failure::new(500, "answer already taken"))),
+            State::Done => Answer::Failed(Failure::new(500, "answer already taken")),
+        };
+        self.state = State::Done;
+        Poll::Ready(answer)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !matches!(self.state, State::Waiting(_)) {
+            return;
+        }
+        match &self.shared.dispatch {
+            Dispatch::Memory { .. } => {
+                self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.end_in_memory();
+            }
+            Dispatch::Pump { commands, .. } => {
+                let _ = commands.send(Command::Cancel(self.id));
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The pump: the one owner of the server core's zmq sockets, a task on the front's tokio
+//! runtime that never blocks it.
+//!
+//! It takes [`Command`]s from the submitting side, sends jobs to the first stage's proxy
+//! (DEALER), takes replies from the loopback (ROUTER, bound, whose routing id names this server)
+//! and Rejects from the proxy, keeps the table of open requests and a timer heap of their
+//! deadlines, and publishes an Interrupt (PUB, bound) for a request whose deadline passed or
+//! whose client went away. Each open request is answered exactly once, by whichever of reply,
+//! Reject, deadline or shutdown comes first; later replies are counted `late` and dropped.
+
+use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
+use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::stats::ServerStats;
+use crate::transport::{Frames, Sent, SocketEvents};
+use crate::wire::{self, Header, Kind};
+use crate::Error;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What the submitting side asks of the pump.
+pub(crate) enum Command {
+    /// Send a new request to the first stage.
+    Submit {
+        header: Header,
+        deadline: Option<Instant>,
+        frames: Frames,
+        tx: oneshot::Sender<Answer>,
+    },
+    /// The client went away: answer the request (nobody listens) and interrupt its workers.
+    Cancel(u64),
+}
+
+/// Whether answering a request also tells the workers that may hold it to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workers {
+    /// Publish an Interrupt: the request died while a worker may be working on it.
+    Interrupt,
+    /// Nothing to tell: the answer came from the pipeline itself.
+    LeaveAlone,
+}
+
+struct Entry {
+    tx: oneshot::Sender<Answer>,
+    header: Header,
+}
+
+/// The pump's state. Dropping it (its task ends, or its runtime is dropped) drops every open
+/// request's oneshot, which its [`Pending`](crate::server::Pending) reads as "shutting down",
+/// and closes `_done`, which wakes [`Server::closed`](crate::server::Server::closed).
+pub(crate) struct Pump {
+    pub(crate) dealer: SocketEvents,
+    pub(crate) loopback: SocketEvents,
+    pub(crate) publisher: crate::transport::Socket,
+    pub(crate) stats: Arc<ServerStats>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) server_id: u64,
+    pub(crate) _done: watch::Sender<()>,
+    table: HashMap<u64, Entry>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+}
+
+impl Pump {
+    pub(crate) fn new(
+        dealer: SocketEvents,
+        loopback: SocketEvents,
+        publisher: crate::transport::Socket,
+        stats: Arc<ServerStats>,
+        in_flight: Arc<AtomicUsize>,
+        server_id: u64,
+        done: watch::Sender<()>,
+    ) -> Pump {
+        Pump {
+            dealer,
+            loopback,
+            publisher,
+            stats,
+            in_flight,
+            server_id,
+            _done: done,
+            table: HashMap::new(),
+            timers: BinaryHeap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` stops or every submitting handle is gone, then answers what is
+    /// still open 503 and interrupts its workers.
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        shutdown: Shutdown,
+    ) -> Result<(), Error> {
+        let result = self.serve(&mut commands, &shutdown).await;
+        commands.close();
+        while let Ok(cmd) = commands.try_recv() {
+            self.refuse(cmd);
+        }
+        self.close();
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        shutdown: &Shutdown,
+    ) -> Result<(), Error> {
+        // zmq's descriptors signal edges of its command mailbox: a socket is drained to EAGAIN
+        // (which re-arms its descriptor) when its descriptor fires, and on every poll interval
+        // as a safety net.
+        let (mut check_loopback, mut check_dealer) = (true, true);
+        loop {
+            if check_loopback {
+                self.drain_loopback()?;
+                check_loopback = false;
+            }
+            if check_dealer {
+                self.drain_dealer()?;
+                check_dealer = false;
+            }
+            self.expire()?;
+            let next = self.timers.peek().map(|Reverse((at, _))| *at);
+            let wake = match next {
+                Some(at) => at.min(Instant::now() + POLL_INTERVAL),
+                None => Instant::now() + POLL_INTERVAL,
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.stopped() => return Ok(()),
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => {
+                        self.command(cmd)?;
+                        while let Ok(cmd) = commands.try_recv() {
+                            self.command(cmd)?;
+                        }
+                    }
+                    None => return Ok(()),
+                },
+                r = self.loopback.wait() => {
+                    r?;
+                    check_loopback = true;
+                }
+                r = self.dealer.wait() => {
+                    r?;
+                    check_dealer = true;
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    check_loopback = true;
+                    check_dealer = true;
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, cmd: Command) {
+        if let Command::Submit { tx, .. } = cmd {
+            let _ = tx.send(shutting_down());
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Answers every open request 503 and tells workers to stop on them.
+    fn close(&mut self) {
+        let ids: Vec<u64> = self.table.keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.finish(id, shutting_down(), Workers::Interrupt) {
+                tracing::warn!(error = %e, "could not publish an interrupt while stopping");
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Result<(), Error> {
+        match cmd {
+            Command::Submit {
+                header,
+                deadline,
+                frames,
+                tx,
+            } => {
+                let id = header.request_id;
+                let head = header.encode();
+                let sent = self
+                    .dealer
+                    .socket()
+                    .send(std::iter::once(&head[..]).chain(frames.iter().map(Vec::as_slice)))?;
+                self.table.insert(id, Entry { tx, header });
+                if sent == Sent::Unreachable {
+                    self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    self.finish(
+                        id,
+                        Answer::Failed(Failure::new(503, "the first stage is not reachable")),
+                        Workers::LeaveAlone,
+                    )?;
+                } else if let Some(at) = deadline {
+                    self.timers.push(Reverse((at, id)));
+                }
+            }
+            Command::Cancel(id) => {
+                if self.table.contains_key(&id) {
+                    self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                    self.finish(
+                        id,
+                        Answer::Failed(Failure::new(499, "client went away")),
+                        Workers::Interrupt,
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_loopback(&mut self) -> Result<(), Error> {
+        while let Some(mut frames) = self.loopback.socket().try_recv()? {
+            if frames.len() < 2 {
+                self.malformed("loopback", "no routing envelope");
+                continue;
+            }
+            let rest = frames.split_off(1);
+            match wire::decode(rest) {
+                Ok((h, mut payload)) if h.kind == Kind::Reply => {
+                    if h.server_id != self.server_id {
+                        self.malformed("loopback", "reply for another server");
+                        continue;
+                    }
+                    let body = payload.pop().unwrap_or_default();
+                    let answer = Answer::from_worker(h.status, body);
+                    let ok = h.status == 0;
+                    if self.finish(h.request_id, answer, Workers::LeaveAlone)? {
+                        if ok {
+                            self.stats.replied.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        self.stats.late.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok((h, _)) => self.malformed("loopback", &format!("unexpected {:?}", h.kind)),
+                Err(e) => self.malformed("loopback", &e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_dealer(&mut self) -> Result<(), Error> {
+        while let Some(frames) = self.dealer.socket().try_recv()? {
+            match wire::decode(frames) {
+                Ok((h, mut payload)) if h.kind == Kind::Reject => {
+                    let reason = payload
+                        .pop()
+                        .map(|r| String::from_utf8_lossy(&r).into_owned())
+                        .unwrap_or_else(|| "overloaded".into());
+                    let status = if h.status == 0 { 503 } else { h.status };
+                    if self.finish(
+                        h.request_id,
+                        Answer::Failed(Failure::new(status, reason)),
+                        Workers::LeaveAlone,
+                    )? {
+                        self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok((h, _)) => self.malformed("proxy", &format!("unexpected {:?}", h.kind)),
+                Err(e) => self.malformed("proxy", &e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, side: &str, why: &str) {
+        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(side, why, "server dropped a malformed message");
+    }
+
+    fn expire(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.table.contains_key(&id) {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.finish(id, deadline_passed(), Workers::Interrupt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers request `id` if it is still open. Returns whether it was open.
+    fn finish(&mut self, id: u64, answer: Answer, workers: Workers) -> Result<bool, Error> {
+        let Some(entry) = self.table.remove(&id) else {
+            return Ok(false);
+        };
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let _ = entry.tx.send(answer);
+        if workers == Workers::Interrupt {
+            let h = entry.header.with_kind(Kind::Interrupt);
+            self.publisher.send([&h.encode()[..]])?;
+        }
+        // Keep the timer heap from holding answered requests for the whole timeout under load.
+        if self.timers.len() > 2 * self.table.len() + 1024 {
+            let table = &self.table;
+            self.timers
+                .retain(|Reverse((_, id))| table.contains_key(id));
+        }
+        Ok(true)
+    }
+}
