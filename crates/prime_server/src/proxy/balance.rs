@@ -189,10 +189,12 @@ impl Balancer {
         }
     }
 
-    /// A worker said Disconnect: it gets no more jobs.
+    /// A worker said Disconnect: it gets no more jobs. A job in its hands is handed on as a dead
+    /// worker's is: a worker that leaves may never read it (it stopped, or the job reached it
+    /// after it left), and forgetting the job would leave its client waiting for the deadline.
     pub(crate) fn disconnect(&mut self, worker: &[u8]) -> Option<Action> {
-        self.forget(worker);
-        None
+        let job = self.forget(worker)?.job?;
+        self.hand_on(job, worker, "disconnected")
     }
 
     /// A send to `worker` (a heartbeat) found no such peer: it is dropped as dead. Only idle
@@ -201,7 +203,9 @@ impl Balancer {
     pub(crate) fn unreachable(&mut self, worker: &[u8]) -> Option<Action> {
         let entry = self.forget(worker)?;
         self.stats.expired.fetch_add(1, Ordering::Relaxed);
-        let action = entry.job.and_then(|job| self.hand_on(job, worker));
+        let action = entry
+            .job
+            .and_then(|job| self.hand_on(job, worker, "unreachable"));
         self.publish_gauges();
         action
     }
@@ -230,7 +234,7 @@ impl Balancer {
                 None => {
                     tracing::warn!(worker = %String::from_utf8_lossy(&w), idle = entry.idle, "worker went silent, dropped")
                 }
-                Some(job) => actions.extend(self.hand_on(job, &w)),
+                Some(job) => actions.extend(self.hand_on(job, &w, "silent")),
             }
         }
         actions.extend(
@@ -321,17 +325,18 @@ impl Balancer {
         Some(entry)
     }
 
-    /// The job of a worker that is gone: back to the front of the queue for another worker, or,
-    /// once `max_attempts` workers have had it, answered 500.
-    fn hand_on(&mut self, job: QueuedJob, worker: &[u8]) -> Option<Action> {
+    /// The job of a worker that is gone (`how`: silent, unreachable, disconnected): back to the
+    /// front of the queue for another worker, or, once `max_attempts` workers have had it,
+    /// answered 500.
+    fn hand_on(&mut self, job: QueuedJob, worker: &[u8], how: &str) -> Option<Action> {
         let who = String::from_utf8_lossy(worker);
         if job.header.attempt < self.max_attempts {
-            tracing::warn!(worker = %who, request_id = job.header.request_id, attempt = job.header.attempt, "worker died holding a job: handing it to another");
+            tracing::warn!(worker = %who, how, request_id = job.header.request_id, attempt = job.header.attempt, "worker died holding a job: handing it to another");
             self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
             self.queue.push_front(job);
             return None;
         }
-        tracing::error!(worker = %who, request_id = job.header.request_id, attempts = job.header.attempt, "worker died holding a job; no attempts left");
+        tracing::error!(worker = %who, how, request_id = job.header.request_id, attempts = job.header.attempt, "worker died holding a job; no attempts left");
         self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
         let reason = format!(
             "the request failed: {} workers died while working on it",
@@ -769,6 +774,42 @@ mod tests {
         arrive(&mut b, 2);
         assert_eq!(dispatch(&mut b, t), [sent("w2", 1, 1)]);
         assert_eq!(count(&stats.expired), 0);
+        assert_eq!(count(&stats.queued), 1);
+    }
+
+    /// Regression: a draining worker said Ready, was handed a queued job, then said Disconnect;
+    /// the job was forgotten with it and its client waited for the deadline.
+    #[test]
+    fn disconnect_of_a_worker_holding_a_job_hands_the_job_on() {
+        let (mut b, stats) = balancer();
+        let t = Instant::now();
+        arrive(&mut b, 1);
+        arrive(&mut b, 2);
+        ready(&mut b, "w1", t);
+        assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
+        assert_eq!(b.disconnect(b"w1"), None);
+        assert_eq!(count(&stats.redelivered), 1);
+        // Back at the front of the queue, ahead of job 2.
+        ready(&mut b, "w2", t);
+        assert_eq!(dispatch(&mut b, t), [sent("w2", 1, 2)]);
+        // Its last attempt spent: the sender is answered 500, as for a dead worker.
+        let left = b.disconnect(b"w2").into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            answers(&left),
+            [(
+                1,
+                500,
+                "the request failed: 2 workers died while working on it".to_string()
+            )]
+        );
+        assert_eq!(
+            (
+                count(&stats.redelivered),
+                count(&stats.abandoned),
+                count(&stats.expired)
+            ),
+            (1, 1, 0)
+        );
         assert_eq!(count(&stats.queued), 1);
     }
 
