@@ -14,15 +14,23 @@
 //! **Liveness:** idle workers send [`Kind::Heartbeat`] every heartbeat interval; one silent for
 //! `liveness` intervals leaves the idle FIFO. A send to a worker that has gone away fails (the
 //! downstream ROUTER is mandatory), so the job goes to the next idle worker instead of being lost.
+//! A job held by a worker that dies (silent for `liveness` intervals) or says
+//! [`Kind::Disconnect`] goes back to the front of the queue for another worker, until
+//! [`ProxyConfig::max_attempts`] workers have had it; then its sender is answered 500.
+//!
+//! The rule lives in `balance.rs`, a state machine without sockets or clocks, tested on its own;
+//! this module is the socket loop that feeds it what arrives and sends what it decides.
 //!
 //! Sockets: upstream ROUTER (bind; the server or the previous stage's workers connect DEALERs),
 //! downstream ROUTER (bind; this stage's workers connect DEALERs).
 
+mod balance;
+
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
-use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
+use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
-use std::collections::{HashMap, VecDeque};
+use balance::{Action, Balancer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,31 +126,13 @@ pub struct ProxyStats {
     pub idle: AtomicU64,
 }
 
-struct WorkerEntry {
-    blob: Vec<u8>,
-    idle: bool,
-    last_seen: Instant,
-    /// The job in the worker's hands, kept to hand to another worker if this one dies.
-    job: Option<QueuedJob>,
-}
-
-#[derive(Clone)]
-struct QueuedJob {
-    sender: Vec<u8>,
-    header: Header,
-    payload: Frames,
-}
-
 /// One stage's load balancer. Build with [`Proxy::bind`], then [`Proxy::run`] on its own thread.
 pub struct Proxy {
     config: ProxyConfig,
     upstream: Socket,
     downstream: Socket,
-    choose: Option<ChooseFn>,
     stats: Arc<ProxyStats>,
-    workers: HashMap<Vec<u8>, WorkerEntry>,
-    idle: VecDeque<Vec<u8>>,
-    queue: VecDeque<QueuedJob>,
+    balancer: Balancer,
 }
 
 impl Proxy {
@@ -154,21 +144,20 @@ impl Proxy {
         let downstream = ctx.socket(SocketKind::Router)?;
         downstream.set_router_mandatory(true)?;
         downstream.bind(&config.downstream)?;
+        let stats = Arc::<ProxyStats>::default();
+        let balancer = Balancer::new(&config, stats.clone());
         Ok(Proxy {
             config,
             upstream,
             downstream,
-            choose: None,
-            stats: Arc::default(),
-            workers: HashMap::new(),
-            idle: VecDeque::new(),
-            queue: VecDeque::new(),
+            stats,
+            balancer,
         })
     }
 
     /// Sets the function that picks a worker for each job (affinity).
     pub fn with_choose(mut self, choose: ChooseFn) -> Self {
-        self.choose = Some(choose);
+        self.balancer.set_choose(choose);
         self
     }
 
@@ -211,18 +200,17 @@ impl Proxy {
                 up = !self.drain_upstream()?;
             }
             self.dispatch()?;
-            if Instant::now() >= next_expiry {
-                self.expire()?;
+            let now = Instant::now();
+            if now >= next_expiry {
+                let actions = self.balancer.tick(now);
+                self.perform(actions)?;
                 next_expiry = Instant::now() + self.config.heartbeat.interval;
             }
             if up || down {
                 // A batch limit was hit: go round again before sleeping.
                 continue;
             }
-            if self.config.exit_when_drained
-                && shutdown.is_draining()
-                && self.queue.is_empty()
-                && self.workers.values().all(|w| w.idle)
+            if self.config.exit_when_drained && shutdown.is_draining() && self.balancer.is_drained()
             {
                 tracing::info!("drained: no job queued or in a worker's hands");
                 break;
@@ -240,11 +228,8 @@ impl Proxy {
                 (up, down) = (true, true);
             }
         }
-        while let Some(job) = self.queue.pop_front() {
-            self.reject(&job.sender, &job.header, "the proxy is shutting down")?;
-        }
-        self.publish_gauges();
-        Ok(())
+        let actions = self.balancer.stop();
+        self.perform(actions)
     }
 
     /// Reads what workers sent, at most a batch; returns whether the socket is now empty.
@@ -264,14 +249,18 @@ impl Proxy {
                 Ok((h, mut payload)) => match h.kind {
                     Kind::Ready => {
                         let blob = payload.pop().unwrap_or_default();
-                        self.worker_ready(worker, blob);
+                        self.balancer.ready(worker, blob, Instant::now());
                     }
                     // A worker's heartbeat thread speaks for it, named in the payload.
                     Kind::Heartbeat => {
                         let who = payload.pop().unwrap_or(worker);
-                        self.worker_heartbeat(who, &h)
+                        let busy = h.flags & wire::flags::BUSY != 0;
+                        self.balancer.heartbeat(who, busy, Instant::now());
                     }
-                    Kind::Disconnect => self.forget(&worker),
+                    Kind::Disconnect => {
+                        let action = self.balancer.disconnect(&worker);
+                        self.perform(action)?;
+                    }
                     other => self.malformed("downstream", &format!("unexpected {other:?}")),
                 },
                 Err(e) => self.malformed("downstream", &e.to_string()),
@@ -294,17 +283,8 @@ impl Proxy {
             let sender = frames.pop().unwrap_or_default();
             match wire::decode(rest) {
                 Ok((header, payload)) if header.kind == Kind::Job => {
-                    self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    if self.queue.len() >= self.config.queue_limit {
-                        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                        self.reject(&sender, &header, "the stage's queue is full")?;
-                    } else {
-                        self.queue.push_back(QueuedJob {
-                            sender,
-                            header,
-                            payload,
-                        });
-                    }
+                    let action = self.balancer.job(sender, header, payload);
+                    self.perform(action)?;
                     // Dispatch as we go so the queue only holds what no worker can take.
                     self.dispatch()?;
                 }
@@ -320,179 +300,39 @@ impl Proxy {
         tracing::warn!(side, why, "proxy dropped a malformed message");
     }
 
-    fn worker_ready(&mut self, worker: Vec<u8>, blob: Vec<u8>) {
-        let now = Instant::now();
-        match self.workers.get_mut(&worker) {
-            Some(entry) => {
-                entry.blob = blob;
-                entry.last_seen = now;
-                entry.job = None;
-                if !entry.idle {
-                    entry.idle = true;
-                    self.idle.push_back(worker);
-                }
-            }
-            None => {
-                self.workers.insert(
-                    worker.clone(),
-                    WorkerEntry {
-                        blob,
-                        idle: true,
-                        last_seen: now,
-                        job: None,
-                    },
-                );
-                self.idle.push_back(worker);
-            }
-        }
-    }
-
-    fn worker_heartbeat(&mut self, worker: Vec<u8>, h: &Header) {
-        match self.workers.get_mut(&worker) {
-            Some(entry) => entry.last_seen = Instant::now(),
-            // A worker we don't know (we restarted): an idle one is welcome as if it had said
-            // Ready; a busy one will say Ready when its job is done.
-            None if h.flags & wire::flags::BUSY == 0 => self.worker_ready(worker, Vec::new()),
-            None => {
-                self.workers.insert(
-                    worker,
-                    WorkerEntry {
-                        blob: Vec::new(),
-                        idle: false,
-                        last_seen: Instant::now(),
-                        job: None,
-                    },
-                );
-            }
-        }
-    }
-
-    fn forget(&mut self, worker: &[u8]) {
-        if self.workers.remove(worker).is_some() {
-            self.idle.retain(|w| w != worker);
-        }
-    }
-
-    /// Drops workers silent for longer than the heartbeat expiry; a job a dead worker held goes
-    /// back to the front of the queue, or, when `max_attempts` workers have had it, is answered
-    /// 500. Then says it is alive to every idle worker, so workers notice a dead proxy.
-    fn expire(&mut self) -> Result<(), Error> {
-        let cutoff = self.config.heartbeat.expiry();
-        let now = Instant::now();
-        let dead: Vec<Vec<u8>> = self
-            .workers
-            .iter()
-            .filter(|(_, e)| now.duration_since(e.last_seen) > cutoff)
-            .map(|(w, _)| w.clone())
-            .collect();
-        for w in dead {
-            let Some(entry) = self.workers.remove(&w) else {
-                continue;
-            };
-            self.idle.retain(|x| x != &w);
-            self.stats.expired.fetch_add(1, Ordering::Relaxed);
-            let who = String::from_utf8_lossy(&w).into_owned();
-            match entry.job {
-                None => {
-                    tracing::warn!(worker = %who, idle = entry.idle, "worker went silent, dropped")
-                }
-                Some(job) if job.header.attempt < self.config.max_attempts => {
-                    tracing::warn!(worker = %who, request_id = job.header.request_id, attempt = job.header.attempt, "worker died holding a job: handing it to another");
-                    self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
-                    self.queue.push_front(job);
-                }
-                Some(job) => {
-                    tracing::error!(worker = %who, request_id = job.header.request_id, attempts = job.header.attempt, "worker died holding a job; no attempts left");
-                    self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
-                    let reason = format!(
-                        "the request failed: {} workers died while working on it",
-                        job.header.attempt
-                    );
-                    self.answer(&job.sender, &job.header, 500, &reason)?;
-                }
-            }
-        }
-        let hb = Header::new(Kind::Heartbeat).encode();
-        let idle: Vec<Vec<u8>> = self.idle.iter().cloned().collect();
-        for w in idle {
-            if self.downstream.send([w.as_slice(), &hb[..]])? == Sent::Unreachable {
-                self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                self.forget(&w);
-            }
-        }
-        self.publish_gauges();
-        Ok(())
-    }
-
-    fn publish_gauges(&self) {
-        self.stats
-            .queued
-            .store(self.queue.len() as u64, Ordering::Relaxed);
-        self.stats
-            .idle
-            .store(self.idle.len() as u64, Ordering::Relaxed);
-    }
-
-    fn pick(&mut self, payload: &[Vec<u8>]) -> usize {
-        let Some(choose) = self.choose.as_mut() else {
-            return 0;
-        };
-        let blobs: Vec<&[u8]> = self
-            .idle
-            .iter()
-            .map(|w| {
-                self.workers
-                    .get(w)
-                    .map(|e| e.blob.as_slice())
-                    .unwrap_or(&[])
-            })
-            .collect();
-        match choose(&blobs, payload) {
-            Some(i) if i < blobs.len() => i,
-            _ => 0,
-        }
-    }
-
+    /// Hands queued jobs to idle workers, as the balancer picks them.
     fn dispatch(&mut self) -> Result<(), Error> {
-        while !self.idle.is_empty() {
-            let Some(mut job) = self.queue.pop_front() else {
-                break;
-            };
-            let i = self.pick(&job.payload);
-            let Some(worker) = self.idle.remove(i) else {
-                self.queue.push_front(job);
-                break;
-            };
-            job.header.attempt = job.header.attempt.saturating_add(1);
-            let head = job.header.encode();
-            let frames = [worker.as_slice(), &head[..]]
+        let downstream = &self.downstream;
+        self.balancer.dispatch(Instant::now(), |h| {
+            let head = h.header.encode();
+            let frames = [h.worker, &head[..]]
                 .into_iter()
-                .chain(job.payload.iter().map(Vec::as_slice));
-            match self.downstream.send(frames)? {
-                Sent::Yes => {
-                    if let Some(e) = self.workers.get_mut(&worker) {
-                        e.idle = false;
-                        // The worker's heartbeats are now what tells us it is alive.
-                        e.last_seen = Instant::now();
-                        e.job = Some(job);
-                    }
-                    self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-                }
-                Sent::Unreachable => {
-                    tracing::warn!(worker = %String::from_utf8_lossy(&worker), "worker unreachable, job goes to another");
-                    job.header.attempt -= 1;
-                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                    self.workers.remove(&worker);
-                    self.queue.push_front(job);
-                }
-            }
-        }
-        self.publish_gauges();
+                .chain(h.payload.iter().map(Vec::as_slice));
+            downstream.send(frames)
+        })?;
         Ok(())
     }
 
-    fn reject(&self, sender: &[u8], header: &Header, reason: &str) -> Result<(), Error> {
-        self.answer(sender, header, 503, reason)
+    /// Sends what the balancer decided; a heartbeat that finds no worker goes back to it.
+    fn perform(&mut self, actions: impl IntoIterator<Item = Action>) -> Result<(), Error> {
+        for action in actions {
+            match action {
+                Action::Answer {
+                    sender,
+                    header,
+                    status,
+                    reason,
+                } => self.answer(&sender, &header, status, &reason)?,
+                Action::Heartbeat { worker } => {
+                    let hb = Header::new(Kind::Heartbeat).encode();
+                    if self.downstream.send([worker.as_slice(), &hb[..]])? == Sent::Unreachable {
+                        let action = self.balancer.unreachable(&worker);
+                        self.perform(action)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Answers a job to its sender without a worker (a Reject with this status).
