@@ -14,9 +14,6 @@
 //! **Liveness:** idle workers send [`Kind::Heartbeat`] every heartbeat interval; one silent for
 //! `liveness` intervals leaves the idle FIFO. A send to a worker that has gone away fails (the
 //! downstream ROUTER is mandatory), so the job goes to the next idle worker instead of being lost.
-//! A job held by a worker that dies (silent for `liveness` intervals) or says
-//! [`Kind::Disconnect`] goes back to the front of the queue for another worker, until
-//! [`ProxyConfig::max_attempts`] workers have had it; then its sender is answered 500.
 //!
 //! The rule lives in `balance.rs`, a state machine without sockets or clocks, tested on its own;
 //! this module is the socket loop that feeds it what arrives and sends what it decides.
