@@ -3,12 +3,13 @@
 
 use crate::work::Factory;
 use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
-use prime_server::proxy::{Heartbeat, Proxy, ProxyConfig};
+use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::server::{Server, ServerConfig};
 use prime_server::shutdown::Shutdown;
 use prime_server::topology::{LogFormat, Protocol, ServerSection, StageSection, Topology};
 use prime_server::transport::Context;
 use prime_server::worker::{Worker, WorkerConfig};
+use prime_server::Heartbeat;
 use std::io::IsTerminal;
 use std::thread::JoinHandle;
 use std::time::Duration;

@@ -42,6 +42,7 @@
 pub mod answer;
 pub mod client;
 mod component;
+pub mod heartbeat;
 pub mod http_job;
 pub mod interrupt;
 pub(crate) mod memory;
@@ -58,9 +59,10 @@ pub mod work;
 pub mod worker;
 
 pub use answer::{Answer, Failure};
+pub use heartbeat::Heartbeat;
 pub use interrupt::{Interrupt, Interrupted};
 pub use pipeline::{Pipeline, Running, Transport};
-pub use proxy::{Heartbeat, Proxy, ProxyConfig};
+pub use proxy::{Proxy, ProxyConfig};
 pub use server::{Pending, Server, ServerConfig};
 pub use shutdown::Shutdown;
 pub use transport::Context;

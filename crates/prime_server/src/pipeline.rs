@@ -4,9 +4,10 @@
 //! fastest way when every part lives in the process).
 
 use crate::component;
+use crate::heartbeat::Heartbeat;
 use crate::interrupt::{Interrupt, SharedCancels};
 use crate::memory::{MemWorker, StageQueue};
-use crate::proxy::{Heartbeat, Proxy, ProxyConfig, ProxyStats};
+use crate::proxy::{Proxy, ProxyConfig, ProxyStats};
 use crate::server::{Server, ServerConfig};
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;

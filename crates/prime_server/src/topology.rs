@@ -99,8 +99,8 @@ impl Default for HeartbeatConfig {
 
 impl HeartbeatConfig {
     /// As the library's type.
-    pub fn heartbeat(&self) -> crate::proxy::Heartbeat {
-        crate::proxy::Heartbeat {
+    pub fn heartbeat(&self) -> crate::heartbeat::Heartbeat {
+        crate::heartbeat::Heartbeat {
             interval: Duration::from_millis(self.interval_ms),
             liveness: self.liveness,
         }

@@ -11,8 +11,8 @@
 //! passed) or the process is stopping. A panic in the work function becomes a 500 reply and the
 //! worker lives on. An optional cleanup function runs after every job.
 
+use crate::heartbeat::Heartbeat;
 use crate::interrupt::{drain_interrupts, CancelSource, Cancelled, Interrupt};
-use crate::proxy::Heartbeat;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::WorkerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};

@@ -704,8 +704,8 @@ fn the_cleanup_function_runs_after_every_job_whatever_its_outcome() {
 
 #[test]
 fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
-    use prime_server::proxy::Heartbeat;
     use prime_server::wire::{self, Header, Kind};
+    use prime_server::Heartbeat;
     let ctx = Context::new();
     let name = unique("redeliver");
     let mut cfg = ProxyConfig::new(

@@ -375,7 +375,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::Heartbeat;
+    use crate::heartbeat::Heartbeat;
     use crate::wire::Kind;
     use std::convert::Infallible;
 

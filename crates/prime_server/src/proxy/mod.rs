@@ -23,6 +23,7 @@
 
 mod balance;
 
+use crate::heartbeat::Heartbeat;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
@@ -30,37 +31,11 @@ use crate::Error;
 use balance::{Action, Balancer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Picks a worker for a job: `(idle workers' heartbeat blobs in FIFO order, job payload frames)
 /// -> index into the blobs`.
 pub type ChooseFn = Box<dyn FnMut(&[&[u8]], &[Vec<u8>]) -> Option<usize> + Send>;
-
-/// Heartbeat timing shared by proxies and workers.
-#[derive(Debug, Clone, Copy)]
-pub struct Heartbeat {
-    /// How often an idle worker says it is alive.
-    pub interval: Duration,
-    /// How many intervals of silence make a worker dead.
-    pub liveness: u32,
-}
-
-impl Default for Heartbeat {
-    /// The ZeroMQ Majordomo defaults: 2.5 s, 3 misses.
-    fn default() -> Self {
-        Heartbeat {
-            interval: Duration::from_millis(2500),
-            liveness: 3,
-        }
-    }
-}
-
-impl Heartbeat {
-    /// How long a worker may stay silent before it counts as dead.
-    pub fn expiry(&self) -> Duration {
-        self.interval * self.liveness.max(1)
-    }
-}
 
 /// How to build a [`Proxy`].
 #[derive(Debug, Clone)]
