@@ -206,13 +206,12 @@ pub async fn serve_front(
         let (server, sd) = (server.clone(), shutdown.clone());
         tokio::spawn(async move {
             sd.draining().await;
-            while !sd.is_stopping() {
-                if server.in_flight() == 0 {
+            tokio::select! {
+                _ = server.idle() => {
                     tracing::info!("drained: nothing in flight");
                     sd.stop();
-                    break;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                _ = sd.stopped() => {}
             }
         });
     }

@@ -13,6 +13,7 @@
 //! Either way every request submitted gets exactly one answer: the first of reply, timeout,
 //! reject or shutdown wins and later ones are dropped (and counted).
 
+mod in_flight;
 mod pending;
 pub(crate) mod pump;
 
@@ -27,8 +28,9 @@ pub use crate::stats::ServerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, SocketEvents};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
+use in_flight::InFlight;
 use pump::{Command, Pump};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -103,8 +105,8 @@ pub(crate) enum Dispatch {
 pub(crate) struct Shared {
     pub(crate) dispatch: Dispatch,
     next_id: AtomicU64,
-    /// One counter for both sides: `submit` increments, whoever answers decrements.
-    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// One counter for both sides: `submit` enters, whoever answers leaves.
+    pub(crate) in_flight: Arc<InFlight>,
     pub(crate) config: ServerConfig,
     pub(crate) stats: Arc<ServerStats>,
 }
@@ -147,7 +149,7 @@ impl Server {
         let loopback_endpoint = loopback.last_endpoint()?;
         let interrupt_endpoint = publisher.last_endpoint()?;
         let stats = Arc::new(ServerStats::default());
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(InFlight::default());
         let (done_tx, done) = watch::channel(());
         let (commands, rx) = mpsc::unbounded_channel();
         // Outside a runtime the pump gets one of its own, on its own thread; its descriptors
@@ -235,7 +237,7 @@ impl Server {
             shared: Arc::new(Shared {
                 dispatch: Dispatch::Memory { first, cancels },
                 next_id: AtomicU64::new(1),
-                in_flight: Arc::new(AtomicUsize::new(0)),
+                in_flight: Arc::default(),
                 config,
                 stats: Arc::new(ServerStats::default()),
             }),
@@ -280,7 +282,12 @@ impl Server {
 
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::Relaxed)
+        self.shared.in_flight.get()
+    }
+
+    /// Completes once no request is in flight (at once if none is).
+    pub async fn idle(&self) {
+        self.shared.in_flight.idle().await
     }
 
     /// Sends a request into the pipeline. The returned future resolves to its one answer;
@@ -290,17 +297,20 @@ impl Server {
         let shared = &self.shared;
         shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let refuse = |answer: Answer| {
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let overloaded = |answer: Answer| {
             shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             Pending::answered(id, shared.clone(), answer)
         };
-        if shared.in_flight.fetch_add(1, Ordering::AcqRel) >= shared.config.max_in_flight {
-            return refuse(Answer::Failed(Failure::new(
+        if !shared.in_flight.try_enter(shared.config.max_in_flight) {
+            return overloaded(Answer::Failed(Failure::new(
                 503,
                 "too many requests in flight",
             )));
         }
+        let refuse = |answer: Answer| {
+            shared.in_flight.leave();
+            overloaded(answer)
+        };
         let timeout = timeout.or(shared.config.timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
         let arrival_us = wire::now_us();

@@ -92,7 +92,7 @@ impl Pending {
     /// workers still holding it stop.
     fn end_in_memory(&self) {
         if let Dispatch::Memory { cancels, .. } = &self.shared.dispatch {
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shared.in_flight.leave();
             cancels.insert((self.shared.config.server_id, self.id));
         }
     }
@@ -111,7 +111,7 @@ impl Future for Pending {
                         if matches!(answer, Answer::Reply(_)) {
                             self.shared.stats.replied.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        self.shared.in_flight.leave();
                     }
                     answer
                 }

@@ -8,6 +8,7 @@
 //! whose client went away. Each open request is answered exactly once, by whichever of reply,
 //! Reject, deadline or shutdown comes first; later replies are counted `late` and dropped.
 
+use super::in_flight::InFlight;
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
@@ -16,7 +17,7 @@ use crate::wire::{self, Header, Kind};
 use crate::Error;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -56,7 +57,7 @@ pub(crate) struct Pump {
     pub(crate) loopback: SocketEvents,
     pub(crate) publisher: crate::transport::Socket,
     pub(crate) stats: Arc<ServerStats>,
-    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) in_flight: Arc<InFlight>,
     pub(crate) server_id: u64,
     pub(crate) _done: watch::Sender<()>,
     table: HashMap<u64, Entry>,
@@ -69,7 +70,7 @@ impl Pump {
         loopback: SocketEvents,
         publisher: crate::transport::Socket,
         stats: Arc<ServerStats>,
-        in_flight: Arc<AtomicUsize>,
+        in_flight: Arc<InFlight>,
         server_id: u64,
         done: watch::Sender<()>,
     ) -> Pump {
@@ -157,7 +158,7 @@ impl Pump {
     fn refuse(&mut self, cmd: Command) {
         if let Command::Submit { tx, .. } = cmd {
             let _ = tx.send(shutting_down());
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.in_flight.leave();
         }
     }
 
@@ -291,7 +292,7 @@ impl Pump {
         let Some(entry) = self.table.remove(&id) else {
             return Ok(false);
         };
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.leave();
         let _ = entry.tx.send(answer);
         if workers == Workers::Interrupt {
             let h = entry.header.with_kind(Kind::Interrupt);
