@@ -45,19 +45,6 @@ pub fn log_format(s: &str) -> Result<LogFormat, String> {
     }
 }
 
-fn spawn<F>(name: String, f: F) -> anyhow::Result<JoinHandle<()>>
-where
-    F: FnOnce() -> Result<(), prime_server::Error> + Send + 'static,
-{
-    Ok(std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            if let Err(e) = f() {
-                tracing::error!(thread = %name, error = %e, "component failed");
-            }
-        })?)
-}
-
 /// Binds a stage's proxy and runs it on a thread.
 pub fn start_proxy(
     ctx: &Context,
@@ -73,8 +60,7 @@ pub fn start_proxy(
     cfg.max_attempts = stage.max_attempts;
     let proxy = Proxy::bind(ctx, cfg)?;
     tracing::info!(stage = %stage.name, upstream = %stage.upstream, downstream = %stage.downstream, "proxy bound");
-    let sd = shutdown.clone();
-    spawn(format!("{}-proxy", stage.name), move || proxy.run(sd))
+    Ok(proxy.spawn(format!("{}-proxy", stage.name), shutdown.clone())?)
 }
 
 /// What a pool of workers connects to.
@@ -140,10 +126,7 @@ pub fn start_workers(
             leave_on_drain: pool.leave_on_drain,
         };
         let worker = Worker::connect(ctx, cfg, work())?;
-        let sd = shutdown.clone();
-        threads.push(spawn(format!("{}-w{i}", pool.name), move || {
-            worker.run(sd)
-        })?);
+        threads.push(worker.spawn(format!("{}-w{i}", pool.name), shutdown.clone())?);
     }
     tracing::info!(pool = %pool.name, workers = pool.workers, upstream = %pool.upstream, "workers connected");
     Ok(threads)
@@ -396,7 +379,7 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
     });
     shutdown.stop();
     for th in threads {
-        let _ = th.join();
+        prime_server::component::join(th);
     }
     result
 }

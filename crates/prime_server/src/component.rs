@@ -1,20 +1,19 @@
 //! Threads of the library's components (proxies, workers, the pump when no runtime hosts it):
-//! each named, run inside a tracing span that names the component, and never silent about how
-//! it ended. An error is logged when the component returns it; a panic is logged when the thread
-//! is joined, instead of being discarded with the join result.
+//! each named, each component running in a tracing span that names it (with its stage and id),
+//! and never silent about how it ended. An error is logged when the component returns it; a
+//! panic is logged when the thread is joined, instead of being discarded with the join result.
 
 use crate::Error;
 use std::thread::JoinHandle;
 
-/// Starts `f` on a thread called `name`, inside `span`. An error it returns is logged there.
-pub(crate) fn spawn<F>(name: String, span: tracing::Span, f: F) -> Result<JoinHandle<()>, Error>
+/// Starts `f` on a thread called `name`. An error it returns is logged.
+pub(crate) fn spawn<F>(name: String, f: F) -> Result<JoinHandle<()>, Error>
 where
     F: FnOnce() -> Result<(), Error> + Send + 'static,
 {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let _entered = span.enter();
             if let Err(e) = f() {
                 tracing::error!(error = %e, "component failed");
             }
@@ -26,7 +25,7 @@ where
 }
 
 /// Waits for a component's thread; a panic in it is reported, not dropped.
-pub(crate) fn join(thread: JoinHandle<()>) {
+pub fn join(thread: JoinHandle<()>) {
     let name = thread.thread().name().unwrap_or("unnamed").to_string();
     if let Err(panic) = thread.join() {
         let msg = panic

@@ -41,7 +41,7 @@
 
 pub mod answer;
 pub mod client;
-mod component;
+pub mod component;
 pub mod heartbeat;
 pub mod http_job;
 pub mod interrupt;

@@ -179,6 +179,8 @@ impl MemWorker {
     /// Serves jobs until `shutdown` stops, as a batch thread like the zmq pipeline's (see
     /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)).
     pub(crate) fn run(mut self, shutdown: Shutdown) {
+        let span = tracing::info_span!("worker", stage = self.stage);
+        let _entered = span.enter();
         crate::transport::prefer_batch_scheduling();
         let busy = AtomicBool::new(false);
         while !shutdown.is_stopping() {

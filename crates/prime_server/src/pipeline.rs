@@ -172,26 +172,14 @@ impl Pipeline {
                 cfg.stage = (i + 1) as u8;
                 let worker = Worker::connect(&ctx, cfg, (spec.make)())?;
                 stats.push(worker.stats());
-                let sd = shutdown.clone();
-                let span = tracing::info_span!("worker", stage = i + 1, worker = w);
-                threads.push(component::spawn(
-                    format!("stage{}-w{w}", i + 1),
-                    span,
-                    move || worker.run(sd),
-                )?);
+                threads.push(worker.spawn(format!("stage{}-w{w}", i + 1), shutdown.clone())?);
             }
             worker_stats.push(stats);
         }
         let mut proxy_stats = Vec::new();
         for (i, p) in proxies.into_iter().enumerate() {
             proxy_stats.push(p.stats());
-            let sd = shutdown.clone();
-            let span = tracing::info_span!("proxy", stage = i + 1);
-            threads.push(component::spawn(
-                format!("stage{}-proxy", i + 1),
-                span,
-                move || p.run(sd),
-            )?);
+            threads.push(p.spawn(format!("stage{}-proxy", i + 1), shutdown.clone())?);
         }
         Ok(Running {
             ctx: Some(ctx),
@@ -245,10 +233,8 @@ impl Pipeline {
                 };
                 stats.push(worker.stats.clone());
                 let sd = shutdown.clone();
-                let span = tracing::info_span!("worker", stage = i + 1, worker = w);
                 threads.push(component::spawn(
                     format!("stage{}-w{w}", i + 1),
-                    span,
                     move || {
                         worker.run(sd);
                         Ok(())

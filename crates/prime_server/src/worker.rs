@@ -136,7 +136,7 @@ impl HeartbeatThread {
     fn stop(mut self) {
         self.done.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            crate::component::join(t);
         }
     }
 }
@@ -209,6 +209,12 @@ impl Worker {
 
     /// Serves jobs until `shutdown` stops, then tells the proxy it is leaving.
     pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+        let span = tracing::info_span!(
+            "worker",
+            stage = self.config.stage,
+            id = %String::from_utf8_lossy(&self.id)
+        );
+        let _entered = span.enter();
         if self.config.batch_scheduling {
             crate::transport::prefer_batch_scheduling();
         }
@@ -225,6 +231,16 @@ impl Worker {
         let result = self.serve(&shutdown, &mut waiter);
         heartbeats.stop();
         result
+    }
+
+    /// [`Worker::run`] on a thread of its own called `name`; join it with
+    /// [`component::join`](crate::component::join), which reports a panic.
+    pub fn spawn(
+        self,
+        name: String,
+        shutdown: Shutdown,
+    ) -> Result<std::thread::JoinHandle<()>, Error> {
+        crate::component::spawn(name, move || self.run(shutdown))
     }
 
     /// The worker's loop; see [`Worker::run`].

@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let proxy = daemon::start_proxy(&ctx, &stage, heartbeat.heartbeat(), true, &shutdown)?;
-    let _ = proxy.join();
+    prime_server::component::join(proxy);
     tracing::info!("prime_proxyd stopped");
     Ok(())
 }

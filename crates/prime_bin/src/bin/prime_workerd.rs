@@ -128,7 +128,7 @@ fn main() -> anyhow::Result<()> {
     shutdown.on_signals(drain)?;
     let threads = daemon::start_workers(&ctx, &pool, &factory, &shutdown)?;
     for t in threads {
-        let _ = t.join();
+        prime_server::component::join(t);
     }
     tracing::info!("prime_workerd stopped");
     Ok(())

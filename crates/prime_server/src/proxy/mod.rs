@@ -31,6 +31,7 @@ use crate::Error;
 use balance::{Action, Balancer};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// Picks a worker for a job: `(idle workers' heartbeat blobs in FIFO order, job payload frames)
@@ -149,7 +150,19 @@ impl Proxy {
     }
 
     /// Runs until `shutdown` stops. Jobs still queued then are rejected, so their senders answer.
-    pub fn run(mut self, shutdown: Shutdown) -> Result<(), Error> {
+    pub fn run(self, shutdown: Shutdown) -> Result<(), Error> {
+        let span = tracing::info_span!("proxy", upstream = %self.config.upstream);
+        let _entered = span.enter();
+        self.serve(shutdown)
+    }
+
+    /// [`Proxy::run`] on a thread of its own called `name`; join it with
+    /// [`component::join`](crate::component::join), which reports a panic.
+    pub fn spawn(self, name: String, shutdown: Shutdown) -> Result<JoinHandle<()>, Error> {
+        crate::component::spawn(name, move || self.run(shutdown))
+    }
+
+    fn serve(mut self, shutdown: Shutdown) -> Result<(), Error> {
         const UP: u64 = 0;
         const DOWN: u64 = 1;
         if self.config.batch_scheduling {

@@ -184,20 +184,16 @@ impl Server {
                 tracing::error!(error = %e, "server pump failed");
             }
         }
-        .instrument(span.clone());
+        .instrument(span);
         let thread = match own_runtime {
             None => {
                 tokio::spawn(task);
                 None
             }
-            Some(rt) => Some(crate::component::spawn(
-                "server-pump".into(),
-                span,
-                move || {
-                    rt.block_on(task);
-                    Ok(())
-                },
-            )?),
+            Some(rt) => Some(crate::component::spawn("server-pump".into(), move || {
+                rt.block_on(task);
+                Ok(())
+            })?),
         };
         Ok(Server {
             shared: Arc::new(Shared {
