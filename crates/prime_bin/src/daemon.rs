@@ -5,7 +5,7 @@ use crate::work::Factory;
 use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::server::{Server, ServerConfig};
-use prime_server::shutdown::Shutdown;
+use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{LogFormat, Protocol, ServerSection, StageSection, Topology};
 use prime_server::transport::Context;
 use prime_server::worker::{Worker, WorkerConfig};
@@ -50,13 +50,13 @@ pub fn start_proxy(
     ctx: &Context,
     stage: &StageSection,
     heartbeat: Heartbeat,
-    exit_when_drained: bool,
+    on_drain: OnDrain,
     shutdown: &Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut cfg = ProxyConfig::new(&stage.upstream, &stage.downstream);
     cfg.queue_limit = stage.queue_limit;
     cfg.heartbeat = heartbeat;
-    cfg.exit_when_drained = exit_when_drained;
+    cfg.on_drain = on_drain;
     cfg.max_attempts = stage.max_attempts;
     let proxy = Proxy::bind(ctx, cfg)?;
     tracing::info!(stage = %stage.name, upstream = %stage.upstream, downstream = %stage.downstream, "proxy bound");
@@ -82,14 +82,14 @@ pub struct PoolSpec {
     pub workers: usize,
     /// Heartbeat timing.
     pub heartbeat: Heartbeat,
-    /// Leave the proxy when the drain starts (worker processes).
-    pub leave_on_drain: bool,
+    /// Leave the proxy when the drain starts ([`OnDrain::FinishAndExit`], worker processes).
+    pub on_drain: OnDrain,
 }
 
 impl PoolSpec {
     /// The pool of stage `i` of a topology: connected to its proxy and the next stage's, and to
     /// every server's loopback and interrupt endpoints, with the stage's worker count.
-    pub fn from_topology(t: &Topology, i: usize, leave_on_drain: bool) -> PoolSpec {
+    pub fn from_topology(t: &Topology, i: usize, on_drain: OnDrain) -> PoolSpec {
         let s = &t.stages[i];
         PoolSpec {
             name: s.name.clone(),
@@ -100,7 +100,7 @@ impl PoolSpec {
             stage: (i + 1) as u8,
             workers: s.workers,
             heartbeat: t.heartbeat.heartbeat(),
-            leave_on_drain,
+            on_drain,
         }
     }
 }
@@ -123,7 +123,7 @@ pub fn start_workers(
             blob: Vec::new(),
             stage: pool.stage,
             batch_scheduling: true,
-            leave_on_drain: pool.leave_on_drain,
+            on_drain: pool.on_drain,
         };
         let worker = Worker::connect(ctx, cfg, work())?;
         threads.push(worker.spawn(format!("{}-w{i}", pool.name), shutdown.clone())?);
@@ -154,14 +154,14 @@ fn display_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     }
 }
 
-/// Serves a front server's client protocol until the stop; when `exit_when_idle`, stops as soon
-/// as the drain has begun and nothing is in flight. Prints the listening address on stdout, and
+/// Serves a front server's client protocol until the stop; with [`OnDrain::FinishAndExit`],
+/// stops as soon as the drain has begun and nothing is in flight. Prints the listening address on stdout, and
 /// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try.
 pub async fn serve_front(
     section: &ServerSection,
     server: Server,
     shutdown: Shutdown,
-    exit_when_idle: bool,
+    on_drain: OnDrain,
     hint: Option<&str>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
@@ -185,7 +185,7 @@ pub async fn serve_front(
         );
     }
     std::io::stdout().flush()?;
-    if exit_when_idle {
+    if on_drain == OnDrain::FinishAndExit {
         let (server, sd) = (server.clone(), shutdown.clone());
         tokio::spawn(async move {
             sd.draining().await;
@@ -336,7 +336,7 @@ pub fn run_pipeline(
         section,
         running.server.clone(),
         running.shutdown.clone(),
-        false,
+        OnDrain::ServeUntilStop,
         hint,
     ));
     running.shutdown.stop();
@@ -353,7 +353,13 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
     let hb = t.heartbeat.heartbeat();
     let mut threads = Vec::new();
     for s in &t.stages {
-        threads.push(start_proxy(&ctx, s, hb, false, &shutdown)?);
+        threads.push(start_proxy(
+            &ctx,
+            s,
+            hb,
+            OnDrain::ServeUntilStop,
+            &shutdown,
+        )?);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -364,14 +370,19 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
             servers.push(start_server(&ctx, s, &t.stages[0].upstream, &shutdown)?);
         }
         for (i, s) in t.stages.iter().enumerate() {
-            let pool = PoolSpec::from_topology(t, i, false);
+            let pool = PoolSpec::from_topology(t, i, OnDrain::ServeUntilStop);
             let factory = crate::work::factory(&s.work, None)?;
             threads.extend(start_workers(&ctx, &pool, &factory, &shutdown)?);
         }
-        let fronts =
-            t.servers.iter().zip(servers).map(|(section, server)| {
-                serve_front(section, server, shutdown.clone(), false, None)
-            });
+        let fronts = t.servers.iter().zip(servers).map(|(section, server)| {
+            serve_front(
+                section,
+                server,
+                shutdown.clone(),
+                OnDrain::ServeUntilStop,
+                None,
+            )
+        });
         for r in futures_util::future::join_all(fronts).await {
             r?;
         }

@@ -64,7 +64,7 @@ pub use interrupt::{Interrupt, Interrupted};
 pub use pipeline::{Pipeline, Running, Transport};
 pub use proxy::{Proxy, ProxyConfig};
 pub use server::{Pending, Server, ServerConfig};
-pub use shutdown::Shutdown;
+pub use shutdown::{OnDrain, Shutdown};
 pub use transport::Context;
 pub use work::{Job, Outcome, WorkError, WorkFn};
 pub use worker::{Worker, WorkerConfig};

@@ -24,6 +24,19 @@ struct Flags {
     on_stop: Mutex<Vec<Hook>>,
 }
 
+/// What a component does once the drain starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDrain {
+    /// Go on serving until the stop: a part of a one-process pipeline, whose front decides when
+    /// the drain is over.
+    #[default]
+    ServeUntilStop,
+    /// Finish what it holds and end by itself: a process of a multi-process deployment (a
+    /// proxy once no job is queued or held, a worker after leaving its proxy, a front once
+    /// nothing is in flight).
+    FinishAndExit,
+}
+
 /// A cloneable handle on the process's (or a test's) shutdown state.
 #[derive(Clone, Default)]
 pub struct Shutdown {

@@ -13,7 +13,7 @@
 
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::{drain_interrupts, CancelSource, Cancelled, Interrupt};
-use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::WorkerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
@@ -45,11 +45,11 @@ pub struct WorkerConfig {
     /// Run the worker's thread as a batch thread (see
     /// [`prefer_batch_scheduling`](crate::transport::prefer_batch_scheduling)); on by default.
     pub batch_scheduling: bool,
-    /// Leave when the drain starts: tell the proxy (no new jobs), finish the job in hand and any
-    /// already on the way, then return, instead of serving until the stop. For worker processes
-    /// of a multi-process deployment; off by default (a one-process pipeline serves the front's
-    /// drain).
-    pub leave_on_drain: bool,
+    /// With [`OnDrain::FinishAndExit`], leave when the drain starts: tell the proxy (no new
+    /// jobs), finish the job in hand and any already on the way, then return, instead of serving
+    /// until the stop (worker processes of a multi-process deployment; a one-process pipeline
+    /// serves the front's drain).
+    pub on_drain: OnDrain,
 }
 
 /// How long a leaving worker keeps taking jobs that its proxy sent before it learned of the
@@ -72,7 +72,7 @@ impl WorkerConfig {
             blob: Vec::new(),
             stage: 1,
             batch_scheduling: true,
-            leave_on_drain: false,
+            on_drain: OnDrain::ServeUntilStop,
         }
     }
 
@@ -251,7 +251,10 @@ impl Worker {
         let (mut up, mut down, mut sub) = (true, true, true);
         let mut fired = Vec::new();
         while !shutdown.is_stopping() {
-            if self.config.leave_on_drain && shutdown.is_draining() && self.left.is_none() {
+            if self.config.on_drain == OnDrain::FinishAndExit
+                && shutdown.is_draining()
+                && self.left.is_none()
+            {
                 tracing::info!("draining: leaving the proxy after the jobs in hand");
                 self.send_up(Kind::Disconnect, None)?;
                 self.left = Some(Instant::now());

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
-use prime_server::shutdown::Shutdown;
+use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{Protocol, Topology};
 use prime_server::transport::Context;
 use std::time::Duration;
@@ -147,7 +147,14 @@ fn main() -> anyhow::Result<()> {
     let result = rt.block_on(async {
         let server = daemon::start_server(&ctx, &section, &proxy, &shutdown)
             .context("starting the server core")?;
-        daemon::serve_front(&section, server, shutdown.clone(), true, None).await
+        daemon::serve_front(
+            &section,
+            server,
+            shutdown.clone(),
+            OnDrain::FinishAndExit,
+            None,
+        )
+        .await
     });
     shutdown.stop();
     drop(rt);

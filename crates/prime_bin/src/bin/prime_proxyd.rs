@@ -7,7 +7,7 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
-use prime_server::shutdown::Shutdown;
+use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, StageSection, Topology};
 use prime_server::transport::Context;
 use std::time::Duration;
@@ -97,7 +97,13 @@ fn main() -> anyhow::Result<()> {
     let ctx = Context::new();
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
-    let proxy = daemon::start_proxy(&ctx, &stage, heartbeat.heartbeat(), true, &shutdown)?;
+    let proxy = daemon::start_proxy(
+        &ctx,
+        &stage,
+        heartbeat.heartbeat(),
+        OnDrain::FinishAndExit,
+        &shutdown,
+    )?;
     prime_server::component::join(proxy);
     tracing::info!("prime_proxyd stopped");
     Ok(())

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::{daemon, work};
-use prime_server::shutdown::Shutdown;
+use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, Topology};
 use prime_server::transport::Context;
 use std::path::PathBuf;
@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             let t = Topology::load(path)?;
             let name = args.stage.as_deref().context("--config needs --stage NAME")?;
             let (i, stage) = t.stage(name)?;
-            let mut pool = daemon::PoolSpec::from_topology(&t, i, true);
+            let mut pool = daemon::PoolSpec::from_topology(&t, i, OnDrain::FinishAndExit);
             if let Some(n) = args.workers {
                 pool.workers = n;
             }
@@ -114,7 +114,7 @@ fn main() -> anyhow::Result<()> {
                     ..HeartbeatConfig::default()
                 }
                 .heartbeat(),
-                leave_on_drain: true,
+                on_drain: OnDrain::FinishAndExit,
             };
             let kind = args.work.clone().context("--work NAME is needed (prime_parse, prime_test, echo, files)")?;
             (pool, kind, Duration::from_secs(args.drain_seconds.unwrap_or(28)), args.log_format.unwrap_or_default())

@@ -134,7 +134,7 @@ type Resp = http::Response<Full<Bytes>>;
 
 /// A response made by the front itself: a short text body, `Retry-After` on 503, and
 /// `Connection: close` where the request's input was at fault.
-fn text(status: u16, reason: &str, close: bool) -> Resp {
+fn text(status: u16, reason: &str, connection: After) -> Resp {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut body = String::with_capacity(reason.len() + 1);
     body.push_str(reason);
@@ -149,10 +149,19 @@ fn text(status: u16, reason: &str, close: bool) -> Resp {
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
-    if close {
+    if connection == After::Close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
+}
+
+/// What becomes of the connection after a response the front made itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// It may serve the next request.
+    KeepAlive,
+    /// It closes: the request's input was at fault, or the server is draining.
+    Close,
 }
 
 /// Turns a worker's encoded response into a hyper response, sharing the reply's buffer. The
@@ -177,11 +186,15 @@ fn from_reply(bytes: Vec<u8>, head: bool) -> Resp {
         }
         Err(e) => {
             tracing::warn!(error = %e, "a worker's response was malformed");
-            return text(502, "the worker's response was malformed", false);
+            return text(502, "the worker's response was malformed", After::KeepAlive);
         }
     };
     let Ok(status) = StatusCode::from_u16(status) else {
-        return text(502, "the worker's response had an invalid status", false);
+        return text(
+            502,
+            "the worker's response had an invalid status",
+            After::KeepAlive,
+        );
     };
     let body = Bytes::from(bytes).slice(body_at..);
     let mut r = http::Response::new(Full::new(body));
@@ -220,21 +233,26 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
     let version = match req.version() {
         Version::HTTP_10 => WireVersion::Http10,
         Version::HTTP_11 => WireVersion::Http11,
-        _ => return (0, text(505, "only HTTP/1.0 and HTTP/1.1 are served", true)),
+        _ => {
+            return (
+                0,
+                text(505, "only HTTP/1.0 and HTTP/1.1 are served", After::Close),
+            )
+        }
     };
     if version == WireVersion::Http11 && !req.headers().contains_key(header::HOST) {
         return (
             0,
-            text(400, "an HTTP/1.1 request needs a Host header", true),
+            text(400, "an HTTP/1.1 request needs a Host header", After::Close),
         );
     }
     if let Some(health) = &config.health_path {
         if req.uri().path() == health {
             let id = ctx.server.reserve_id();
             return if ctx.shutdown.is_draining() {
-                (id, text(503, "draining", true))
+                (id, text(503, "draining", After::Close))
             } else {
-                (id, text(200, "OK", false))
+                (id, text(200, "OK", After::KeepAlive))
             };
         }
     }
@@ -244,7 +262,7 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > config.max_body as u64) {
-        return (0, text(413, "the request body is too large", true));
+        return (0, text(413, "the request body is too large", After::Close));
     }
     let (parts, body) = req.into_parts();
     let head = parts.method == http::Method::HEAD;
@@ -259,16 +277,20 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
         {
             Ok(Ok(collected)) => collected.to_bytes().to_vec(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return (0, text(413, "the request body is too large", true))
+                return (0, text(413, "the request body is too large", After::Close))
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "bad request body");
-                return (0, text(400, "the request body is malformed", true));
+                return (0, text(400, "the request body is malformed", After::Close));
             }
             Err(_) => {
                 return (
                     0,
-                    text(408, "the request body took too long to arrive", true),
+                    text(
+                        408,
+                        "the request body took too long to arrive",
+                        After::Close,
+                    ),
                 )
             }
         }
@@ -292,7 +314,7 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
     let id = pending.id();
     let mut resp = match pending.await {
         Answer::Reply(bytes) => from_reply(bytes, head),
-        Answer::Failed(f) => text(f.status, &f.reason, false),
+        Answer::Failed(f) => text(f.status, &f.reason, After::KeepAlive),
     };
     if ctx.shutdown.is_draining() {
         // Draining: tell the client to take its next request elsewhere.

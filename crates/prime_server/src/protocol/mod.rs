@@ -56,6 +56,26 @@ impl From<std::io::Error> for ProtocolError {
     }
 }
 
+/// What a health check reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Serving: send traffic here.
+    Serving,
+    /// Draining: a load balancer should move traffic away.
+    Draining,
+}
+
+impl Health {
+    /// The state `shutdown` is in.
+    pub fn of(shutdown: &Shutdown) -> Health {
+        if shutdown.is_draining() {
+            Health::Draining
+        } else {
+            Health::Serving
+        }
+    }
+}
+
 /// A client protocol carried over a byte stream.
 pub trait StreamProtocol: Clone + Send + Sync + 'static {
     /// One decoded request.
@@ -66,7 +86,7 @@ pub trait StreamProtocol: Clone + Send + Sync + 'static {
     /// A fresh decoder for a new connection.
     fn codec(&self) -> Self::Codec;
     /// The response to a health check, answered by the server itself; `None` if `req` is not one.
-    fn health(&self, req: &Self::Request, draining: bool) -> Option<Vec<u8>>;
+    fn health(&self, req: &Self::Request, state: Health) -> Option<Vec<u8>>;
     /// The frames the first stage receives for `req`.
     fn job_frames(&self, req: Self::Request) -> Frames;
     /// The response bytes for an answer.
@@ -173,7 +193,7 @@ async fn connection<P: StreamProtocol>(
             }
             item = requests.next(), if reading && pending.len() < MAX_PIPELINE => match item {
                 Some(Ok(req)) => {
-                    if let Some(resp) = protocol.health(&req, shutdown.is_draining()) {
+                    if let Some(resp) = protocol.health(&req, Health::of(&shutdown)) {
                         pending.push_back(Box::pin(std::future::ready(resp)));
                     } else {
                         let p = server.submit(protocol.job_frames(req), None);

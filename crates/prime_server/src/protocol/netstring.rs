@@ -5,7 +5,7 @@
 //! `ERROR <status>: <reason>` for the others, and `BAD_REQUEST: <reason>` for a malformed or
 //! oversized netstring, after which the connection closes.
 
-use super::{ProtocolError, StreamProtocol};
+use super::{Health, ProtocolError, StreamProtocol};
 use crate::answer::Answer;
 use crate::transport::Frames;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -139,14 +139,11 @@ impl StreamProtocol for Netstring {
         NetstringCodec::new(self.max_len)
     }
 
-    fn health(&self, req: &Bytes, draining: bool) -> Option<Vec<u8>> {
+    fn health(&self, req: &Bytes, state: Health) -> Option<Vec<u8>> {
         let h = self.health.as_ref()?;
-        (req == &h.request).then(|| {
-            if draining {
-                encode(b"DRAINING")
-            } else {
-                encode(&h.response)
-            }
+        (req == &h.request).then(|| match state {
+            Health::Draining => encode(b"DRAINING"),
+            Health::Serving => encode(&h.response),
         })
     }
 

@@ -24,7 +24,7 @@
 mod balance;
 
 use crate::heartbeat::Heartbeat;
-use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
@@ -55,10 +55,10 @@ pub struct ProxyConfig {
     /// How many workers may be handed the same job: when a worker dies holding a job, the job
     /// goes to another until this many have had it, then its sender is answered 500.
     pub max_attempts: u8,
-    /// Once the drain starts, return as soon as no job is queued and no worker holds one,
-    /// instead of serving until the stop. For proxy processes of a multi-process deployment;
-    /// off by default.
-    pub exit_when_drained: bool,
+    /// With [`OnDrain::FinishAndExit`], return once the drain has started and no job is queued
+    /// or held by a worker, instead of serving until the stop (proxy processes of a
+    /// multi-process deployment).
+    pub on_drain: OnDrain,
 }
 
 impl ProxyConfig {
@@ -70,7 +70,7 @@ impl ProxyConfig {
             queue_limit: 4096,
             heartbeat: Heartbeat::default(),
             batch_scheduling: true,
-            exit_when_drained: false,
+            on_drain: OnDrain::ServeUntilStop,
             max_attempts: 2,
         }
     }
@@ -195,7 +195,9 @@ impl Proxy {
                 // A batch limit was hit: go round again before sleeping.
                 continue;
             }
-            if self.config.exit_when_drained && shutdown.is_draining() && self.balancer.is_drained()
+            if self.config.on_drain == OnDrain::FinishAndExit
+                && shutdown.is_draining()
+                && self.balancer.is_drained()
             {
                 tracing::info!("drained: no job queued or in a worker's hands");
                 break;
