@@ -13,6 +13,9 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{wait_until, within, LIMIT};
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -200,15 +203,10 @@ fn client_going_away_interrupts_a_long_job() {
         let (running, rx) = looping_pipeline("cancel", None, transport);
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
-        let dropped = Instant::now();
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("started"));
         drop(pending);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("cancelled"));
-        assert!(
-            dropped.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            dropped.elapsed()
-        );
+        // No deadline is set, so only the cancel can stop the work.
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("cancelled"));
         let stats = running.server.stats();
         assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
         // The worker is free again and serves the next request (which we let time out quickly).
@@ -234,18 +232,22 @@ fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
             transport.clone(),
         );
         let started = Instant::now();
-        let answer = rt().block_on(running.server.submit(vec![b"x".to_vec()], None));
+        // The work never ends by itself: without the deadline there is no answer at all.
+        let answer = rt().block_on(within(
+            "no answer: the 300 ms deadline was not enforced",
+            running.server.submit(vec![b"x".to_vec()], None),
+        ));
         let took = started.elapsed();
         assert_eq!(
             answer,
             Answer::Failed(Failure::new(504, "the request's deadline passed"))
         );
         assert!(
-            took >= Duration::from_millis(300) && took < Duration::from_millis(1300),
-            "{took:?}"
+            took >= Duration::from_millis(300),
+            "answered early: {took:?}"
         );
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
-        let why = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("started"));
+        let why = rx.recv_timeout(LIMIT).unwrap();
         assert!(why == "cancelled" || why == "deadline", "{why}");
         assert_eq!(running.server.stats().timeouts.load(Ordering::Relaxed), 1);
         running.stop();
@@ -258,12 +260,19 @@ fn stopping_interrupts_a_long_job_and_every_thread_ends() {
         let (running, rx) = looping_pipeline("stop", None, transport);
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
-        let t = Instant::now();
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("started"));
         let server = running.server.clone();
-        running.stop();
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        assert_eq!(rx.recv_timeout(Duration::from_secs(1)), Ok("shutdown"));
+        // `stop` joins every thread, so it returns only if the looping job was interrupted.
+        let (stopped_tx, stopped_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            running.stop();
+            let _ = stopped_tx.send(());
+        });
+        assert!(
+            stopped_rx.recv_timeout(LIMIT).is_ok(),
+            "stop() did not return: a thread did not end"
+        );
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("shutdown"));
         let a = rt.block_on(pending);
         assert!(
             matches!(a, Answer::Failed(Failure { status: 503, .. })),
@@ -319,37 +328,70 @@ fn the_proxy_never_hands_a_job_to_a_busy_worker() {
     }
 }
 
+/// Holds work functions until the test opens it, so a job stays in a worker's hands exactly as
+/// long as a test needs, however fast or slow the machine.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn new() -> std::sync::Arc<Gate> {
+        std::sync::Arc::default()
+    }
+
+    /// Waits until the gate is open (at most twice [`LIMIT`], so that a failing test still ends).
+    fn pass(&self) {
+        let open = self.open.lock().unwrap();
+        let _ = self
+            .opened
+            .wait_timeout_while(open, 2 * LIMIT, |open| !*open)
+            .unwrap();
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
 #[test]
 fn a_slow_worker_does_not_hold_up_jobs_behind_it() {
     for transport in IN_PROCESS {
-        // One worker is stuck on a long job; every other job must go to the other worker at once.
+        // One worker is held by a long job until the end; every other job must go to the other
+        // worker meanwhile. Queued behind the held one, none would be answered before the gate
+        // opens.
+        let gate = Gate::new();
+        let (started_tx, started_rx) = mpsc::channel();
+        let started_tx = std::sync::Arc::new(std::sync::Mutex::new(started_tx));
         let mut p = pipeline_over("hol", transport);
-        p.stage(2, |job, _| {
+        let g = gate.clone();
+        p.stage(2, move |job, _| {
             if job.frames[0] == b"long" {
-                std::thread::sleep(Duration::from_millis(1500));
+                let _ = started_tx.lock().unwrap().send(());
+                g.pass();
             }
             Ok(Outcome::Reply(job.frames[0].clone()))
         });
         let running = p.start().unwrap();
         wait_idle(&running, 0, 2);
         let rt = rt();
-        let long = running.server.submit(vec![b"long".to_vec()], None);
-        std::thread::sleep(Duration::from_millis(100));
-        let t = Instant::now();
+        let long = rt.spawn(running.server.submit(vec![b"long".to_vec()], None));
+        started_rx
+            .recv_timeout(LIMIT)
+            .expect("the long job never started");
         for k in 0..20 {
-            let a = rt.block_on(
+            let a = rt.block_on(within(
+                &format!("job {k} waits behind the busy worker"),
                 running
                     .server
                     .submit(vec![format!("{k}").into_bytes()], None),
-            );
+            ));
             assert_eq!(a, Answer::Reply(format!("{k}").into_bytes()));
         }
-        assert!(
-            t.elapsed() < Duration::from_millis(1000),
-            "{:?}",
-            t.elapsed()
-        );
-        assert_eq!(rt.block_on(long), Answer::Reply(b"long".to_vec()));
+        gate.open();
+        assert_eq!(rt.block_on(long).unwrap(), Answer::Reply(b"long".to_vec()));
         running.stop();
     }
 }
@@ -436,22 +478,16 @@ fn the_choose_function_routes_deterministically() {
     let stats = proxy.stats();
     let sd = shutdown.clone();
     threads.push(std::thread::spawn(move || proxy.run(sd).unwrap()));
-    // Wait until both workers are idle so every choice sees both.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats.idle.load(Ordering::Relaxed) < 2 && Instant::now() < deadline {
-        let _ = rt().block_on(server.submit(vec![b"A".to_vec()], None));
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let rt = rt();
     let (mut a, mut b) = (0, 0);
     for k in 0..400 {
         let want: &[u8] = if k % 4 == 0 { b"B" } else { b"A" };
-        // Sequential: the previous worker said Ready before its reply reached us? Not
-        // necessarily, so wait for both to be idle before each job.
-        let t = Instant::now();
-        while stats.idle.load(Ordering::Relaxed) < 2 && t.elapsed() < Duration::from_secs(2) {
-            std::thread::yield_now();
-        }
+        // Both workers must be idle so that the choice sees both: at the start, and after each
+        // job, since a worker says Ready only after its reply, which may reach us first.
+        wait_until(
+            &format!("job {k}: the two workers are not both idle"),
+            || stats.idle.load(Ordering::Relaxed) >= 2,
+        );
         let answer = rt.block_on(server.submit(vec![want.to_vec()], None));
         assert_eq!(answer, Answer::Reply(want.to_vec()), "job {k}");
         if want == b"A" {
@@ -508,13 +544,10 @@ fn malformed_frames_are_dropped_counted_and_the_components_keep_serving() {
     lb.send([b"not a reply".as_slice()]).unwrap();
     lb.send([b"x".as_slice(), b"y".as_slice(), b"z".as_slice()])
         .unwrap();
-    let t = Instant::now();
-    while (running.proxy_stats[0].malformed.load(Ordering::Relaxed) < 2
-        || running.server.stats().malformed.load(Ordering::Relaxed) < 2)
-        && t.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("the malformed messages were not counted", || {
+        running.proxy_stats[0].malformed.load(Ordering::Relaxed) >= 2
+            && running.server.stats().malformed.load(Ordering::Relaxed) >= 2
+    });
     assert_eq!(running.proxy_stats[0].malformed.load(Ordering::Relaxed), 2);
     assert_eq!(running.server.stats().malformed.load(Ordering::Relaxed), 2);
     assert_eq!(ask(&running, b"still"), Answer::Reply(b"still/1".to_vec()));
@@ -542,14 +575,12 @@ fn a_worker_drops_malformed_jobs_counts_them_and_asks_for_more() {
     let sd = shutdown.clone();
     let t = std::thread::spawn(move || w.run(sd).unwrap());
     let recv = |what: &str| {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(f) = fake.try_recv().unwrap() {
-                return f;
-            }
-            assert!(Instant::now() < until, "no {what}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let mut got = None;
+        wait_until(&format!("no {what}"), || {
+            got = fake.try_recv().unwrap();
+            got.is_some()
+        });
+        got.unwrap()
     };
     let ready = recv("ready");
     let id = ready[0].clone();
@@ -564,28 +595,58 @@ fn a_worker_drops_malformed_jobs_counts_them_and_asks_for_more() {
     t.join().unwrap();
 }
 
+/// Submits `n` requests at once, each awaited by a task on `rt`; waits until `refused` of them
+/// are answered (while the gate holds the others) and returns (those answers, the other tasks).
+fn answered_while_held(
+    rt: &tokio::runtime::Runtime,
+    running: &Running,
+    n: usize,
+    refused: usize,
+) -> (Vec<Answer>, Vec<tokio::task::JoinHandle<Answer>>) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| rt.spawn(running.server.submit(vec![b"x".to_vec()], None)))
+        .collect();
+    rt.block_on(within(
+        &format!("fewer than {refused} requests were refused while the others were held"),
+        async {
+            while tasks.iter().filter(|t| t.is_finished()).count() < refused {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    ));
+    let (done, held): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.is_finished());
+    let answers = done.into_iter().map(|t| rt.block_on(t).unwrap()).collect();
+    (answers, held)
+}
+
 #[test]
 fn a_full_proxy_queue_is_answered_503_at_once() {
     for transport in IN_PROCESS {
+        let gate = Gate::new();
+        let g = gate.clone();
         let mut p = pipeline_over("full", transport);
         p.queue_limit = 2;
-        p.stage(1, |_, _| {
-            std::thread::sleep(Duration::from_millis(300));
+        p.stage(1, move |_, _| {
+            g.pass();
             Ok(Outcome::Reply(b"done".to_vec()))
         });
         let running = p.start().unwrap();
         wait_idle(&running, 0, 1);
-        let answers = ask_all(&running, (0..6).map(|_| "x".to_string()));
-        let ok = answers
-            .iter()
-            .filter(|a| matches!(a, Answer::Reply(_)))
-            .count();
-        let busy = answers
-            .iter()
-            .filter(|a| matches!(a, Answer::Failed(Failure { status: 503, .. })))
-            .count();
-        // One in the worker's hands, two queued, three refused.
-        assert_eq!((ok, busy), (3, 3), "{answers:?}");
+        let rt = rt();
+        // One in the worker's hands, two queued, three refused: refused while the first is still
+        // held, so at once rather than after a wait.
+        let (refused, held) = answered_while_held(&rt, &running, 6, 3);
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        for a in &refused {
+            assert!(
+                matches!(a, Answer::Failed(Failure { status: 503, .. })),
+                "{refused:?}"
+            );
+        }
+        gate.open();
+        for t in held {
+            assert_eq!(rt.block_on(t).unwrap(), Answer::Reply(b"done".to_vec()));
+        }
         running.stop();
     }
 }
@@ -593,21 +654,29 @@ fn a_full_proxy_queue_is_answered_503_at_once() {
 #[test]
 fn the_in_flight_limit_is_answered_503_at_once() {
     for transport in IN_PROCESS {
+        let gate = Gate::new();
+        let g = gate.clone();
         let mut p = pipeline_over("inflight", transport);
         p.max_in_flight = 3;
-        p.stage(1, |_, _| {
-            std::thread::sleep(Duration::from_millis(100));
+        p.stage(1, move |_, _| {
+            g.pass();
             Ok(Outcome::Reply(b"done".to_vec()))
         });
         let running = p.start().unwrap();
-        let answers = ask_all(&running, (0..5).map(|_| "x".to_string()));
-        let busy = answers
-            .iter()
-            .filter(
-                |a| matches!(a, Answer::Failed(f) if f.status == 503 && f.reason.contains("in flight")),
-            )
-            .count();
-        assert_eq!(busy, 2, "{answers:?}");
+        let rt = rt();
+        // Three in flight, held by the gate; the other two are refused meanwhile.
+        let (refused, held) = answered_while_held(&rt, &running, 5, 2);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        for a in &refused {
+            assert!(
+                matches!(a, Answer::Failed(f) if f.status == 503 && f.reason.contains("in flight")),
+                "{refused:?}"
+            );
+        }
+        gate.open();
+        for t in held {
+            assert_eq!(rt.block_on(t).unwrap(), Answer::Reply(b"done".to_vec()));
+        }
         running.stop();
     }
 }
@@ -628,9 +697,9 @@ fn the_pump_carries_answers_cancels_and_timeouts() {
         let (running, rx) = looping_pipeline("pump-loop", None, Transport::Inproc);
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("started"));
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("started"));
         drop(pending);
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("cancelled"));
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("cancelled"));
         let a = rt.block_on(
             running
                 .server
@@ -690,11 +759,10 @@ fn the_cleanup_function_runs_after_every_job_whatever_its_outcome() {
         matches!(a, Answer::Failed(Failure { status: 500, .. })),
         "{a:?}"
     );
-    // The reply goes out before the cleanup runs; give the last one a moment.
-    let t = Instant::now();
-    while cleanups.load(Ordering::SeqCst) < 3 && t.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // The reply goes out before the cleanup runs: wait for the last one.
+    wait_until("the cleanup did not run after every job", || {
+        cleanups.load(Ordering::SeqCst) >= 3
+    });
     assert_eq!(cleanups.load(Ordering::SeqCst), 3);
     shutdown.stop();
     server.join();
@@ -714,7 +782,7 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
     );
     cfg.heartbeat = Heartbeat {
         interval: Duration::from_millis(50),
-        liveness: 2,
+        liveness: 4,
     };
     cfg.max_attempts = 2;
     let proxy = Proxy::bind(&ctx, cfg).unwrap();
@@ -722,18 +790,23 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
     let shutdown = Shutdown::new();
     let sd = shutdown.clone();
     let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
-    let recv = |s: &prime_server::transport::Socket, what: &str| {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(f) = s.try_recv().unwrap() {
+    // A fake worker stays alive (heartbeats every few ms) until it is handed a job, then dies
+    // holding it (goes silent). Should the test thread stall past the expiry while it waits, its
+    // next heartbeat registers it again, so the verdict does not hang on the machine's speed.
+    let take_job_then_die = |w: &prime_server::transport::Socket, what: &str| {
+        let mut got = None;
+        wait_until(&format!("no {what}"), || {
+            w.send([&Header::new(Kind::Heartbeat).encode()[..]])
+                .unwrap();
+            if let Some(f) = w.try_recv().unwrap() {
                 let (h, _) = wire::decode(f).unwrap();
-                if h.kind != Kind::Heartbeat {
-                    return h;
+                if h.kind == Kind::Job {
+                    got = Some(h);
                 }
             }
-            assert!(Instant::now() < until, "no {what}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            got.is_some()
+        });
+        got.unwrap()
     };
     let fake_worker = |id: &str| {
         let w = ctx.socket(SocketKind::Dealer).unwrap();
@@ -749,28 +822,19 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
     let mut job = Header::new(Kind::Job);
     job.request_id = 7;
     sender.send([&job.encode()[..], b"payload"]).unwrap();
-    let got = recv(&w1, "first dispatch");
+    let got = take_job_then_die(&w1, "first dispatch");
     assert_eq!((got.request_id, got.attempt), (7, 1));
-    // w1 dies holding it (goes silent). w2 arrives and stays alive while idle.
+    // w1 died holding it. w2 arrives and stays alive while idle.
     let w2 = fake_worker("w2");
-    let got = {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            w2.send([&Header::new(Kind::Heartbeat).encode()[..]])
-                .unwrap();
-            if let Some(f) = w2.try_recv().unwrap() {
-                let (h, _) = wire::decode(f).unwrap();
-                if h.kind == Kind::Job {
-                    break h;
-                }
-            }
-            assert!(Instant::now() < until, "never redelivered");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let got = take_job_then_die(&w2, "redelivery");
     assert_eq!((got.request_id, got.attempt), (7, 2));
     // w2 dies too: attempts spent, the sender is answered 500.
-    let answer = recv(&sender, "the 500");
+    let mut answer = None;
+    wait_until("no 500 for the sender", || {
+        answer = sender.try_recv().unwrap();
+        answer.is_some()
+    });
+    let (answer, _) = wire::decode(answer.unwrap()).unwrap();
     assert_eq!(
         (answer.kind, answer.request_id, answer.status),
         (Kind::Reject, 7, 500)
@@ -783,14 +847,9 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
 
 /// Waits until `n` workers have registered as idle with the proxy of these stats.
 fn wait_until_idle(stats: &prime_server::proxy::ProxyStats, n: u64) {
-    let t = Instant::now();
-    while stats.idle.load(Ordering::Relaxed) < n {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "workers never became idle"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_until(&format!("{n} workers never became idle"), || {
+        stats.idle.load(Ordering::Relaxed) >= n
+    });
 }
 
 #[test]
@@ -815,13 +874,17 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     let mut ready = Header::new(Kind::Ready).encode();
     ready[2] = 2; // a version-2 peer
     w.send([&ready[..]]).unwrap();
-    let t = Instant::now();
-    while stats.malformed.load(Ordering::Relaxed) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(5), "not counted");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(stats.idle.load(Ordering::Relaxed), 0);
+    wait_until("the version-2 Ready was not counted", || {
+        stats.malformed.load(Ordering::Relaxed) >= 1
+    });
+    // The proxy handles one message at a time, so the version-2 Ready is done with. A valid peer
+    // registering now must find itself the only idle worker.
+    let good = ctx.socket(SocketKind::Dealer).unwrap();
+    good.connect(&format!("inproc://{name}-down")).unwrap();
+    good.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();
+    wait_until_idle(&stats, 1);
+    assert_eq!(stats.idle.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.malformed.load(Ordering::Relaxed), 1);
     shutdown.stop();
     pt.join().unwrap();
 }
@@ -841,11 +904,7 @@ fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
             let body = job.frames.concat();
             ran_tx.lock().unwrap().send(body.clone()).unwrap();
             if body == b"hold" {
-                release_rx
-                    .lock()
-                    .unwrap()
-                    .recv_timeout(Duration::from_secs(10))
-                    .unwrap();
+                release_rx.lock().unwrap().recv_timeout(2 * LIMIT).unwrap();
             }
             Ok(Outcome::Reply(body))
         });
@@ -853,27 +912,27 @@ fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
         let rt = rt();
         let held = running.server.submit(vec![b"hold".to_vec()], None);
         let held = rt.spawn(held);
-        assert_eq!(
-            ran_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
-            b"hold"
-        );
+        assert_eq!(ran_rx.recv_timeout(LIMIT).unwrap(), b"hold");
         let queued = running.server.submit(vec![b"queued".to_vec()], None);
         let stats = running.server.stats();
         drop(queued);
-        let until = Instant::now() + Duration::from_secs(5);
-        while stats.cancelled.load(Ordering::Relaxed) < 1 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // A third request, queued behind the cancelled one. The server core handles its requests
+        // and cancels in order, so once this one reached the stage's queue the cancel before it
+        // was published: the worker will find it when it is free, however slow the machine.
+        let after = rt.spawn(running.server.submit(vec![b"after".to_vec()], None));
+        wait_until("the third request never reached the stage's queue", || {
+            running.proxy_stats[0].received.load(Ordering::Relaxed) >= 3
+        });
         assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
-        std::thread::sleep(Duration::from_millis(100));
         release_tx.send(()).unwrap();
         assert_eq!(rt.block_on(held).unwrap(), Answer::Reply(b"hold".to_vec()));
         // The next request runs normally: the worker skipped the cancelled one and asked for more.
-        assert_eq!(ask(&running, b"after"), Answer::Reply(b"after".to_vec()));
         assert_eq!(
-            ran_rx.recv_timeout(Duration::from_secs(1)).unwrap(),
-            b"after"
+            rt.block_on(within("no answer to the third request", after))
+                .unwrap(),
+            Answer::Reply(b"after".to_vec())
         );
+        assert_eq!(ran_rx.recv_timeout(LIMIT).unwrap(), b"after");
         assert!(ran_rx.try_recv().is_err(), "the cancelled job ran");
         let w = &running.worker_stats[0][0];
         assert_eq!(w.skipped.load(Ordering::Relaxed), 1);

@@ -1,5 +1,9 @@
-//! What the front-server tests share: a pipeline with a client protocol served on 127.0.0.1:0,
-//! stopped when the test ends, and small waiting helpers.
+//! What the front-server and pipeline tests share: a pipeline with a client protocol served on
+//! 127.0.0.1:0, stopped when the test ends, and waiting helpers.
+//!
+//! The tests run on a shared, noisy 2-core machine, so no verdict may depend on how fast it is:
+//! wait for a condition (a counter, a message, a closed port) with [`wait_until`] or [`within`],
+//! never for a fixed time, and give every wait the same generous [`LIMIT`].
 #![allow(dead_code)]
 
 use prime_server::pipeline::Running;
@@ -78,17 +82,30 @@ impl Drop for Front {
     }
 }
 
+/// How long any test waits for something that should happen at once before it fails: far above
+/// what it takes on a loaded machine, far below a hang.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// A connection whose reads give up after [`LIMIT`].
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
     s
 }
 
-/// Waits until `cond` holds, failing with `what` after `within`.
-pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` until it holds; fails with `what` if it still does not after [`LIMIT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < within, "{what}");
+        assert!(t.elapsed() < LIMIT, "after {LIMIT:?}: {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Awaits `fut`; fails with `what` if it has not completed after [`LIMIT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(LIMIT, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("after {LIMIT:?}: {what}"),
     }
 }
