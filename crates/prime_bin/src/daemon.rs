@@ -2,6 +2,7 @@
 //! (front servers, proxies, workers).
 
 use crate::work::Factory;
+use prime_server::endpoint::{Endpoint, InvalidEndpoint};
 use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::server::{Server, ServerConfig};
@@ -53,7 +54,7 @@ pub fn start_proxy(
     on_drain: OnDrain,
     shutdown: &Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let mut cfg = ProxyConfig::new(&stage.upstream, &stage.downstream);
+    let mut cfg = ProxyConfig::new(stage.upstream.parse()?, stage.downstream.parse()?);
     cfg.queue_limit = stage.queue_limit;
     cfg.heartbeat = heartbeat;
     cfg.on_drain = on_drain;
@@ -69,13 +70,13 @@ pub struct PoolSpec {
     /// A name for threads and logs.
     pub name: String,
     /// The stage's proxy, downstream side.
-    pub upstream: String,
+    pub upstream: Endpoint,
     /// The next stage's proxy, upstream side.
-    pub downstream: Option<String>,
+    pub downstream: Option<Endpoint>,
     /// Every server's loopback.
-    pub loopbacks: Vec<String>,
+    pub loopbacks: Vec<Endpoint>,
     /// Every server's interrupt endpoint.
-    pub interrupts: Vec<String>,
+    pub interrupts: Vec<Endpoint>,
     /// The stage's index, from 1.
     pub stage: u8,
     /// How many worker threads.
@@ -89,19 +90,22 @@ pub struct PoolSpec {
 impl PoolSpec {
     /// The pool of stage `i` of a topology: connected to its proxy and the next stage's, and to
     /// every server's loopback and interrupt endpoints, with the stage's worker count.
-    pub fn from_topology(t: &Topology, i: usize, on_drain: OnDrain) -> PoolSpec {
+    pub fn from_topology(t: &Topology, i: usize, on_drain: OnDrain) -> anyhow::Result<PoolSpec> {
         let s = &t.stages[i];
-        PoolSpec {
+        let endpoints = |all: Vec<String>| -> Result<Vec<Endpoint>, InvalidEndpoint> {
+            all.iter().map(|e| e.parse()).collect()
+        };
+        Ok(PoolSpec {
             name: s.name.clone(),
-            upstream: s.downstream.clone(),
-            downstream: t.worker_downstream(i).map(str::to_string),
-            loopbacks: t.loopbacks(),
-            interrupts: t.interrupts(),
+            upstream: s.downstream.parse()?,
+            downstream: t.worker_downstream(i).map(str::parse).transpose()?,
+            loopbacks: endpoints(t.loopbacks())?,
+            interrupts: endpoints(t.interrupts())?,
             stage: (i + 1) as u8,
             workers: s.workers,
             heartbeat: t.heartbeat.heartbeat(),
             on_drain,
-        }
+        })
     }
 }
 
@@ -136,10 +140,14 @@ pub fn start_workers(
 pub fn start_server(
     ctx: &Context,
     section: &ServerSection,
-    proxy: &str,
+    proxy: &Endpoint,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Server> {
-    let mut cfg = ServerConfig::new(proxy, &section.loopback, &section.interrupt);
+    let mut cfg = ServerConfig::new(
+        proxy.clone(),
+        section.loopback.parse()?,
+        section.interrupt.parse()?,
+    );
     cfg.timeout = section.timeout();
     cfg.max_in_flight = section.max_in_flight;
     Ok(Server::start(ctx, cfg, shutdown.clone())?)
@@ -198,7 +206,8 @@ pub async fn serve_front(
             }
         });
     }
-    let zmq_front = section.zmq_listen.clone().map(|endpoint| {
+    let zmq_listen: Option<Endpoint> = section.zmq_listen.as_deref().map(str::parse).transpose()?;
+    let zmq_front = zmq_listen.map(|endpoint| {
         let config = protocol::zmq_front::ZmqFrontConfig {
             max_request: section.max_body_bytes,
             health: section.health_path.clone().map(String::into_bytes),
@@ -367,10 +376,15 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
     let result = rt.block_on(async {
         let mut servers = Vec::new();
         for s in &t.servers {
-            servers.push(start_server(&ctx, s, &t.stages[0].upstream, &shutdown)?);
+            servers.push(start_server(
+                &ctx,
+                s,
+                &t.stages[0].upstream.parse()?,
+                &shutdown,
+            )?);
         }
         for (i, s) in t.stages.iter().enumerate() {
-            let pool = PoolSpec::from_topology(t, i, OnDrain::ServeUntilStop);
+            let pool = PoolSpec::from_topology(t, i, OnDrain::ServeUntilStop)?;
             let factory = crate::work::factory(&s.work, None)?;
             threads.extend(start_workers(&ctx, &pool, &factory, &shutdown)?);
         }

@@ -42,6 +42,7 @@
 pub mod answer;
 pub mod client;
 pub mod component;
+pub mod endpoint;
 pub mod heartbeat;
 pub mod http_job;
 pub mod interrupt;
@@ -59,6 +60,7 @@ pub mod work;
 pub mod worker;
 
 pub use answer::{Answer, Failure};
+pub use endpoint::Endpoint;
 pub use heartbeat::Heartbeat;
 pub use interrupt::{Interrupt, Interrupted};
 pub use pipeline::{Pipeline, Running, Transport};

@@ -4,14 +4,15 @@
 //! fastest way when every part lives in the process).
 
 use crate::component;
+use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::{Interrupt, SharedCancels};
 use crate::memory::{MemWorker, StageQueue};
 use crate::proxy::{Proxy, ProxyConfig, ProxyStats};
-use crate::server::{Server, ServerConfig};
+use crate::server::{Limits, Server, ServerConfig};
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
-use crate::transport::Context;
+use crate::transport::{Context, TransportError};
 use crate::work::{Job, Outcome, WorkError, WorkFn};
 use crate::worker::{Worker, WorkerConfig};
 use crate::Error;
@@ -105,13 +106,14 @@ impl Pipeline {
         self
     }
 
-    /// The endpoint of one part over zmq (in-memory stages have none).
-    fn endpoint(&self, part: &str) -> String {
-        match &self.transport {
+    /// The endpoint of one part over zmq (in-memory stages have none: they never ask).
+    fn endpoint(&self, part: &str) -> Result<Endpoint, Error> {
+        let text = match &self.transport {
             Transport::Memory | Transport::Inproc => format!("inproc://{}-{part}", self.name),
             Transport::Ipc(dir) => format!("ipc://{}/{}-{part}", dir.display(), self.name),
             Transport::Tcp(host) => format!("tcp://{host}:*"),
-        }
+        };
+        Ok(Endpoint::parse(&text).map_err(TransportError::from)?)
     }
 
     /// [`Pipeline::start`] inside `rt`, so that the server core's pump runs on that runtime,
@@ -131,8 +133,8 @@ impl Pipeline {
         let mut proxies = Vec::new();
         for i in 0..self.stages.len() {
             let mut cfg = ProxyConfig::new(
-                self.endpoint(&format!("stage{}-up", i + 1)),
-                self.endpoint(&format!("stage{}-down", i + 1)),
+                self.endpoint(&format!("stage{}-up", i + 1))?,
+                self.endpoint(&format!("stage{}-down", i + 1))?,
             );
             cfg.queue_limit = self.queue_limit;
             cfg.heartbeat = self.heartbeat;
@@ -142,10 +144,13 @@ impl Pipeline {
         // answered at its deadline or the stop, as one waiting for a proxy that is not there.
         let first = match proxies.first() {
             Some(p) => p.upstream_endpoint()?,
-            None => self.endpoint("stage1-up"),
+            None => self.endpoint("stage1-up")?,
         };
-        let mut scfg =
-            ServerConfig::new(first, self.endpoint("loopback"), self.endpoint("interrupt"));
+        let mut scfg = ServerConfig::new(
+            first,
+            self.endpoint("loopback")?,
+            self.endpoint("interrupt")?,
+        );
         scfg.timeout = self.timeout;
         scfg.max_in_flight = self.max_in_flight;
         let server = Server::start(&ctx, scfg, shutdown.clone())?;
@@ -210,12 +215,13 @@ impl Pipeline {
             // No stage: a queue nobody serves; its requests end at their deadline or the stop.
             None => StageQueue::new(self.queue_limit, Arc::default()),
         };
-        // No zmq here: the config's endpoints are never used.
-        let mut scfg = ServerConfig::new("", "", "");
-        scfg.timeout = self.timeout;
-        scfg.max_in_flight = self.max_in_flight;
+        let limits = Limits {
+            timeout: self.timeout,
+            max_in_flight: self.max_in_flight,
+            ..Limits::default()
+        };
         let server =
-            Server::start_in_memory(scfg, first, queues.clone(), cancels.clone(), &shutdown);
+            Server::start_in_memory(limits, first, queues.clone(), cancels.clone(), &shutdown);
         let server_stats = server.stats();
         let mut threads = Vec::new();
         let mut worker_stats = Vec::new();
@@ -270,7 +276,7 @@ pub struct Running {
     pub worker_stats: Vec<Vec<Arc<WorkerStats>>>,
     /// Each stage's proxy endpoints as bound: (upstream, downstream); empty for in-memory
     /// stages.
-    pub stage_endpoints: Vec<(String, String)>,
+    pub stage_endpoints: Vec<(Endpoint, Endpoint)>,
 }
 
 impl Running {

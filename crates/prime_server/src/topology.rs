@@ -26,9 +26,11 @@
 //! assert_eq!(t.worker_downstream(0), Some("ipc:///tmp/ps-doc/test_in"));
 //! ```
 //!
-//! Unknown keys and bad values are rejected with a message naming the key.
+//! Unknown keys and bad values are rejected with a message naming the key. Endpoints stay text
+//! here, checked by [`Topology::parse`] (so its errors can name the stage and key); the daemons
+//! turn them into [`Endpoint`]s where they hand them to the library.
 
-use crate::transport::validate_endpoint;
+use crate::endpoint::Endpoint;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -280,10 +282,10 @@ impl Topology {
             }
             crate::protocol::listen_addrs(&s.listen).map_err(|e| invalid(key("listen"), e))?;
             for (k, ep) in [("loopback", &s.loopback), ("interrupt", &s.interrupt)] {
-                validate_endpoint(ep).map_err(|e| invalid(key(k), e.to_string()))?;
+                Endpoint::parse(ep).map_err(|e| invalid(key(k), e.to_string()))?;
             }
             if let Some(ep) = &s.zmq_listen {
-                validate_endpoint(ep).map_err(|e| invalid(key("zmq_listen"), e.to_string()))?;
+                Endpoint::parse(ep).map_err(|e| invalid(key("zmq_listen"), e.to_string()))?;
             }
             if s.max_in_flight == 0 {
                 return Err(invalid(key("max_in_flight"), "must be at least 1"));
@@ -303,7 +305,7 @@ impl Topology {
                 return Err(invalid(format!("stage.{}", s.name), "duplicate name"));
             }
             for (k, ep) in [("upstream", &s.upstream), ("downstream", &s.downstream)] {
-                validate_endpoint(ep).map_err(|e| invalid(key(k), e.to_string()))?;
+                Endpoint::parse(ep).map_err(|e| invalid(key(k), e.to_string()))?;
             }
             if s.workers == 0 {
                 return Err(invalid(key("workers"), "must be at least 1"));

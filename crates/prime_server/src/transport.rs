@@ -6,6 +6,7 @@
 //! process sharing one [`Context`]), `ipc:///path` (processes on one host) and `tcp://host:port`
 //! (processes on many hosts). A bind or connect that fails is an error naming the endpoint.
 
+pub use crate::endpoint::{Endpoint, InvalidEndpoint, Scheme};
 use std::os::unix::io::RawFd;
 use std::time::Duration;
 
@@ -42,26 +43,21 @@ impl Kind {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The endpoint string is not `inproc://…`, `ipc://…` or `tcp://…`.
-    #[error(
-        "invalid endpoint {endpoint:?}: expected inproc://NAME, ipc:///PATH or tcp://HOST:PORT"
-    )]
-    InvalidEndpoint {
-        /// The endpoint as given.
-        endpoint: String,
-    },
+    #[error(transparent)]
+    InvalidEndpoint(#[from] InvalidEndpoint),
     /// Binding failed (address in use, permission, bad interface…).
     #[error("cannot bind {endpoint}: {cause}")]
     Bind {
-        /// The endpoint as given.
-        endpoint: String,
+        /// The endpoint.
+        endpoint: Endpoint,
         /// What libzmq said.
         cause: zmq::Error,
     },
     /// Connecting failed (malformed address, unknown inproc name…).
     #[error("cannot connect to {endpoint}: {cause}")]
     Connect {
-        /// The endpoint as given.
-        endpoint: String,
+        /// The endpoint.
+        endpoint: Endpoint,
         /// What libzmq said.
         cause: zmq::Error,
     },
@@ -102,20 +98,6 @@ fn zerr(op: &'static str) -> impl FnOnce(zmq::Error) -> TransportError {
 /// EAFNOSUPPORT's value on Linux (the only target we build for); the binding has no name for it.
 fn libc_eafnosupport() -> i32 {
     97
-}
-
-/// Checks that an endpoint has one of the three transports we support.
-pub fn validate_endpoint(endpoint: &str) -> Result<()> {
-    let ok = ["inproc://", "ipc://", "tcp://"]
-        .iter()
-        .any(|scheme| endpoint.len() > scheme.len() && endpoint.starts_with(scheme));
-    if ok {
-        Ok(())
-    } else {
-        Err(TransportError::InvalidEndpoint {
-            endpoint: endpoint.to_string(),
-        })
-    }
 }
 
 /// A zmq context: the I/O threads and the namespace of `inproc://` endpoints. Cheap to clone;
@@ -164,17 +146,16 @@ impl std::fmt::Debug for Socket {
 impl Socket {
     /// Binds to `endpoint`. For tcp it tries IPv6 dual stack first and falls back to IPv4 only
     /// where the host has no IPv6.
-    pub fn bind(&self, endpoint: &str) -> Result<()> {
-        validate_endpoint(endpoint)?;
-        if endpoint.starts_with("tcp://") {
+    pub fn bind(&self, endpoint: &Endpoint) -> Result<()> {
+        if endpoint.scheme() == Scheme::Tcp {
             let _ = self.inner.set_ipv6(true);
-            if let Err(e) = self.inner.bind(endpoint) {
+            if let Err(e) = self.inner.bind(endpoint.as_str()) {
                 // No IPv6 on this host: libzmq reports it as an unknown address family (not in the
                 // binding's enum) or as the address not being available.
                 let no_ipv6 = e == zmq::Error::EADDRNOTAVAIL || e.to_raw() == libc_eafnosupport();
                 if !no_ipv6 {
                     return Err(TransportError::Bind {
-                        endpoint: endpoint.to_string(),
+                        endpoint: endpoint.clone(),
                         cause: e,
                     });
                 }
@@ -184,35 +165,35 @@ impl Socket {
             }
         }
         self.inner
-            .bind(endpoint)
+            .bind(endpoint.as_str())
             .map_err(|cause| TransportError::Bind {
-                endpoint: endpoint.to_string(),
+                endpoint: endpoint.clone(),
                 cause,
             })
     }
 
     /// Connects to `endpoint`. zmq connects in the background and reconnects after failures; an
     /// error here means the endpoint itself is unusable.
-    pub fn connect(&self, endpoint: &str) -> Result<()> {
-        validate_endpoint(endpoint)?;
-        if endpoint.starts_with("tcp://") {
+    pub fn connect(&self, endpoint: &Endpoint) -> Result<()> {
+        if endpoint.scheme() == Scheme::Tcp {
             let _ = self.inner.set_ipv6(true);
         }
         self.inner
-            .connect(endpoint)
+            .connect(endpoint.as_str())
             .map_err(|cause| TransportError::Connect {
-                endpoint: endpoint.to_string(),
+                endpoint: endpoint.clone(),
                 cause,
             })
     }
 
     /// The endpoint this socket bound last, with the port zmq picked for `tcp://…:*`.
-    pub fn last_endpoint(&self) -> Result<String> {
-        match self.inner.get_last_endpoint() {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-            Err(e) => Err(zerr("last endpoint")(e)),
-        }
+    pub fn last_endpoint(&self) -> Result<Endpoint> {
+        let text = match self.inner.get_last_endpoint() {
+            Ok(Ok(s)) => s,
+            Ok(Err(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => return Err(zerr("last endpoint")(e)),
+        };
+        Ok(Endpoint::parse(&text)?)
     }
 
     /// Sets the id this socket presents to peers; a ROUTER peer addresses it by this id.
@@ -459,36 +440,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rejects_unknown_schemes() {
-        for bad in [
-            "",
-            "tcp://",
-            "udp://1.2.3.4:5",
-            "localhost:8002",
-            "inproc:/x",
-        ] {
-            assert!(validate_endpoint(bad).is_err(), "{bad}");
-        }
-        for good in [
-            "inproc://a",
-            "ipc:///tmp/x",
-            "tcp://127.0.0.1:1",
-            "tcp://*:8002",
-        ] {
-            assert!(validate_endpoint(good).is_ok(), "{good}");
-        }
-    }
-
-    #[test]
     fn bind_error_names_the_endpoint() {
         let ctx = Context::new();
         let a = ctx.socket(Kind::Router).unwrap();
-        a.bind("tcp://127.0.0.1:*").unwrap();
+        a.bind(&"tcp://127.0.0.1:*".parse().unwrap()).unwrap();
         let ep = a.last_endpoint().unwrap();
         let b = ctx.socket(Kind::Router).unwrap();
         let err = b.bind(&ep).unwrap_err().to_string();
-        assert!(err.contains(&ep), "{err}");
-        let err = b.connect("inproc://").unwrap_err().to_string();
+        assert!(err.contains(ep.as_str()), "{err}");
+        let err = TransportError::from(Endpoint::parse("inproc://").unwrap_err()).to_string();
         assert!(err.contains("inproc://"), "{err}");
     }
 
@@ -497,7 +457,7 @@ mod tests {
         let ctx = Context::new();
         let r = ctx.socket(Kind::Router).unwrap();
         r.set_router_mandatory(true).unwrap();
-        r.bind("inproc://t-mandatory").unwrap();
+        r.bind(&"inproc://t-mandatory".parse().unwrap()).unwrap();
         assert_eq!(
             r.send([b"nobody".as_slice(), b"x"]).unwrap(),
             Sent::Unreachable

@@ -11,6 +11,7 @@
 //! passed) or the process is stopping. A panic in the work function becomes a 500 reply and the
 //! worker lives on. An optional cleanup function runs after every job.
 
+use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::{drain_interrupts, CancelSource, Cancelled, Interrupt};
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
@@ -29,13 +30,13 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// This stage's proxy, its downstream endpoint.
-    pub upstream: String,
+    pub upstream: Endpoint,
     /// The next stage's proxy, its upstream endpoint; `None` for the last stage.
-    pub downstream: Option<String>,
+    pub downstream: Option<Endpoint>,
     /// Every server's loopback endpoint (usually one).
-    pub loopbacks: Vec<String>,
+    pub loopbacks: Vec<Endpoint>,
     /// Every server's interrupt endpoint (usually one).
-    pub interrupts: Vec<String>,
+    pub interrupts: Vec<Endpoint>,
     /// Heartbeat timing; must match the proxy's.
     pub heartbeat: Heartbeat,
     /// The heartbeat blob advertised to the proxy's choose function until a job changes it.
@@ -58,16 +59,12 @@ const LEAVE_GRACE: Duration = Duration::from_millis(500);
 
 impl WorkerConfig {
     /// A worker of stage 1 for a single server, without a next stage.
-    pub fn new(
-        upstream: impl Into<String>,
-        loopback: impl Into<String>,
-        interrupt: impl Into<String>,
-    ) -> Self {
+    pub fn new(upstream: Endpoint, loopback: Endpoint, interrupt: Endpoint) -> Self {
         WorkerConfig {
-            upstream: upstream.into(),
+            upstream,
             downstream: None,
-            loopbacks: vec![loopback.into()],
-            interrupts: vec![interrupt.into()],
+            loopbacks: vec![loopback],
+            interrupts: vec![interrupt],
             heartbeat: Heartbeat::default(),
             blob: Vec::new(),
             stage: 1,
@@ -77,8 +74,8 @@ impl WorkerConfig {
     }
 
     /// Sets the next stage's proxy.
-    pub fn downstream(mut self, endpoint: impl Into<String>) -> Self {
-        self.downstream = Some(endpoint.into());
+    pub fn downstream(mut self, endpoint: Endpoint) -> Self {
+        self.downstream = Some(endpoint);
         self
     }
 }

@@ -7,11 +7,16 @@ use prime_server::server::{Server, ServerConfig};
 use prime_server::shutdown::Shutdown;
 use prime_server::transport::{Context, Kind as SocketKind};
 use prime_server::worker::{Worker, WorkerConfig};
-use prime_server::{Answer, Failure};
+use prime_server::{Answer, Endpoint, Failure};
 use prime_server::{Interrupted, Outcome, WorkError};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// A test's endpoint, which it knows to be valid.
+fn ep(text: &str) -> Endpoint {
+    text.parse().expect("a valid endpoint")
+}
 
 mod common;
 use common::{wait_until, within, LIMIT};
@@ -413,17 +418,17 @@ impl Manual {
         let proxy = Proxy::bind(
             &ctx,
             ProxyConfig::new(
-                format!("inproc://{name}-up"),
-                format!("inproc://{name}-down"),
+                ep(&format!("inproc://{name}-up")),
+                ep(&format!("inproc://{name}-down")),
             ),
         )
         .unwrap();
         let server = Server::start(
             &ctx,
             ServerConfig::new(
-                format!("inproc://{name}-up"),
-                format!("inproc://{name}-loop"),
-                format!("inproc://{name}-int"),
+                ep(&format!("inproc://{name}-up")),
+                ep(&format!("inproc://{name}-loop")),
+                ep(&format!("inproc://{name}-int")),
             ),
             shutdown.clone(),
         )
@@ -441,9 +446,9 @@ impl Manual {
 
     fn worker_config(&self) -> WorkerConfig {
         WorkerConfig::new(
-            format!("inproc://{}-down", self.name),
-            format!("inproc://{}-loop", self.name),
-            format!("inproc://{}-int", self.name),
+            ep(&format!("inproc://{}-down", self.name)),
+            ep(&format!("inproc://{}-loop", self.name)),
+            ep(&format!("inproc://{}-int", self.name)),
         )
     }
 }
@@ -559,14 +564,14 @@ fn a_worker_drops_malformed_jobs_counts_them_and_asks_for_more() {
     let ctx = Context::new();
     let name = unique("fakeproxy");
     let fake = ctx.socket(SocketKind::Router).unwrap();
-    fake.bind(&format!("inproc://{name}")).unwrap();
+    fake.bind(&ep(&format!("inproc://{name}"))).unwrap();
     let shutdown = Shutdown::new();
     let w = Worker::connect(
         &ctx,
         WorkerConfig::new(
-            format!("inproc://{name}"),
-            format!("inproc://{name}-lb"),
-            format!("inproc://{name}-int"),
+            ep(&format!("inproc://{name}")),
+            ep(&format!("inproc://{name}-lb")),
+            ep(&format!("inproc://{name}-int")),
         ),
         Box::new(|_, _| Ok(Outcome::Reply(Vec::new()))),
     )
@@ -777,8 +782,8 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
     let ctx = Context::new();
     let name = unique("redeliver");
     let mut cfg = ProxyConfig::new(
-        format!("inproc://{name}-up"),
-        format!("inproc://{name}-down"),
+        ep(&format!("inproc://{name}-up")),
+        ep(&format!("inproc://{name}-down")),
     );
     cfg.heartbeat = Heartbeat {
         interval: Duration::from_millis(50),
@@ -811,12 +816,12 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
     let fake_worker = |id: &str| {
         let w = ctx.socket(SocketKind::Dealer).unwrap();
         w.set_routing_id(id.as_bytes()).unwrap();
-        w.connect(&format!("inproc://{name}-down")).unwrap();
+        w.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
         w.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();
         w
     };
     let sender = ctx.socket(SocketKind::Dealer).unwrap();
-    sender.connect(&format!("inproc://{name}-up")).unwrap();
+    sender.connect(&ep(&format!("inproc://{name}-up"))).unwrap();
     let w1 = fake_worker("w1");
     wait_until_idle(&stats, 1);
     let mut job = Header::new(Kind::Job);
@@ -860,8 +865,8 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     let proxy = Proxy::bind(
         &ctx,
         ProxyConfig::new(
-            format!("inproc://{name}-up"),
-            format!("inproc://{name}-down"),
+            ep(&format!("inproc://{name}-up")),
+            ep(&format!("inproc://{name}-down")),
         ),
     )
     .unwrap();
@@ -870,7 +875,7 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     let sd = shutdown.clone();
     let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
     let w = ctx.socket(SocketKind::Dealer).unwrap();
-    w.connect(&format!("inproc://{name}-down")).unwrap();
+    w.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
     let mut ready = Header::new(Kind::Ready).encode();
     ready[2] = 2; // a version-2 peer
     w.send([&ready[..]]).unwrap();
@@ -880,7 +885,7 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     // The proxy handles one message at a time, so the version-2 Ready is done with. A valid peer
     // registering now must find itself the only idle worker.
     let good = ctx.socket(SocketKind::Dealer).unwrap();
-    good.connect(&format!("inproc://{name}-down")).unwrap();
+    good.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
     good.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();
     wait_until_idle(&stats, 1);
     assert_eq!(stats.idle.load(Ordering::Relaxed), 1);

@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     let seconds: f64 = args.next().map_or(Ok(10.0), |s| s.parse())?;
     let ctx = Context::new();
     let sock = ctx.socket(Kind::Dealer)?;
-    sock.connect(&endpoint)?;
+    sock.connect(&endpoint.parse()?)?;
     let mut waiter = Waiter::new()?;
     waiter.watch(&sock, 0)?;
     let mut fired = Vec::new();

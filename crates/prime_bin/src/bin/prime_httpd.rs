@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let server = daemon::start_server(&ctx, &section, &proxy, &shutdown)
+        let server = daemon::start_server(&ctx, &section, &proxy.parse()?, &shutdown)
             .context("starting the server core")?;
         daemon::serve_front(
             &section,

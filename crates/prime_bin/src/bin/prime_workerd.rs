@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             let t = Topology::load(path)?;
             let name = args.stage.as_deref().context("--config needs --stage NAME")?;
             let (i, stage) = t.stage(name)?;
-            let mut pool = daemon::PoolSpec::from_topology(&t, i, OnDrain::FinishAndExit);
+            let mut pool = daemon::PoolSpec::from_topology(&t, i, OnDrain::FinishAndExit)?;
             if let Some(n) = args.workers {
                 pool.workers = n;
             }
@@ -99,14 +99,14 @@ fn main() -> anyhow::Result<()> {
             }
             let downstream = match down.as_str() {
                 "-" | "none" | "ipc:///dev/null" | "inproc://dev_null" => None,
-                d => Some(d.to_string()),
+                d => Some(d.parse()?),
             };
             let pool = daemon::PoolSpec {
                 name: "worker".into(),
-                upstream: up.clone(),
+                upstream: up.parse()?,
                 downstream,
-                loopbacks: loopbacks.clone(),
-                interrupts: interrupts.clone(),
+                loopbacks: parse_all(&loopbacks)?,
+                interrupts: parse_all(&interrupts)?,
                 stage: args.stage_index,
                 workers: args.workers.unwrap_or(2),
                 heartbeat: HeartbeatConfig {
@@ -132,4 +132,11 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!("prime_workerd stopped");
     Ok(())
+}
+
+fn parse_all(endpoints: &[String]) -> anyhow::Result<Vec<prime_server::Endpoint>> {
+    Ok(endpoints
+        .iter()
+        .map(|e| e.parse())
+        .collect::<Result<_, _>>()?)
 }

@@ -8,6 +8,7 @@
 //! failure (`400`, `413`, `500`, `503`, `504`, …) with a short reason. See `docs/PROTOCOL.md` §5.
 
 use crate::answer::Answer;
+use crate::endpoint::Endpoint;
 use crate::server::Server;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::transport::{Context, Frames, Kind, Sent, Socket, SocketEvents};
@@ -47,7 +48,7 @@ type Answered = Pin<Box<dyn Future<Output = (Frames, Answer)> + Send>>;
 /// 503 once the drain starts). Runs on the current tokio runtime.
 pub async fn serve(
     ctx: &Context,
-    endpoint: &str,
+    endpoint: &Endpoint,
     server: Server,
     config: ZmqFrontConfig,
     shutdown: Shutdown,

@@ -385,8 +385,12 @@ mod tests {
 
     /// A balancer with a 100 ms heartbeat, liveness 3, and the default queue limit and attempts,
     /// as changed by `tweak`.
+    fn ep(text: &str) -> crate::Endpoint {
+        text.parse().expect("a valid endpoint")
+    }
+
     fn balancer_with(tweak: impl FnOnce(&mut ProxyConfig)) -> (Balancer, Arc<ProxyStats>) {
-        let mut config = ProxyConfig::new("inproc://up", "inproc://down");
+        let mut config = ProxyConfig::new(ep("inproc://up"), ep("inproc://down"));
         config.heartbeat = Heartbeat {
             interval: INTERVAL,
             liveness: 3,

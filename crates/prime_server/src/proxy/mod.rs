@@ -23,6 +23,7 @@
 
 mod balance;
 
+use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
@@ -42,9 +43,9 @@ pub type ChooseFn = Box<dyn FnMut(&[&[u8]], &[Vec<u8>]) -> Option<usize> + Send>
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// Where the server or the previous stage's workers send jobs (bound).
-    pub upstream: String,
+    pub upstream: Endpoint,
     /// Where this stage's workers connect (bound).
-    pub downstream: String,
+    pub downstream: Endpoint,
     /// The most jobs that wait for an idle worker; beyond it jobs are rejected (503).
     pub queue_limit: usize,
     /// Heartbeat timing; must match the workers'.
@@ -63,10 +64,10 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     /// A config with the default queue limit (4096 jobs) and heartbeat.
-    pub fn new(upstream: impl Into<String>, downstream: impl Into<String>) -> Self {
+    pub fn new(upstream: Endpoint, downstream: Endpoint) -> Self {
         ProxyConfig {
-            upstream: upstream.into(),
-            downstream: downstream.into(),
+            upstream,
+            downstream,
             queue_limit: 4096,
             heartbeat: Heartbeat::default(),
             batch_scheduling: true,
@@ -140,12 +141,12 @@ impl Proxy {
     }
 
     /// The upstream endpoint as bound (with the real port for `tcp://…:*`).
-    pub fn upstream_endpoint(&self) -> Result<String, Error> {
+    pub fn upstream_endpoint(&self) -> Result<Endpoint, Error> {
         Ok(self.upstream.last_endpoint()?)
     }
 
     /// The downstream endpoint as bound (with the real port for `tcp://…:*`).
-    pub fn downstream_endpoint(&self) -> Result<String, Error> {
+    pub fn downstream_endpoint(&self) -> Result<Endpoint, Error> {
         Ok(self.downstream.last_endpoint()?)
     }
 

@@ -21,6 +21,7 @@ pub use pending::Pending;
 
 use crate::answer::Answer;
 use crate::answer::Failure;
+use crate::endpoint::Endpoint;
 use crate::interrupt::SharedCancels;
 use crate::memory::{MemJob, StageQueue};
 use crate::shutdown::Shutdown;
@@ -41,11 +42,11 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The first stage's proxy, its upstream endpoint (connected).
-    pub proxy: String,
+    pub proxy: Endpoint,
     /// Where workers send replies (bound).
-    pub loopback: String,
+    pub loopback: Endpoint,
     /// Where workers listen for interrupts (bound).
-    pub interrupt: String,
+    pub interrupt: Endpoint,
     /// This server's id; workers address replies with it. Must be unique among the servers that
     /// share workers.
     pub server_id: u64,
@@ -57,15 +58,42 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// A config with a fresh random server id, a 60 s timeout and 10,000 requests in flight.
-    pub fn new(
-        proxy: impl Into<String>,
-        loopback: impl Into<String>,
-        interrupt: impl Into<String>,
-    ) -> Self {
+    pub fn new(proxy: Endpoint, loopback: Endpoint, interrupt: Endpoint) -> Self {
+        let limits = Limits::default();
         ServerConfig {
-            proxy: proxy.into(),
-            loopback: loopback.into(),
-            interrupt: interrupt.into(),
+            proxy,
+            loopback,
+            interrupt,
+            server_id: limits.server_id,
+            timeout: limits.timeout,
+            max_in_flight: limits.max_in_flight,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            server_id: self.server_id,
+            timeout: self.timeout,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+/// What a server core enforces whichever way its stages are joined.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// This server's id (see [`ServerConfig::server_id`]).
+    pub(crate) server_id: u64,
+    /// The default deadline.
+    pub(crate) timeout: Option<Duration>,
+    /// The most requests in flight.
+    pub(crate) max_in_flight: usize,
+}
+
+impl Default for Limits {
+    /// A fresh random server id, a 60 s timeout and 10,000 requests in flight.
+    fn default() -> Self {
+        Limits {
             server_id: random_id(),
             timeout: Some(Duration::from_secs(60)),
             max_in_flight: 10_000,
@@ -90,9 +118,9 @@ pub(crate) enum Dispatch {
     Pump {
         commands: mpsc::UnboundedSender<Command>,
         /// The loopback endpoint as bound (with the real port for `tcp://…:*`).
-        loopback: String,
+        loopback: Endpoint,
         /// The interrupt endpoint as bound.
-        interrupt: String,
+        interrupt: Endpoint,
     },
     /// Straight into the first in-memory stage's queue, carrying the answer channel; cancels
     /// and deadlines are the waiting side's (see [`Pending`]).
@@ -107,7 +135,7 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// One counter for both sides: `submit` enters, whoever answers leaves.
     pub(crate) in_flight: Arc<InFlight>,
-    pub(crate) config: ServerConfig,
+    pub(crate) limits: Limits,
     pub(crate) stats: Arc<ServerStats>,
 }
 
@@ -125,7 +153,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("server_id", &self.shared.config.server_id)
+            .field("server_id", &self.shared.limits.server_id)
             .finish()
     }
 }
@@ -204,7 +232,7 @@ impl Server {
                 },
                 next_id: AtomicU64::new(1),
                 in_flight,
-                config,
+                limits: config.limits(),
                 stats,
             }),
             thread: Arc::new(Mutex::new(thread)),
@@ -216,7 +244,7 @@ impl Server {
     /// straight into `first`, cancels and deadlines are written to `cancels`. When `shutdown`
     /// stops, every queue in `queues` is closed, which answers what it holds 503.
     pub(crate) fn start_in_memory(
-        config: ServerConfig,
+        limits: Limits,
         first: Arc<StageQueue>,
         queues: Vec<Arc<StageQueue>>,
         cancels: Arc<SharedCancels>,
@@ -234,7 +262,7 @@ impl Server {
                 dispatch: Dispatch::Memory { first, cancels },
                 next_id: AtomicU64::new(1),
                 in_flight: Arc::default(),
-                config,
+                limits,
                 stats: Arc::new(ServerStats::default()),
             }),
             thread: Arc::new(Mutex::new(None)),
@@ -244,12 +272,12 @@ impl Server {
 
     /// This server's id (the one workers address replies with).
     pub fn server_id(&self) -> u64 {
-        self.shared.config.server_id
+        self.shared.limits.server_id
     }
 
     /// The loopback endpoint as bound (with the real port for `tcp://…:*`); `None` for
     /// in-memory stages, which have none.
-    pub fn loopback_endpoint(&self) -> Option<String> {
+    pub fn loopback_endpoint(&self) -> Option<Endpoint> {
         match &self.shared.dispatch {
             Dispatch::Pump { loopback, .. } => Some(loopback.clone()),
             Dispatch::Memory { .. } => None,
@@ -258,7 +286,7 @@ impl Server {
 
     /// The interrupt endpoint as bound (with the real port for `tcp://…:*`); `None` for
     /// in-memory stages.
-    pub fn interrupt_endpoint(&self) -> Option<String> {
+    pub fn interrupt_endpoint(&self) -> Option<Endpoint> {
         match &self.shared.dispatch {
             Dispatch::Pump { interrupt, .. } => Some(interrupt.clone()),
             Dispatch::Memory { .. } => None,
@@ -297,7 +325,7 @@ impl Server {
             shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
             Pending::answered(id, shared.clone(), answer)
         };
-        if !shared.in_flight.try_enter(shared.config.max_in_flight) {
+        if !shared.in_flight.try_enter(shared.limits.max_in_flight) {
             return overloaded(Answer::Failed(Failure::new(
                 503,
                 "too many requests in flight",
@@ -307,12 +335,12 @@ impl Server {
             shared.in_flight.leave();
             overloaded(answer)
         };
-        let timeout = timeout.or(shared.config.timeout);
+        let timeout = timeout.or(shared.limits.timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
         let arrival_us = wire::now_us();
         let mut header = Header::new(Kind::Job);
         header.request_id = id;
-        header.server_id = shared.config.server_id;
+        header.server_id = shared.limits.server_id;
         header.arrival_us = arrival_us;
         header.deadline_us = timeout.map_or(0, |t| {
             arrival_us.saturating_add(t.as_micros() as u64).max(1)

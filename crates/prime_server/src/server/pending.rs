@@ -93,7 +93,7 @@ impl Pending {
     fn end_in_memory(&self) {
         if let Dispatch::Memory { cancels, .. } = &self.shared.dispatch {
             self.shared.in_flight.leave();
-            cancels.insert((self.shared.config.server_id, self.id));
+            cancels.insert((self.shared.limits.server_id, self.id));
         }
     }
 }
