@@ -17,8 +17,8 @@
 
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
 use crate::interrupt::{CancelSource, Interrupt, SharedCancels};
-use crate::proxy::ProxyStats;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
+use crate::stats::StageStats;
 use crate::stats::{ServerStats, WorkerStats};
 use crate::transport::Frames;
 use crate::wire::{self, Header};
@@ -67,11 +67,11 @@ pub(crate) struct StageQueue {
     state: Mutex<QueueState>,
     ready: Condvar,
     limit: usize,
-    stats: Arc<ProxyStats>,
+    stats: Arc<StageStats>,
 }
 
 impl StageQueue {
-    pub(crate) fn new(limit: usize, stats: Arc<ProxyStats>) -> Arc<StageQueue> {
+    pub(crate) fn new(limit: usize, stats: Arc<StageStats>) -> Arc<StageQueue> {
         Arc::new(StageQueue {
             state: Mutex::new(QueueState {
                 jobs: VecDeque::new(),
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn jobs_come_out_in_order_and_the_limit_counts_only_waiting_ones() {
-        let stats = Arc::new(ProxyStats::default());
+        let stats = Arc::new(StageStats::default());
         let q = StageQueue::new(2, stats.clone());
         let mut answers = Vec::new();
         for id in 1..=2 {

@@ -8,10 +8,10 @@ use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::{Interrupt, SharedCancels};
 use crate::memory::{MemWorker, StageQueue};
-use crate::proxy::{Proxy, ProxyConfig, ProxyStats};
+use crate::proxy::{Proxy, ProxyConfig};
 use crate::server::{Limits, Server, ServerConfig};
 use crate::shutdown::Shutdown;
-use crate::stats::WorkerStats;
+use crate::stats::{StageStats, WorkerStats};
 use crate::transport::{Context, TransportError};
 use crate::work::{Job, Outcome, WorkError, WorkFn};
 use crate::worker::{Worker, WorkerConfig};
@@ -181,9 +181,9 @@ impl Pipeline {
             }
             worker_stats.push(stats);
         }
-        let mut proxy_stats = Vec::new();
+        let mut stage_stats = Vec::new();
         for (i, p) in proxies.into_iter().enumerate() {
-            proxy_stats.push(p.stats());
+            stage_stats.push(p.stats());
             threads.push(p.spawn(format!("stage{}-proxy", i + 1), shutdown.clone())?);
         }
         Ok(Running {
@@ -191,7 +191,7 @@ impl Pipeline {
             server,
             shutdown,
             threads,
-            proxy_stats,
+            stage_stats,
             worker_stats,
             stage_endpoints: ups.into_iter().zip(downs).collect(),
         })
@@ -204,9 +204,9 @@ impl Pipeline {
     fn start_in_memory(&self) -> Result<Running, Error> {
         let shutdown = Shutdown::new();
         let cancels = Arc::new(SharedCancels::default());
-        let proxy_stats: Vec<Arc<ProxyStats>> =
+        let stage_stats: Vec<Arc<StageStats>> =
             self.stages.iter().map(|_| Arc::default()).collect();
-        let queues: Vec<Arc<StageQueue>> = proxy_stats
+        let queues: Vec<Arc<StageQueue>> = stage_stats
             .iter()
             .map(|stats| StageQueue::new(self.queue_limit, stats.clone()))
             .collect();
@@ -254,7 +254,7 @@ impl Pipeline {
             server,
             shutdown,
             threads,
-            proxy_stats,
+            stage_stats,
             worker_stats,
             stage_endpoints: Vec::new(),
         })
@@ -270,8 +270,8 @@ pub struct Running {
     /// Stops everything.
     pub shutdown: Shutdown,
     threads: Vec<JoinHandle<()>>,
-    /// Each stage's proxy counters.
-    pub proxy_stats: Vec<Arc<ProxyStats>>,
+    /// Each stage's counters (its proxy's, or its in-memory queue's).
+    pub stage_stats: Vec<Arc<StageStats>>,
     /// Each stage's workers' counters.
     pub worker_stats: Vec<Vec<Arc<WorkerStats>>>,
     /// Each stage's proxy endpoints as bound: (upstream, downstream); empty for in-memory

@@ -8,7 +8,6 @@ use prime_server::protocol::{
 use prime_server::Outcome;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,7 +156,7 @@ fn a_client_that_disconnects_interrupts_its_work() {
     drop(s);
     // The deadline (60 s) is beyond the wait: only the disconnect can stop the work in time.
     wait_until("the work was not interrupted", || f.failed() > 0);
-    assert_eq!(running.server.stats().cancelled.load(Ordering::Relaxed), 1);
+    assert_eq!(running.server.stats().snapshot().cancelled, 1);
 }
 
 #[test]

@@ -116,7 +116,7 @@ fn many_concurrent_requests_all_get_their_own_answer() {
 
 /// Waits until `n` workers of stage `stage` (0-based) have registered as idle with their proxy.
 fn wait_idle(running: &Running, stage: usize, n: u64) {
-    wait_until_idle(&running.proxy_stats[stage], n);
+    wait_until_idle(&running.stage_stats[stage], n);
 }
 
 /// Submits one request per body, all at once, and returns the answers in order.
@@ -164,9 +164,9 @@ fn stage_one_replies_early_and_stage_two_never_sees_the_job() {
             ask(&running, b"cached"),
             Answer::Reply(b"from cache".to_vec())
         );
-        assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 0);
+        assert_eq!(running.worker_stats[1][0].snapshot().jobs, 0);
         assert_eq!(ask(&running, b"other"), Answer::Reply(b"computed".to_vec()));
-        assert_eq!(running.worker_stats[1][0].jobs.load(Ordering::Relaxed), 1);
+        assert_eq!(running.worker_stats[1][0].snapshot().jobs, 1);
         running.stop();
     }
 }
@@ -213,7 +213,7 @@ fn client_going_away_interrupts_a_long_job() {
         // No deadline is set, so only the cancel can stop the work.
         assert_eq!(rx.recv_timeout(LIMIT), Ok("cancelled"));
         let stats = running.server.stats();
-        assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.snapshot().cancelled, 1);
         // The worker is free again and serves the next request (which we let time out quickly).
         let a = rt.block_on(
             running
@@ -254,7 +254,7 @@ fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
         assert_eq!(rx.recv_timeout(LIMIT), Ok("started"));
         let why = rx.recv_timeout(LIMIT).unwrap();
         assert!(why == "cancelled" || why == "deadline", "{why}");
-        assert_eq!(running.server.stats().timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(running.server.stats().snapshot().timeouts, 1);
         running.stop();
     }
 }
@@ -318,17 +318,14 @@ fn the_proxy_never_hands_a_job_to_a_busy_worker() {
         );
         assert!(answers.iter().all(|a| matches!(a, Answer::Reply(_))));
         let stats = &running.worker_stats[0];
-        let jobs: Vec<u64> = stats
-            .iter()
-            .map(|s| s.jobs.load(Ordering::Relaxed))
-            .collect();
+        let jobs: Vec<u64> = stats.iter().map(|s| s.snapshot().jobs).collect();
         assert_eq!(jobs.iter().sum::<u64>(), 60);
         for s in stats {
-            assert_eq!(s.jobs_while_busy.load(Ordering::Relaxed), 0);
+            assert_eq!(s.snapshot().jobs_while_busy, 0);
         }
         assert!(jobs.iter().all(|&j| j > 0), "{jobs:?}");
-        let proxy = &running.proxy_stats[0];
-        assert_eq!(proxy.dispatched.load(Ordering::Relaxed), 60);
+        let proxy = &running.stage_stats[0];
+        assert_eq!(proxy.snapshot().dispatched, 60);
         running.stop();
     }
 }
@@ -491,7 +488,7 @@ fn the_choose_function_routes_deterministically() {
         // job, since a worker says Ready only after its reply, which may reach us first.
         wait_until(
             &format!("job {k}: the two workers are not both idle"),
-            || stats.idle.load(Ordering::Relaxed) >= 2,
+            || stats.snapshot().idle >= 2,
         );
         let answer = rt.block_on(server.submit(vec![want.to_vec()], None));
         assert_eq!(answer, Answer::Reply(want.to_vec()), "job {k}");
@@ -550,11 +547,11 @@ fn malformed_frames_are_dropped_counted_and_the_components_keep_serving() {
     lb.send([b"x".as_slice(), b"y".as_slice(), b"z".as_slice()])
         .unwrap();
     wait_until("the malformed messages were not counted", || {
-        running.proxy_stats[0].malformed.load(Ordering::Relaxed) >= 2
-            && running.server.stats().malformed.load(Ordering::Relaxed) >= 2
+        running.stage_stats[0].snapshot().malformed >= 2
+            && running.server.stats().snapshot().malformed >= 2
     });
-    assert_eq!(running.proxy_stats[0].malformed.load(Ordering::Relaxed), 2);
-    assert_eq!(running.server.stats().malformed.load(Ordering::Relaxed), 2);
+    assert_eq!(running.stage_stats[0].snapshot().malformed, 2);
+    assert_eq!(running.server.stats().snapshot().malformed, 2);
     assert_eq!(ask(&running, b"still"), Answer::Reply(b"still/1".to_vec()));
     running.stop();
 }
@@ -595,7 +592,7 @@ fn a_worker_drops_malformed_jobs_counts_them_and_asks_for_more() {
     let again = recv("second ready");
     let (h, _) = prime_server::wire::decode(again[1..].to_vec()).unwrap();
     assert_eq!(h.kind, prime_server::wire::Kind::Ready);
-    assert_eq!(stats.malformed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.snapshot().malformed, 1);
     shutdown.stop();
     t.join().unwrap();
 }
@@ -844,16 +841,16 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
         (answer.kind, answer.request_id, answer.status),
         (Kind::Reject, 7, 500)
     );
-    assert_eq!(stats.redelivered.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.abandoned.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.snapshot().redelivered, 1);
+    assert_eq!(stats.snapshot().abandoned, 1);
     shutdown.stop();
     pt.join().unwrap();
 }
 
 /// Waits until `n` workers have registered as idle with the proxy of these stats.
-fn wait_until_idle(stats: &prime_server::proxy::ProxyStats, n: u64) {
+fn wait_until_idle(stats: &prime_server::stats::StageStats, n: u64) {
     wait_until(&format!("{n} workers never became idle"), || {
-        stats.idle.load(Ordering::Relaxed) >= n
+        stats.snapshot().idle >= n
     });
 }
 
@@ -880,7 +877,7 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     ready[2] = 2; // a version-2 peer
     w.send([&ready[..]]).unwrap();
     wait_until("the version-2 Ready was not counted", || {
-        stats.malformed.load(Ordering::Relaxed) >= 1
+        stats.snapshot().malformed >= 1
     });
     // The proxy handles one message at a time, so the version-2 Ready is done with. A valid peer
     // registering now must find itself the only idle worker.
@@ -888,8 +885,8 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     good.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
     good.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();
     wait_until_idle(&stats, 1);
-    assert_eq!(stats.idle.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.malformed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.snapshot().idle, 1);
+    assert_eq!(stats.snapshot().malformed, 1);
     shutdown.stop();
     pt.join().unwrap();
 }
@@ -926,9 +923,9 @@ fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
         // was published: the worker will find it when it is free, however slow the machine.
         let after = rt.spawn(running.server.submit(vec![b"after".to_vec()], None));
         wait_until("the third request never reached the stage's queue", || {
-            running.proxy_stats[0].received.load(Ordering::Relaxed) >= 3
+            running.stage_stats[0].snapshot().received >= 3
         });
-        assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.snapshot().cancelled, 1);
         release_tx.send(()).unwrap();
         assert_eq!(rt.block_on(held).unwrap(), Answer::Reply(b"hold".to_vec()));
         // The next request runs normally: the worker skipped the cancelled one and asked for more.
@@ -940,8 +937,8 @@ fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
         assert_eq!(ran_rx.recv_timeout(LIMIT).unwrap(), b"after");
         assert!(ran_rx.try_recv().is_err(), "the cancelled job ran");
         let w = &running.worker_stats[0][0];
-        assert_eq!(w.skipped.load(Ordering::Relaxed), 1);
-        assert_eq!(w.jobs.load(Ordering::Relaxed), 3);
+        assert_eq!(w.snapshot().skipped, 1);
+        assert_eq!(w.snapshot().jobs, 3);
         running.stop();
     }
 }

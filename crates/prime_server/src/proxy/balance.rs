@@ -13,7 +13,8 @@
 //! its worker decides the next one (the same job goes to the next idle worker) and whether it is
 //! counted as dispatched.
 
-use super::{ChooseFn, ProxyConfig, ProxyStats};
+use super::{ChooseFn, ProxyConfig};
+use crate::stats::StageStats;
 use crate::transport::{Frames, Sent};
 use crate::wire::Header;
 use std::borrow::Cow;
@@ -81,7 +82,7 @@ pub(crate) struct Balancer {
     expiry: Duration,
     max_attempts: u8,
     choose: Option<ChooseFn>,
-    stats: Arc<ProxyStats>,
+    stats: Arc<StageStats>,
     workers: HashMap<Vec<u8>, WorkerEntry>,
     /// Idle workers, the one idle longest first.
     idle: VecDeque<Vec<u8>>,
@@ -90,7 +91,7 @@ pub(crate) struct Balancer {
 
 impl Balancer {
     /// A balancer with no workers and no jobs, keeping its counts in `stats`.
-    pub(crate) fn new(config: &ProxyConfig, stats: Arc<ProxyStats>) -> Balancer {
+    pub(crate) fn new(config: &ProxyConfig, stats: Arc<StageStats>) -> Balancer {
         Balancer {
             queue_limit: config.queue_limit,
             expiry: config.heartbeat.expiry(),
@@ -308,7 +309,7 @@ impl Balancer {
         Ok(())
     }
 
-    /// Copies the queue length and the idle count to the gauges of [`ProxyStats`].
+    /// Copies the queue length and the idle count to the gauges of [`StageStats`].
     pub(crate) fn publish_gauges(&self) {
         self.stats
             .queued
@@ -389,18 +390,18 @@ mod tests {
         text.parse().expect("a valid endpoint")
     }
 
-    fn balancer_with(tweak: impl FnOnce(&mut ProxyConfig)) -> (Balancer, Arc<ProxyStats>) {
+    fn balancer_with(tweak: impl FnOnce(&mut ProxyConfig)) -> (Balancer, Arc<StageStats>) {
         let mut config = ProxyConfig::new(ep("inproc://up"), ep("inproc://down"));
         config.heartbeat = Heartbeat {
             interval: INTERVAL,
             liveness: 3,
         };
         tweak(&mut config);
-        let stats = Arc::<ProxyStats>::default();
+        let stats = Arc::<StageStats>::default();
         (Balancer::new(&config, stats.clone()), stats)
     }
 
-    fn balancer() -> (Balancer, Arc<ProxyStats>) {
+    fn balancer() -> (Balancer, Arc<StageStats>) {
         balancer_with(|_| {})
     }
 

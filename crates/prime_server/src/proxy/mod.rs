@@ -26,11 +26,12 @@ mod balance;
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
+use crate::stats::StageStats;
 use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
 use balance::{Action, Balancer};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -77,35 +78,12 @@ impl ProxyConfig {
     }
 }
 
-/// Counters of one proxy, readable while it runs.
-#[derive(Debug, Default)]
-pub struct ProxyStats {
-    /// Jobs received from upstream.
-    pub received: AtomicU64,
-    /// Jobs handed to a worker.
-    pub dispatched: AtomicU64,
-    /// Jobs refused because the queue was full.
-    pub rejected: AtomicU64,
-    /// Messages that were not valid protocol messages, dropped.
-    pub malformed: AtomicU64,
-    /// Workers dropped for silence or because they could not be reached.
-    pub expired: AtomicU64,
-    /// Jobs handed to another worker after theirs died.
-    pub redelivered: AtomicU64,
-    /// Jobs answered 500 because every worker that had them died.
-    pub abandoned: AtomicU64,
-    /// Jobs waiting for a worker now.
-    pub queued: AtomicU64,
-    /// Idle workers now.
-    pub idle: AtomicU64,
-}
-
 /// One stage's load balancer. Build with [`Proxy::bind`], then [`Proxy::run`] on its own thread.
 pub struct Proxy {
     config: ProxyConfig,
     upstream: Socket,
     downstream: Socket,
-    stats: Arc<ProxyStats>,
+    stats: Arc<StageStats>,
     balancer: Balancer,
 }
 
@@ -118,7 +96,7 @@ impl Proxy {
         let downstream = ctx.socket(SocketKind::Router)?;
         downstream.set_router_mandatory(true)?;
         downstream.bind(&config.downstream)?;
-        let stats = Arc::<ProxyStats>::default();
+        let stats = Arc::<StageStats>::default();
         let balancer = Balancer::new(&config, stats.clone());
         Ok(Proxy {
             config,
@@ -136,7 +114,7 @@ impl Proxy {
     }
 
     /// The proxy's counters; clone the `Arc` before [`Proxy::run`].
-    pub fn stats(&self) -> Arc<ProxyStats> {
+    pub fn stats(&self) -> Arc<StageStats> {
         self.stats.clone()
     }
 

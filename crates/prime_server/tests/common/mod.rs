@@ -11,7 +11,6 @@ use prime_server::shutdown::Shutdown;
 use prime_server::Server;
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// A running pipeline with a front listening on `addr`.
@@ -57,7 +56,7 @@ impl Front {
     pub fn jobs(&self) -> u64 {
         self.running().worker_stats[0]
             .iter()
-            .map(|w| w.jobs.load(Ordering::Relaxed))
+            .map(|w| w.snapshot().jobs)
             .sum()
     }
 
@@ -65,7 +64,7 @@ impl Front {
     pub fn failed(&self) -> u64 {
         self.running().worker_stats[0]
             .iter()
-            .map(|w| w.failed.load(Ordering::Relaxed))
+            .map(|w| w.snapshot().failed)
             .sum()
     }
 }
