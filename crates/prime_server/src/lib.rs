@@ -7,21 +7,34 @@
 //!              \______ loopback ______/______________________/
 //! ```
 //!
-//! A map of the modules:
-//! - [`transport`]: the one module that talks to libzmq (inproc, ipc, tcp endpoints).
+//! A map of the modules, from the bottom up:
+//! - [`endpoint`]: where a zmq socket binds or connects (`inproc`, `ipc`, `tcp`), checked once.
+//! - [`transport`]: the one module that talks to libzmq: sockets, and waiting on them.
 //! - [`wire`]: protocol v1, the frames between server, proxies and workers (`docs/PROTOCOL.md`).
-//! - [`proxy`]: one stage's load balancer; workers pull, a job goes only to an idle worker.
-//! - [`worker`]: runs the application's work function; forwards or replies through the loopback.
-//! - [`server`]: the server core: request table, deadlines, interrupts, the async bridge.
-//! - [`protocol`]: client protocols (HTTP/1.1 on hyper, netstring) served over the server core.
+//! - [`heartbeat`]: heartbeat timing, shared by proxies and workers.
+//! - [`answer`]: the one [`Answer`] every request gets.
+//! - [`stats`]: the components' counters, read as snapshots.
+//! - [`work`]: the work contract: a [`WorkFn`] takes a [`Job`] and returns an [`Outcome`].
+//! - [`interrupt`]: the [`Interrupt`] check a work function calls to learn its request died.
+//! - [`proxy`]: one stage's load balancer; workers pull, a job goes only to an idle worker
+//!   (the rule itself is a state machine without sockets, `proxy/balance.rs`).
+//! - [`worker`]: the zmq worker: runs the work function; forwards or replies through the
+//!   loopback.
+//! - [`server`]: the server core: ids, deadlines, the in-flight limit, interrupts, and the pump
+//!   that owns its zmq sockets.
+//! - [`protocol`]: client protocols (HTTP/1.1 on hyper, netstring, zmq) served over the server
+//!   core.
 //! - [`http_job`]: HTTP requests and responses as workers see them, and their job encoding
 //!   (named apart from the HTTP front, [`protocol::http`], and the `http` crate).
 //! - [`client`]: a batch client that keeps N requests in flight.
 //! - [`shutdown`]: drain-then-stop, wired to SIGTERM/SIGINT in daemons.
-//! - [`pipeline`]: helpers to run a whole pipeline in one process, its stages joined by zmq
-//!   (the code of a multi-process deployment) or by in-memory queues (`memory`, the fast path
-//!   when every part lives in the process).
+//! - [`component`]: how the components' threads run and end (spans, errors, panics).
+//! - [`pipeline`]: a whole pipeline in one process, its stages joined by zmq (the code of a
+//!   multi-process deployment) or by in-memory queues (`memory`, the fast path when every part
+//!   lives in the process).
 //! - [`topology`]: the TOML topology file that describes a deployment.
+//!
+//! The main types are re-exported here.
 //!
 //! # Example
 //!

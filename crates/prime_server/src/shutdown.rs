@@ -64,8 +64,8 @@ impl Shutdown {
         self.flags.notify.notify_waiters();
     }
 
-    /// Stops everything: loops exit, interrupt checks fail, and what was registered with
-    /// [`Shutdown::on_stop`] runs, on this thread.
+    /// Stops everything: loops exit, interrupt checks fail, and what the library registered to
+    /// run at the stop (closing in-memory queues) runs, on this thread.
     pub fn stop(&self) {
         self.flags.draining.store(true, Ordering::SeqCst);
         // Set before the hooks are taken: a hook registered from now on runs at once.

@@ -1,8 +1,8 @@
 //! The work contract: what an application writes to be a stage. A work function takes a [`Job`]
 //! and an [`Interrupt`] check and returns an [`Outcome`] ([`Outcome::Forward`] to the next stage,
 //! [`Outcome::Reply`] to the client from any stage) or a [`WorkError`]. The same contract holds
-//! whichever way stages are joined: [`perform`] runs it for the zmq worker
-//! ([`worker`](crate::worker)) and for in-memory stages ([`memory`](crate::memory)) alike.
+//! whichever way stages are joined: `perform` runs it for the zmq worker
+//! ([`worker`](crate::worker)) and for in-memory stages (`memory.rs`) alike.
 
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::stats::WorkerStats;

@@ -5,8 +5,9 @@
 //! loopback (final replies, addressed to the server named in the job header) and a SUB to every
 //! server's interrupt channel.
 //!
-//! The work function returns an [`Outcome`]: [`Outcome::Forward`] sends frames on to the next
-//! stage, [`Outcome::Reply`] answers the client through the loopback, from any stage. Long work
+//! The work function returns an [`Outcome`](crate::Outcome):
+//! [`Outcome::Forward`](crate::Outcome::Forward) sends frames on to the next stage,
+//! [`Outcome::Reply`](crate::Outcome::Reply) answers the client through the loopback, from any stage. Long work
 //! calls [`Interrupt::check`], which fails once the request was cancelled (client gone, deadline
 //! passed) or the process is stopping. A panic in the work function becomes a 500 reply and the
 //! worker lives on. An optional cleanup function runs after every job.

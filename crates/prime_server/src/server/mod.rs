@@ -3,12 +3,12 @@
 //!
 //! [`Server`] is the handle client-facing tasks hold: [`Server::submit`] gives a request an id
 //! and a deadline and returns a [`Pending`] future of its one [`Answer`]. Where the request goes
-//! depends on how the stages are joined ([`Dispatch`]):
-//! - over zmq, to the **pump** ([`pump`]), a task that owns the server's sockets: a DEALER to
+//! depends on how the stages are joined (`Dispatch`):
+//! - over zmq, to the **pump** (`server/pump.rs`), a task that owns the server's sockets: a DEALER to
 //!   the first stage's proxy, the loopback ROUTER (bound; its routing id names this server, so
 //!   several servers can share one set of workers) and the interrupt PUB (bound);
 //! - in memory, straight into the first stage's queue, carrying its answer channel (see
-//!   [`memory`](crate::memory)).
+//!   `memory.rs`).
 //!
 //! Either way every request submitted gets exactly one answer: the first of reply, timeout,
 //! reject or shutdown wins and later ones are dropped (and counted).
