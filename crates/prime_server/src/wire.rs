@@ -90,6 +90,9 @@ pub enum WireError {
     /// The message had no frame at all.
     #[error("empty message")]
     Empty,
+    /// A message read from a ROUTER had no frame after the sender's routing id.
+    #[error("no routing envelope")]
+    NoEnvelope,
     /// The header frame is not [`HEADER_LEN`] bytes long.
     #[error("header frame is {0} bytes, expected {HEADER_LEN}")]
     HeaderLength(usize),
@@ -261,6 +264,18 @@ pub fn decode(mut frames: Frames) -> Result<(Header, Frames), WireError> {
     Ok((header, payload))
 }
 
+/// Decodes a message read from a ROUTER socket: the sender's routing id, then the message as
+/// [`decode`] reads it.
+pub fn decode_routed(mut frames: Frames) -> Result<(Vec<u8>, Header, Frames), WireError> {
+    if frames.len() < 2 {
+        return Err(WireError::NoEnvelope);
+    }
+    let rest = frames.split_off(1);
+    let sender = frames.pop().unwrap_or_default();
+    let (header, payload) = decode(rest)?;
+    Ok((sender, header, payload))
+}
+
 /// The routing id a server's loopback socket presents to workers: `b"ps-"` and the server id as
 /// 16 lower-case hex digits. Workers address replies with it.
 pub fn server_routing_id(server_id: u64) -> Vec<u8> {
@@ -311,6 +326,23 @@ mod tests {
                 prop_assert!(at == 3 && d.kind as u8 == byte);
             }
         }
+    }
+
+    #[test]
+    fn a_routed_message_names_its_sender_and_needs_more_than_the_envelope() {
+        let h = Header::new(Kind::Ready);
+        let mut frames = vec![b"w1".to_vec()];
+        frames.extend(message(&h, [b"blob".to_vec()]));
+        let (sender, got, payload) = decode_routed(frames).unwrap();
+        assert_eq!(
+            (sender, got, payload),
+            (b"w1".to_vec(), h, vec![b"blob".to_vec()])
+        );
+        assert_eq!(
+            decode_routed(vec![b"w1".to_vec()]),
+            Err(WireError::NoEnvelope)
+        );
+        assert_eq!(decode_routed(Vec::new()), Err(WireError::NoEnvelope));
     }
 
     #[test]

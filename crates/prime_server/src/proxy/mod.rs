@@ -202,17 +202,11 @@ impl Proxy {
     fn drain_downstream(&mut self) -> Result<bool, Error> {
         // Bounded batches keep one busy side from starving the other.
         for _ in 0..1024 {
-            let Some(mut frames) = self.downstream.try_recv()? else {
+            let Some(frames) = self.downstream.try_recv()? else {
                 return Ok(true);
             };
-            if frames.len() < 2 {
-                self.malformed("downstream", "no routing envelope");
-                continue;
-            }
-            let rest = frames.split_off(1);
-            let worker = frames.pop().unwrap_or_default();
-            match wire::decode(rest) {
-                Ok((h, mut payload)) => match h.kind {
+            match wire::decode_routed(frames) {
+                Ok((worker, h, mut payload)) => match h.kind {
                     Kind::Ready => {
                         let blob = payload.pop().unwrap_or_default();
                         self.balancer.ready(worker, blob, Instant::now());
@@ -238,23 +232,17 @@ impl Proxy {
     /// Reads jobs, at most a batch; returns whether the socket is now empty.
     fn drain_upstream(&mut self) -> Result<bool, Error> {
         for _ in 0..1024 {
-            let Some(mut frames) = self.upstream.try_recv()? else {
+            let Some(frames) = self.upstream.try_recv()? else {
                 return Ok(true);
             };
-            if frames.len() < 2 {
-                self.malformed("upstream", "no routing envelope");
-                continue;
-            }
-            let rest = frames.split_off(1);
-            let sender = frames.pop().unwrap_or_default();
-            match wire::decode(rest) {
-                Ok((header, payload)) if header.kind == Kind::Job => {
+            match wire::decode_routed(frames) {
+                Ok((sender, header, payload)) if header.kind == Kind::Job => {
                     let action = self.balancer.job(sender, header, payload);
                     self.perform(action)?;
                     // Dispatch as we go so the queue only holds what no worker can take.
                     self.dispatch()?;
                 }
-                Ok((h, _)) => self.malformed("upstream", &format!("unexpected {:?}", h.kind)),
+                Ok((_, h, _)) => self.malformed("upstream", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("upstream", &e.to_string()),
             }
         }

@@ -213,14 +213,9 @@ impl Pump {
     }
 
     fn drain_loopback(&mut self) -> Result<(), Error> {
-        while let Some(mut frames) = self.loopback.socket().try_recv()? {
-            if frames.len() < 2 {
-                self.malformed("loopback", "no routing envelope");
-                continue;
-            }
-            let rest = frames.split_off(1);
-            match wire::decode(rest) {
-                Ok((h, mut payload)) if h.kind == Kind::Reply => {
+        while let Some(frames) = self.loopback.socket().try_recv()? {
+            match wire::decode_routed(frames) {
+                Ok((_, h, mut payload)) if h.kind == Kind::Reply => {
                     if h.server_id != self.server_id {
                         self.malformed("loopback", "reply for another server");
                         continue;
@@ -236,7 +231,7 @@ impl Pump {
                         self.stats.late.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok((h, _)) => self.malformed("loopback", &format!("unexpected {:?}", h.kind)),
+                Ok((_, h, _)) => self.malformed("loopback", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("loopback", &e.to_string()),
             }
         }
