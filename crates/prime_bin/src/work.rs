@@ -38,7 +38,8 @@ pub fn factory(name: &str, root: Option<PathBuf>) -> anyhow::Result<Factory> {
 
 /// Echo: answers an HTTP request with 200 and the request as the worker saw it (request line,
 /// headers, blank line, body), and a netstring request with its payload. The `x-worker` header
-/// names the process and thread that answered. `?sleep=MS` makes it work that long first
+/// names the process and thread that answered, `x-attempt` how many workers the proxy has handed
+/// the job to (2 and up: a worker died holding it). `?sleep=MS` makes it work that long first
 /// (interruptibly), to stand in for expensive requests in tests and demos.
 pub fn echo(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
     let is_http =
@@ -79,6 +80,7 @@ pub fn echo(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkErr
         Response::new(200)
             .header("content-type", "text/plain; charset=utf-8")
             .header("x-worker", worker)
+            .header("x-attempt", job.attempt().to_string())
             .body(body)
             .encode(),
     ))

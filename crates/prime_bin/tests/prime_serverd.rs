@@ -5,6 +5,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{wait_until, LIMIT};
+
 const BIN: &str = env!("CARGO_BIN_EXE_prime_serverd");
 
 fn start(args: &[&str]) -> (Child, String) {
@@ -90,18 +93,22 @@ fn bad_arguments_are_clear_errors() {
     }
 }
 
+/// The drain of the SIGTERM tests: what they check while draining has seconds to spare.
+const DRAIN_SECONDS: u64 = 5;
+
 #[test]
 fn serves_then_drains_and_exits_zero_on_sigterm() {
+    let drain = DRAIN_SECONDS.to_string();
     let (mut child, addr) = start(&[
         "--protocol",
         "netstring",
         "127.0.0.1:0",
         "2",
-        "1",
+        &drain,
         "/health",
     ]);
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
     assert_eq!(
         ask(&mut s, b"11:32416190071,"),
         r#"{"possible_prime":32416190071,"is_prime":true}"#
@@ -114,21 +121,28 @@ fn serves_then_drains_and_exits_zero_on_sigterm() {
     assert_eq!(ask(&mut s, b"7:/health,"), "OK");
     let t = Instant::now();
     signal(&child, "-TERM");
-    std::thread::sleep(Duration::from_millis(200));
-    // Draining: the open connection is still served, the health check says so, and no new
+    // Draining: the health check says so, the open connection is still served, and no new
     // connection is accepted.
-    assert_eq!(ask(&mut s, b"7:/health,"), "DRAINING");
+    wait_until("the health check never said DRAINING", || {
+        match ask(&mut s, b"7:/health,").as_str() {
+            "OK" => false,
+            "DRAINING" => true,
+            other => panic!("health: {other}"),
+        }
+    });
     assert_eq!(
         ask(&mut s, b"1:7,"),
         r#"{"possible_prime":7,"is_prime":true}"#
     );
-    assert!(TcpStream::connect(&addr).is_err());
-    let status = wait_exit(&mut child, Duration::from_secs(5));
+    wait_until("still accepting while draining", || {
+        TcpStream::connect(&addr).is_err()
+    });
+    let status = wait_exit(&mut child, LIMIT);
     assert!(status.success(), "{status:?}");
     let took = t.elapsed();
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_millis(2500),
-        "{took:?}"
+        took >= Duration::from_secs(DRAIN_SECONDS),
+        "stopped before the end of the drain: {took:?}"
     );
 }
 
@@ -143,13 +157,11 @@ fn ctrl_c_stops_at_once_without_a_drain() {
     );
     let t = Instant::now();
     signal(&child, "-INT");
-    let status = wait_exit(&mut child, Duration::from_secs(3));
+    let status = wait_exit(&mut child, LIMIT);
     assert!(status.success(), "{status:?}");
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
-    );
+    // At once: 10 s is far above a prompt exit on a loaded machine and below any drain worth
+    // having (the other daemons default to 28 s).
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
 /// Sends one HTTP/1.1 request on `s` and reads the answer (status, body).
@@ -188,11 +200,12 @@ fn serves_http_and_drains_over(transport: &str) {
     let log =
         std::env::temp_dir().join(format!("ps-access-{}-{transport}.log", std::process::id()));
     let file = std::fs::File::create(&log).unwrap();
+    let drain = DRAIN_SECONDS.to_string();
     let (mut child, addr) = start_with_stderr(
         &[
             "127.0.0.1:0",
             "2",
-            "1",
+            &drain,
             "/health",
             "--access-log",
             "--transport",
@@ -201,7 +214,7 @@ fn serves_http_and_drains_over(transport: &str) {
         Stdio::from(file),
     );
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
     let get = |n: &str| format!("GET /is_prime?possible_prime={n} HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(
         http(&mut s, &get("32416190071")),
@@ -230,21 +243,28 @@ fn serves_http_and_drains_over(transport: &str) {
         http(&mut s, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n"),
         (200, "OK\n".into())
     );
+    let mut requests = 5;
     let mut s2 = TcpStream::connect(&addr).unwrap();
-    s2.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s2.set_read_timeout(Some(LIMIT)).unwrap();
     signal(&child, "-TERM");
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        http(&mut s, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").0,
-        503
-    );
+    // Draining: the health path says 503 (asked until it does), the open connection is served.
+    wait_until("the health path never said 503", || {
+        requests += 1;
+        match http(&mut s, "GET /health HTTP/1.1\r\nHost: t\r\n\r\n").0 {
+            200 => false,
+            503 => true,
+            other => panic!("health: {other}"),
+        }
+    });
     assert_eq!(http(&mut s2, &get("7")).0, 200);
-    let status = wait_exit(&mut child, Duration::from_secs(5));
+    requests += 1;
+    let status = wait_exit(&mut child, LIMIT);
     assert!(status.success(), "{status:?}");
     let text = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
+    // One access line per request.
     let lines: Vec<&str> = text.lines().filter(|l| l.contains(" access: ")).collect();
-    assert_eq!(lines.len(), 7, "{text}");
+    assert_eq!(lines.len(), requests, "{text}");
     let first = lines[0];
     for field in [
         "id=",

@@ -1,5 +1,9 @@
 //! What the daemon tests share: starting real daemon processes, free ports, temporary
-//! directories and a small HTTP/1.1 client.
+//! directories, a small HTTP/1.1 client and a waiting helper.
+//!
+//! The tests run on a shared, noisy 2-core machine, so no verdict may depend on how fast it is:
+//! wait for a condition (an answer, a counter, a refused connection, an exit) with
+//! [`wait_until`], never for a fixed time, and give every wait the same generous [`LIMIT`].
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -7,6 +11,19 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long any test waits for something that should happen promptly before it fails: far above
+/// what it takes on a loaded machine, far below a hang.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Polls `cond` until it holds; fails with `what` if it still does not after [`LIMIT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < LIMIT, "after {LIMIT:?}: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 pub fn bin(name: &str) -> PathBuf {
     // Cargo builds every binary of the package for its integration tests.
@@ -76,7 +93,7 @@ impl Proc {
 
     pub fn stop(mut self) {
         self.signal("-TERM");
-        let status = self.wait_exit(Duration::from_secs(5));
+        let status = self.wait_exit(LIMIT);
         assert!(status.success(), "{} exited with {status:?}", self.name);
     }
 }
@@ -106,6 +123,11 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// connection was closed before an answer.
 pub fn http(s: &mut TcpStream, req: &str) -> Option<(u16, String, String)> {
     s.write_all(req.as_bytes()).ok()?;
+    read_answer(s)
+}
+
+/// Reads one HTTP/1.1 answer, as [`http`] does after sending its request.
+pub fn read_answer(s: &mut TcpStream) -> Option<(u16, String, String)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -147,8 +169,9 @@ pub fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
 }
 
+/// A connection whose reads give up after [`LIMIT`].
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
     s
 }
