@@ -55,6 +55,7 @@ pub fn start_proxy(
     shutdown: &Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut cfg = ProxyConfig::new(stage.upstream.parse()?, stage.downstream.parse()?);
+    cfg.stage = stage.name.clone();
     cfg.queue_limit = stage.queue_limit;
     cfg.heartbeat = heartbeat;
     cfg.on_drain = on_drain;

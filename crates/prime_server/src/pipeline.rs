@@ -136,6 +136,7 @@ impl Pipeline {
                 self.endpoint(&format!("stage{}-up", i + 1))?,
                 self.endpoint(&format!("stage{}-down", i + 1))?,
             );
+            cfg.stage = format!("stage{}", i + 1);
             cfg.queue_limit = self.queue_limit;
             cfg.heartbeat = self.heartbeat;
             proxies.push(Proxy::bind(&ctx, cfg)?);

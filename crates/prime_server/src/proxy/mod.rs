@@ -43,6 +43,8 @@ pub type ChooseFn = Box<dyn FnMut(&[&[u8]], &[Vec<u8>]) -> Option<usize> + Send>
 /// How to build a [`Proxy`].
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// The stage's name, for logs (the proxy's tracing span carries it).
+    pub stage: String,
     /// Where the server or the previous stage's workers send jobs (bound).
     pub upstream: Endpoint,
     /// Where this stage's workers connect (bound).
@@ -64,9 +66,11 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// A config with the default queue limit (4096 jobs) and heartbeat.
+    /// A config with the default queue limit (4096 jobs) and heartbeat, for a stage called
+    /// `proxy` until [`ProxyConfig::stage`] says otherwise.
     pub fn new(upstream: Endpoint, downstream: Endpoint) -> Self {
         ProxyConfig {
+            stage: "proxy".into(),
             upstream,
             downstream,
             queue_limit: 4096,
@@ -130,7 +134,11 @@ impl Proxy {
 
     /// Runs until `shutdown` stops. Jobs still queued then are rejected, so their senders answer.
     pub fn run(self, shutdown: Shutdown) -> Result<(), Error> {
-        let span = tracing::info_span!("proxy", upstream = %self.config.upstream);
+        let span = tracing::info_span!(
+            "proxy",
+            stage = %self.config.stage,
+            upstream = %self.config.upstream
+        );
         let _entered = span.enter();
         self.serve(shutdown)
     }
