@@ -246,8 +246,8 @@ class Worker:
             log.warning("dropped a malformed job: %s", e)
             self._send_up(Kind.READY, [self.blob])
             return
-        if header.kind == Kind.HEARTBEAT:
-            return  # the proxy is alive
+        if header.kind in (Kind.HEARTBEAT, Kind.DISCONNECT):
+            return  # the proxy is alive, or confirms a Disconnect: no job, nothing to answer
         if header.kind != Kind.JOB:
             self.stats["malformed"] += 1
             log.warning("dropped an unexpected %s", header.kind.name)

@@ -142,6 +142,7 @@ pub fn start_server(
     ctx: &Context,
     section: &ServerSection,
     proxy: &Endpoint,
+    heartbeat: Heartbeat,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Server> {
     let mut cfg = ServerConfig::new(
@@ -151,6 +152,7 @@ pub fn start_server(
     );
     cfg.timeout = section.timeout();
     cfg.max_in_flight = section.max_in_flight;
+    cfg.heartbeat = heartbeat;
     Ok(Server::start(ctx, cfg, shutdown.clone())?)
 }
 
@@ -381,6 +383,7 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
                 &ctx,
                 s,
                 &t.stages[0].upstream.parse()?,
+                hb,
                 &shutdown,
             )?);
         }

@@ -5,44 +5,9 @@
 mod common;
 use common::*;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// An echo stage: a topology file with `servers` front servers (named s0, s1, …).
-fn echo_topology(dir: &Path, servers: usize, timeout_seconds: u64) -> PathBuf {
-    let mut text =
-        String::from("drain_seconds = 2\n[heartbeat]\ninterval_ms = 200\nliveness = 3\n");
-    for i in 0..servers {
-        text += &format!(
-            "[[server]]\nname = \"s{i}\"\nlisten = \"127.0.0.1:{}\"\nloopback = \"ipc://{d}/lb{i}\"\ninterrupt = \"ipc://{d}/int{i}\"\ntimeout_seconds = {timeout_seconds}\n",
-            free_port(),
-            d = dir.display()
-        );
-    }
-    text += &format!(
-        "[[stage]]\nname = \"echo\"\nwork = \"echo\"\nupstream = \"ipc://{d}/in\"\ndownstream = \"ipc://{d}/out\"\nworkers = 1\n",
-        d = dir.display()
-    );
-    let path = dir.join("echo.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn proxy(cfg: &str) -> Proc {
-    Proc::start("prime_proxyd", &["--config", cfg, "--stage", "echo"])
-}
-
-fn worker(cfg: &str) -> Proc {
-    Proc::start("prime_workerd", &["--config", cfg, "--stage", "echo"])
-}
-
-fn front(cfg: &str, name: &str) -> (Proc, SocketAddr) {
-    let mut p = Proc::start("prime_httpd", &["--config", cfg, "--server", name]);
-    let addr = p.listening();
-    (p, addr)
-}
 
 /// One request of a load: its path, and its answer's status (`None`: the connection closed),
 /// head and body.

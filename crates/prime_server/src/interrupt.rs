@@ -1,14 +1,15 @@
 //! The interrupt check: how a work function learns that its request is dead (the client went
-//! away, the deadline passed) or that the process is stopping, and the sets of cancelled
-//! requests behind it: read from the servers' interrupt channels by a zmq worker, or written
-//! straight by the server core of in-memory stages.
+//! away, the deadline passed, the server that asked for it is gone) or that the process is
+//! stopping, and what stands behind it: for a zmq worker, what the servers' interrupt channels
+//! said (cancelled requests, and each server's heartbeats); for in-memory stages, the set their
+//! server core writes.
 
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 use crate::transport::Socket;
 use crate::wire::{self, Header, Kind};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ pub enum Interrupted {
     /// The process is stopping.
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// The server that asked for the work stopped sending heartbeats: nobody is left to answer.
+    #[error("the server that asked for it is gone")]
+    ServerGone,
 }
 
 /// How long to keep remembering a cancelled request.
@@ -61,12 +65,71 @@ impl Cancelled {
     }
 }
 
+/// When each server was last heard on its interrupt channel (a heartbeat or an interrupt).
+/// A server heard once and then silent for longer than the heartbeat expiry is gone: it died or
+/// restarted (a restarted front has a new server id), and no one waits for its requests any
+/// more. A server never heard is not judged: a subscription loses what is published before it
+/// is joined, so a worker may see a job before the first heartbeat of its server.
+pub(crate) struct Servers {
+    last_heard: HashMap<u64, Instant>,
+    expiry: Duration,
+}
+
+impl Servers {
+    fn heard(&mut self, server_id: u64, now: Instant) {
+        self.last_heard.insert(server_id, now);
+        // Long-gone servers are forgotten, so the table holds the servers of the last minutes.
+        if self.last_heard.len() > 64 {
+            let keep = CANCEL_MEMORY;
+            self.last_heard
+                .retain(|_, t| now.duration_since(*t) <= keep);
+        }
+    }
+
+    /// Whether `server_id` was heard and then went silent.
+    pub(crate) fn gone(&self, server_id: u64, now: Instant) -> bool {
+        self.last_heard
+            .get(&server_id)
+            .is_some_and(|t| now.duration_since(*t) > self.expiry)
+    }
+}
+
+/// What a zmq worker has learnt from the servers' interrupt channels.
+pub(crate) struct Notices {
+    pub(crate) cancelled: Cancelled,
+    pub(crate) servers: Servers,
+}
+
+impl Notices {
+    /// Nothing heard yet; servers silent for `expiry` count as gone.
+    pub(crate) fn new(expiry: Duration) -> Notices {
+        Notices {
+            cancelled: Cancelled::default(),
+            servers: Servers {
+                last_heard: HashMap::new(),
+                expiry,
+            },
+        }
+    }
+
+    /// Why a job of `key` (server id, request id) must not be worked, if it must not.
+    pub(crate) fn dead(&self, key: &(u64, u64), now: Instant) -> Option<Interrupted> {
+        if self.cancelled.contains(key) {
+            Some(Interrupted::Cancelled)
+        } else if self.servers.gone(key.0, now) {
+            Some(Interrupted::ServerGone)
+        } else {
+            None
+        }
+    }
+}
+
 /// Where a worker learns which requests were cancelled.
 pub(crate) enum CancelSource<'a> {
-    /// The servers' interrupt channels (SUB sockets), read into the worker's own set.
+    /// The servers' interrupt channels (SUB sockets), read into the worker's own notices.
     Sockets {
         subs: &'a [Socket],
-        cancelled: &'a RefCell<Cancelled>,
+        notices: &'a RefCell<Notices>,
     },
     /// The set the server core of an in-memory pipeline writes to.
     Shared(&'a SharedCancels),
@@ -135,36 +198,79 @@ impl<'a> Interrupt<'a> {
                 return Err(Interrupted::DeadlinePassed);
             }
         }
-        let cancelled = match &self.source {
-            CancelSource::Sockets { subs, cancelled } => {
+        let dead = match &self.source {
+            CancelSource::Sockets { subs, notices } => {
                 if look {
-                    drain_interrupts(subs, &mut cancelled.borrow_mut(), self.stats);
+                    drain_interrupts(subs, &mut notices.borrow_mut(), self.stats);
+                    notices.borrow().dead(&self.key, now)
+                } else {
+                    notices
+                        .borrow()
+                        .cancelled
+                        .contains(&self.key)
+                        .then_some(Interrupted::Cancelled)
                 }
-                cancelled.borrow().set.contains(&self.key)
             }
             // A lock: taken at the same pace as the sockets are drained.
-            CancelSource::Shared(set) => look && set.contains(&self.key),
+            CancelSource::Shared(set) => {
+                (look && set.contains(&self.key)).then_some(Interrupted::Cancelled)
+            }
         };
-        if cancelled {
-            return Err(Interrupted::Cancelled);
+        match dead {
+            Some(why) => Err(why),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
-/// Reads every interrupt waiting on the servers' interrupt channels into `cancelled`.
-pub(crate) fn drain_interrupts(subs: &[Socket], cancelled: &mut Cancelled, stats: &WorkerStats) {
+/// Reads everything waiting on the servers' interrupt channels into `notices`: interrupts, and
+/// heartbeats that say a server is alive.
+pub(crate) fn drain_interrupts(subs: &[Socket], notices: &mut Notices, stats: &WorkerStats) {
+    let now = Instant::now();
     for sub in subs {
         while let Ok(Some(frames)) = sub.try_recv() {
             match wire::decode(frames) {
                 Ok((h, _)) if h.kind == Kind::Interrupt => {
-                    cancelled.insert((h.server_id, h.request_id))
+                    notices.servers.heard(h.server_id, now);
+                    notices.cancelled.insert((h.server_id, h.request_id))
                 }
+                Ok((h, _)) if h.kind == Kind::Heartbeat => notices.servers.heard(h.server_id, now),
                 Ok(_) | Err(_) => {
                     stats.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("worker dropped a malformed interrupt");
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_is_gone_only_after_it_was_heard_and_went_silent() {
+        let expiry = Duration::from_secs(3);
+        let mut n = Notices::new(expiry);
+        let t = Instant::now();
+        assert_eq!(
+            n.dead(&(7, 1), t + expiry * 10),
+            None,
+            "never heard: not judged"
+        );
+        n.servers.heard(7, t);
+        assert_eq!(n.dead(&(7, 1), t + expiry), None);
+        assert_eq!(
+            n.dead(&(7, 1), t + expiry + Duration::from_millis(1)),
+            Some(Interrupted::ServerGone)
+        );
+        n.servers.heard(7, t + expiry * 2);
+        assert_eq!(n.dead(&(7, 1), t + expiry * 2), None, "heard again: alive");
+        n.cancelled.insert((7, 1));
+        assert_eq!(
+            n.dead(&(7, 1), t + expiry * 2),
+            Some(Interrupted::Cancelled)
+        );
+        assert_eq!(n.dead(&(8, 1), t + expiry * 2), None);
     }
 }

@@ -154,6 +154,7 @@ impl Pipeline {
         );
         scfg.timeout = self.timeout;
         scfg.max_in_flight = self.max_in_flight;
+        scfg.heartbeat = self.heartbeat;
         let server = Server::start(&ctx, scfg, shutdown.clone())?;
         let mut threads = Vec::new();
         let mut worker_stats = Vec::new();

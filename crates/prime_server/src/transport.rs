@@ -209,6 +209,15 @@ impl Socket {
             .map_err(zerr("set router mandatory"))
     }
 
+    /// With `true`, a connecting socket has a pipe to its peer only while connected (zmq's
+    /// `ZMQ_IMMEDIATE`): nothing queues for a peer that is not there, and each new connection
+    /// gets a new pipe. For a connecting ROUTER this is what lets a peer that restarts with
+    /// another routing id be addressed by its new id (libzmq otherwise keeps the pipe, and the
+    /// first id it learned, across reconnects: zeromq/libzmq#1575).
+    pub fn set_immediate(&self, on: bool) -> Result<()> {
+        self.inner.set_immediate(on).map_err(zerr("set immediate"))
+    }
+
     /// Bounds the queues of this socket, per peer, in messages (0 = unbounded).
     pub fn set_high_water_marks(&self, send: i32, recv: i32) -> Result<()> {
         self.inner.set_sndhwm(send).map_err(zerr("set sndhwm"))?;

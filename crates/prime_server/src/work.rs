@@ -128,8 +128,10 @@ pub(crate) fn perform(
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(request_id, %why, "work interrupted");
             match why {
-                // The server has answered (or will, at the deadline).
-                Interrupted::Cancelled | Interrupted::DeadlinePassed => Action::Nothing,
+                // The server has answered (or will, at the deadline), or is gone.
+                Interrupted::Cancelled | Interrupted::DeadlinePassed | Interrupted::ServerGone => {
+                    Action::Nothing
+                }
                 Interrupted::ShuttingDown => {
                     Action::Answer(503, b"the worker is shutting down".to_vec())
                 }

@@ -14,7 +14,7 @@
 
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
-use crate::interrupt::{drain_interrupts, CancelSource, Cancelled, Interrupt};
+use crate::interrupt::{drain_interrupts, CancelSource, Interrupt, Notices};
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::WorkerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
@@ -84,6 +84,20 @@ impl WorkerConfig {
 /// How long a reply may wait for the server's loopback to become reachable (connection race at
 /// start-up) before it is dropped and counted.
 const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
+/// The most replies waiting for their server's loopback at once; beyond it the oldest is dropped.
+const MAX_UNDELIVERED: usize = 1024;
+/// How often waiting replies are tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(5);
+
+/// A reply whose server was not reachable when it was sent: it waits here, tried again on every
+/// turn of the worker's loop, while the worker goes on with other jobs (a reply to a server
+/// that is gone must cost the worker nothing but this slot).
+struct Undelivered {
+    to: Vec<u8>,
+    head: [u8; wire::HEADER_LEN],
+    body: Vec<u8>,
+    since: Instant,
+}
 
 /// One worker. Build with [`Worker::connect`], then [`Worker::run`] on its own thread.
 pub struct Worker {
@@ -101,7 +115,7 @@ pub struct Worker {
     work: WorkFn,
     cleanup: Option<CleanupFn>,
     stats: Arc<WorkerStats>,
-    cancelled: RefCell<Cancelled>,
+    notices: RefCell<Notices>,
     blob: Vec<u8>,
     ready_sent: bool,
     /// Whether every interrupt that reached the sockets before the latest wait ended has been
@@ -112,6 +126,14 @@ pub struct Worker {
     last_sent: Instant,
     /// When this worker told its proxy it is leaving.
     left: Option<Instant>,
+    /// Whether the proxy confirmed the leave (no job comes after its confirmation).
+    leave_confirmed: bool,
+    /// The job this worker took last, as (server id, request id): what its Disconnect names.
+    last_job: (u64, u64),
+    /// Replies waiting for their server's loopback.
+    undelivered: std::collections::VecDeque<Undelivered>,
+    /// Replies dropped since the last warning about them, and when that warning was.
+    dropped_since_warning: (u64, Option<Instant>),
 }
 
 /// Waiter tokens of a worker's sockets.
@@ -119,9 +141,10 @@ const UP: u64 = 0;
 const DOWN: u64 = 1;
 const SUB: u64 = 2;
 
-/// A header-only Heartbeat from the proxy (it is alive), as opposed to a job.
-fn is_heartbeat(frames: &Frames) -> bool {
-    frames.len() == 1 && matches!(Header::decode(&frames[0]), Ok(h) if h.kind == Kind::Heartbeat)
+/// A header-only message from the proxy of this kind (a Heartbeat: it is alive; a Disconnect:
+/// it confirms our leave), as opposed to a job.
+fn is_control(frames: &Frames, kind: Kind) -> bool {
+    frames.len() == 1 && matches!(Header::decode(&frames[0]), Ok(h) if h.kind == kind)
 }
 
 /// The worker's heartbeat thread; stopped and joined by [`HeartbeatThread::stop`].
@@ -163,6 +186,9 @@ impl Worker {
         };
         let loopback = ctx.socket(SocketKind::Router)?;
         loopback.set_router_mandatory(true)?;
+        // A front that restarts comes back with a new server id (a new routing id): the pipe
+        // to it must be made anew on each connection to learn it.
+        loopback.set_immediate(true)?;
         for ep in &config.loopbacks {
             loopback.connect(ep)?;
         }
@@ -172,6 +198,7 @@ impl Worker {
             s.connect(ep)?;
             subs.push(s);
         }
+        let notices = RefCell::new(Notices::new(config.heartbeat.expiry()));
         Ok(Worker {
             ctx: ctx.clone(),
             id,
@@ -186,11 +213,15 @@ impl Worker {
             work,
             cleanup: None,
             stats: Arc::default(),
-            cancelled: RefCell::default(),
+            notices,
             ready_sent: false,
             interrupts_read: false,
             last_sent: Instant::now(),
             left: None,
+            leave_confirmed: false,
+            last_job: (0, 0),
+            undelivered: std::collections::VecDeque::new(),
+            dropped_since_warning: (0, None),
         })
     }
 
@@ -249,17 +280,14 @@ impl Worker {
         let (mut up, mut down, mut sub) = (true, true, true);
         let mut fired = Vec::new();
         while !shutdown.is_stopping() {
-            if self.config.on_drain == OnDrain::FinishAndExit
-                && shutdown.is_draining()
-                && self.left.is_none()
-            {
-                tracing::info!("draining: leaving the proxy after the jobs in hand");
-                self.send_up(Kind::Disconnect, None)?;
-                self.left = Some(Instant::now());
+            if self.leaving(&shutdown) && self.left.is_none() {
+                tracing::info!("draining: leaving the proxy after the jobs on their way");
+                self.leave()?;
                 up = true;
             }
+            self.retry_undelivered()?;
             if sub {
-                drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
+                drain_interrupts(&self.subs, &mut self.notices.borrow_mut(), &self.stats);
                 sub = false;
             }
             if down {
@@ -270,7 +298,9 @@ impl Worker {
                 match self.upstream.try_recv()? {
                     Some(frames) => {
                         self.last_heard = Instant::now();
-                        if !is_heartbeat(&frames) {
+                        if is_control(&frames, Kind::Disconnect) {
+                            self.leave_confirmed = true;
+                        } else if !is_control(&frames, Kind::Heartbeat) {
                             self.handle_job(frames, &shutdown)?;
                         }
                         continue;
@@ -278,9 +308,16 @@ impl Worker {
                     None => up = false,
                 }
             }
-            if self.left.is_some_and(|t| t.elapsed() >= LEAVE_GRACE) {
-                // Left, and nothing more came: done.
-                return Ok(());
+            if let Some(t) = self.left {
+                // Every job the proxy sent came before its confirmation, and each was worked
+                // in turn: nothing is left. A proxy that never confirms (gone, or one that
+                // predates confirmations) is waited for as long as a silent proxy is trusted.
+                let unconfirmed_wait = self.config.heartbeat.expiry().max(LEAVE_GRACE);
+                if (self.leave_confirmed || t.elapsed() >= unconfirmed_wait)
+                    && self.undelivered.is_empty()
+                {
+                    return Ok(());
+                }
             }
             if self.left.is_none() && self.last_sent.elapsed() >= self.config.heartbeat.interval {
                 if self.last_heard.elapsed() > self.config.heartbeat.expiry() {
@@ -300,7 +337,11 @@ impl Worker {
                 .saturating_sub(self.last_sent.elapsed())
                 .min(POLL_INTERVAL);
             if let Some(t) = self.left {
-                wait = wait.min(LEAVE_GRACE.saturating_sub(t.elapsed()));
+                let unconfirmed_wait = self.config.heartbeat.expiry().max(LEAVE_GRACE);
+                wait = wait.min(unconfirmed_wait.saturating_sub(t.elapsed()));
+            }
+            if !self.undelivered.is_empty() {
+                wait = wait.min(RETRY_EVERY);
             }
             waiter.wait(wait, &mut fired)?;
             self.interrupts_read = true;
@@ -316,7 +357,7 @@ impl Worker {
                 (up, down, sub) = (true, true, true);
             }
         }
-        self.send_up(Kind::Disconnect, None)?;
+        self.leave()?;
         Ok(())
     }
 
@@ -379,6 +420,25 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether this worker leaves its proxy now: its process is draining and it is to finish and
+    /// exit then.
+    fn leaving(&self, shutdown: &Shutdown) -> bool {
+        self.config.on_drain == OnDrain::FinishAndExit && shutdown.is_draining()
+    }
+
+    /// Tells the proxy this worker takes no more jobs, naming the job it took last: the proxy
+    /// confirms, and a job it handed over that this worker has not read yet comes before the
+    /// confirmation (see `Balancer::disconnect`).
+    fn leave(&mut self) -> Result<(), Error> {
+        self.left.get_or_insert_with(Instant::now);
+        let mut h = Header::new(Kind::Disconnect);
+        h.stage = self.config.stage;
+        (h.server_id, h.request_id) = self.last_job;
+        self.upstream.send(wire::message(&h, None))?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
     fn handle_job(&mut self, frames: Frames, shutdown: &Shutdown) -> Result<(), Error> {
         self.stats.jobs.fetch_add(1, Ordering::Relaxed);
         if !self.ready_sent {
@@ -387,6 +447,7 @@ impl Worker {
         self.ready_sent = false;
         match wire::decode(frames) {
             Ok((header, payload)) if header.kind == Kind::Job => {
+                self.last_job = (header.server_id, header.request_id);
                 self.run_job(header, payload, shutdown)?;
                 if let Some(cleanup) = self.cleanup.as_mut() {
                     if catch_unwind(AssertUnwindSafe(cleanup)).is_err() {
@@ -403,7 +464,12 @@ impl Worker {
                 tracing::warn!(error = %e, "worker dropped a malformed job");
             }
         }
-        self.say_ready()
+        // A draining worker never asks for more: it says which job it finished instead.
+        if self.leaving(shutdown) {
+            self.leave()
+        } else {
+            self.say_ready()
+        }
     }
 
     fn run_job(
@@ -414,17 +480,19 @@ impl Worker {
     ) -> Result<(), Error> {
         let key = (header.server_id, header.request_id);
         if !std::mem::replace(&mut self.interrupts_read, false) {
-            drain_interrupts(&self.subs, &mut self.cancelled.borrow_mut(), &self.stats);
+            drain_interrupts(&self.subs, &mut self.notices.borrow_mut(), &self.stats);
         }
-        // The server answers cancelled and expired requests itself: skip the work, send nothing.
-        if self.cancelled.borrow().contains(&key) || header.expired_at(wire::now_us()) {
+        // The server answers cancelled and expired requests itself, and a gone server needs no
+        // answer: skip the work, send nothing.
+        let dead = self.notices.borrow().dead(&key, Instant::now()).is_some();
+        if dead || header.expired_at(wire::now_us()) {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         let mut job = Job::new(header, payload);
         let source = CancelSource::Sockets {
             subs: &self.subs,
-            cancelled: &self.cancelled,
+            notices: &self.notices,
         };
         let interrupt = Interrupt::new(source, shutdown, &header, &self.stats);
         let action = perform(
@@ -462,32 +530,63 @@ impl Worker {
         Ok(())
     }
 
+    /// Sends a reply to the server named in `header`. A server not reachable now (still
+    /// connecting, restarting, or gone) does not hold the worker up: the reply waits in
+    /// `undelivered` and is tried again on every turn of the loop, for [`LOOPBACK_PATIENCE`].
     fn reply(&mut self, header: &Header, status: u16, body: Vec<u8>) -> Result<(), Error> {
         let mut h = header.with_kind(Kind::Reply);
         h.stage = self.config.stage;
         h.status = status;
         let head = h.encode();
         let to = wire::server_routing_id(header.server_id);
-        let started = Instant::now();
-        loop {
-            match self.loopback.send([&to[..], &head[..], &body[..]])? {
-                Sent::Yes => {
-                    self.stats.replied.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Sent::Unreachable if started.elapsed() < LOOPBACK_PATIENCE => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                Sent::Unreachable => {
-                    self.stats.undeliverable.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        request_id = header.request_id,
-                        server_id = header.server_id,
-                        "reply dropped: the server's loopback is unreachable"
-                    );
-                    return Ok(());
-                }
+        if self.loopback.send([&to[..], &head[..], &body[..]])? == Sent::Yes {
+            self.stats.replied.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.undelivered.len() >= MAX_UNDELIVERED {
+            self.undelivered.pop_front();
+            self.dropped_reply();
+        }
+        self.undelivered.push_back(Undelivered {
+            to,
+            head,
+            body,
+            since: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Tries the waiting replies again; drops those whose patience ran out.
+    fn retry_undelivered(&mut self) -> Result<(), Error> {
+        let mut i = 0;
+        while i < self.undelivered.len() {
+            let r = &self.undelivered[i];
+            if self.loopback.send([&r.to[..], &r.head[..], &r.body[..]])? == Sent::Yes {
+                self.stats.replied.fetch_add(1, Ordering::Relaxed);
+                self.undelivered.remove(i);
+            } else if r.since.elapsed() >= LOOPBACK_PATIENCE {
+                self.undelivered.remove(i);
+                self.dropped_reply();
+            } else {
+                i += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Counts a reply dropped because its server stayed unreachable, and says so in the log at
+    /// most once a second (a flood of replies to a gone server is one line with a count).
+    fn dropped_reply(&mut self) {
+        self.stats.undeliverable.fetch_add(1, Ordering::Relaxed);
+        let (count, last) = &mut self.dropped_since_warning;
+        *count += 1;
+        if !matches!(last, Some(t) if t.elapsed() < Duration::from_secs(1)) {
+            tracing::warn!(
+                dropped = *count,
+                "replies dropped: their server's loopback stayed unreachable"
+            );
+            *count = 0;
+            *last = Some(Instant::now());
         }
     }
 

@@ -192,6 +192,7 @@ fn looping_pipeline(
                     Interrupted::Cancelled => "cancelled",
                     Interrupted::DeadlinePassed => "deadline",
                     Interrupted::ShuttingDown => "shutdown",
+                    Interrupted::ServerGone => "server gone",
                 })
                 .unwrap();
                 return Err(why.into());
@@ -205,13 +206,13 @@ fn looping_pipeline(
 #[test]
 fn client_going_away_interrupts_a_long_job() {
     for transport in IN_PROCESS {
-        let (running, rx) = looping_pipeline("cancel", None, transport);
+        let (running, rx) = looping_pipeline("cancel", None, transport.clone());
         let rt = rt();
         let pending = running.server.submit(vec![b"x".to_vec()], None);
         assert_eq!(rx.recv_timeout(LIMIT), Ok("started"));
         drop(pending);
         // No deadline is set, so only the cancel can stop the work.
-        assert_eq!(rx.recv_timeout(LIMIT), Ok("cancelled"));
+        assert_eq!(rx.recv_timeout(LIMIT), Ok("cancelled"), "{transport:?}");
         let stats = running.server.stats();
         assert_eq!(stats.snapshot().cancelled, 1);
         // The worker is free again and serves the next request (which we let time out quickly).

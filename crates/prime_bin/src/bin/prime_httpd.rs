@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
 use prime_server::shutdown::{OnDrain, Shutdown};
-use prime_server::topology::{Protocol, Topology};
+use prime_server::topology::{HeartbeatConfig, Protocol, Topology};
 use prime_server::transport::Context;
 use std::time::Duration;
 
@@ -82,6 +82,10 @@ struct Args {
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
+    /// Heartbeat interval in milliseconds (must match the workers'): how often this server
+    /// tells workers it is alive; they drop the jobs of a server silent for 3 intervals.
+    #[arg(long, default_value_t = 2500)]
+    heartbeat_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,12 +102,19 @@ fn main() -> anyhow::Result<()> {
     if args.access_log {
         args.enable_logging = Some(true);
     }
-    let (section, proxy, drain, format) = match (&args.config, &args.listen) {
+    let (section, proxy, drain, format, heartbeat) = match (&args.config, &args.listen) {
         (Some(path), None) => {
             let t = Topology::load(path)?;
             let s = t.server(args.server.as_deref())?.clone();
             let proxy = t.stages[0].upstream.clone();
-            (s, proxy, t.drain(), args.log_format.unwrap_or(t.log_format))
+            let heartbeat = t.heartbeat.heartbeat();
+            (
+                s,
+                proxy,
+                t.drain(),
+                args.log_format.unwrap_or(t.log_format),
+                heartbeat,
+            )
         }
         (None, Some(listen)) => {
             let (Some(proxy), Some(lb), Some(int)) = (&args.proxy, &args.loopback, &args.interrupt)
@@ -133,6 +144,11 @@ fn main() -> anyhow::Result<()> {
                 proxy.clone(),
                 Duration::from_secs(args.drain_seconds.unwrap_or(28)),
                 args.log_format.unwrap_or_default(),
+                HeartbeatConfig {
+                    interval_ms: args.heartbeat_ms,
+                    ..HeartbeatConfig::default()
+                }
+                .heartbeat(),
             )
         }
         _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
@@ -145,7 +161,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let server = daemon::start_server(&ctx, &section, &proxy.parse()?, &shutdown)
+        let server = daemon::start_server(&ctx, &section, &proxy.parse()?, heartbeat, &shutdown)
             .context("starting the server core")?;
         daemon::serve_front(
             &section,

@@ -47,6 +47,12 @@ pub(crate) enum Action {
         /// The worker's routing id.
         worker: Vec<u8>,
     },
+    /// Confirm a worker's Disconnect (a header-only Disconnect back): no job is sent to it after
+    /// this, so once it has read this it has every job it will get.
+    Acknowledge {
+        /// The worker's routing id.
+        worker: Vec<u8>,
+    },
 }
 
 /// A job on its way to a worker, lent to the send function of [`Balancer::dispatch`].
@@ -190,14 +196,31 @@ impl Balancer {
         }
     }
 
-    /// A worker said Disconnect: it gets no more jobs. A job in its hands goes with it: a
-    /// draining worker finishes the jobs it holds after saying Disconnect and answers them
-    /// itself, so handing the job on would run it twice (and, on its last attempt, answer 500
-    /// before the real answer). The race this leaves (a job handed on the worker's last Ready
-    /// that it never reads) is the restart issue's to close, with the worker's side.
-    pub(crate) fn disconnect(&mut self, worker: &[u8]) -> Option<Action> {
-        self.forget(worker);
-        None
+    /// A worker said Disconnect: it gets no more jobs, and is told so ([`Action::Acknowledge`]).
+    /// `last` is the job it took last (request and server id; zeros for none). A worker handles
+    /// one job at a time and says Disconnect between jobs, so a job the balancer handed it that
+    /// is not `last` was still on its way when it spoke: the worker will read it before the
+    /// acknowledgement, work it and say Disconnect again naming it. Until then the worker stays
+    /// in the table, not idle, holding that job, so that if it dies instead the job is handed
+    /// on as any dead worker's is.
+    pub(crate) fn disconnect(&mut self, worker: &[u8], last: (u64, u64)) -> Action {
+        let on_its_way = self
+            .workers
+            .get(worker)
+            .and_then(|e| e.job.as_ref())
+            .is_some_and(|j| (j.header.server_id, j.header.request_id) != last);
+        if on_its_way {
+            self.idle.retain(|w| w != worker);
+            if let Some(entry) = self.workers.get_mut(worker) {
+                entry.idle = false;
+            }
+        } else {
+            self.forget(worker);
+        }
+        self.publish_gauges();
+        Action::Acknowledge {
+            worker: worker.to_vec(),
+        }
     }
 
     /// A send to `worker` (a heartbeat) found no such peer: it is dropped as dead. Only idle
@@ -468,7 +491,7 @@ mod tests {
                     reason,
                     ..
                 } => Some((header.request_id, *status, reason.to_string())),
-                Action::Heartbeat { .. } => None,
+                Action::Heartbeat { .. } | Action::Acknowledge { .. } => None,
             })
             .collect()
     }
@@ -478,7 +501,7 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Heartbeat { worker } => Some(String::from_utf8_lossy(worker).into_owned()),
-                Action::Answer { .. } => None,
+                Action::Answer { .. } | Action::Acknowledge { .. } => None,
             })
             .collect()
     }
@@ -773,7 +796,7 @@ mod tests {
         let t = Instant::now();
         ready(&mut b, "w1", t);
         ready(&mut b, "w2", t);
-        assert_eq!(b.disconnect(b"w1"), None);
+        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
         arrive(&mut b, 1);
         arrive(&mut b, 2);
         assert_eq!(dispatch(&mut b, t), [sent("w2", 1, 1)]);
@@ -781,24 +804,71 @@ mod tests {
         assert_eq!(count(&stats.queued), 1);
     }
 
-    /// A draining worker says Disconnect and then finishes the job it holds: the job is its to
-    /// answer, not handed on (which would run it twice).
+    fn ack(worker: &str) -> Action {
+        Action::Acknowledge {
+            worker: worker.as_bytes().to_vec(),
+        }
+    }
+
+    /// A worker that finished job 1 and leaves names it: the job is done, the worker forgotten,
+    /// and its silence later hands nothing on.
     #[test]
-    fn disconnect_of_a_worker_holding_a_job_leaves_the_job_to_it() {
+    fn a_disconnect_naming_the_job_a_worker_held_means_it_is_done() {
         let (mut b, stats) = balancer();
         let t = Instant::now();
         arrive(&mut b, 1);
-        arrive(&mut b, 2);
         ready(&mut b, "w1", t);
         assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
-        assert_eq!(b.disconnect(b"w1"), None);
-        ready(&mut b, "w2", t);
-        assert_eq!(dispatch(&mut b, t), [sent("w2", 2, 1)]);
-        assert_eq!((count(&stats.redelivered), count(&stats.abandoned)), (0, 0));
-        // Gone from the table: its silence expires nothing later (w2 says it is done first).
-        ready(&mut b, "w2", t + 5 * INTERVAL);
-        b.tick(t + 5 * INTERVAL);
+        assert_eq!(b.disconnect(b"w1", (0, 1)), ack("w1"));
+        assert!(answers(&b.tick(t + 10 * INTERVAL)).is_empty());
         assert_eq!((count(&stats.redelivered), count(&stats.expired)), (0, 0));
+    }
+
+    /// The drain race: a worker's last Ready was answered with job 1, and its Disconnect (naming
+    /// no job) crossed it. The job is on its way to the worker, which reads it before the
+    /// acknowledgement, works it, and says Disconnect again naming it. Meanwhile it is not idle.
+    #[test]
+    fn a_job_on_its_way_when_its_worker_leaves_is_left_to_it() {
+        let (mut b, stats) = balancer();
+        let t = Instant::now();
+        arrive(&mut b, 1);
+        ready(&mut b, "w1", t);
+        assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
+        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
+        arrive(&mut b, 2);
+        assert!(
+            dispatch(&mut b, t).is_empty(),
+            "a leaving worker gets no job"
+        );
+        b.heartbeat(b"w1".to_vec(), true, t + 2 * INTERVAL);
+        assert_eq!(b.disconnect(b"w1", (0, 1)), ack("w1"));
+        assert!(answers(&b.tick(t + 10 * INTERVAL)).is_empty());
+        assert_eq!(count(&stats.redelivered), 0);
+        ready(&mut b, "w2", t + 10 * INTERVAL);
+        assert_eq!(dispatch(&mut b, t + 10 * INTERVAL), [sent("w2", 2, 1)]);
+    }
+
+    /// The same race, but the leaving worker dies before it reads the job: its silence hands
+    /// the job on as any dead worker's.
+    #[test]
+    fn a_job_on_its_way_to_a_worker_that_left_and_died_is_handed_on() {
+        let (mut b, stats) = balancer();
+        let t = Instant::now();
+        arrive(&mut b, 1);
+        ready(&mut b, "w1", t);
+        assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
+        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
+        let later = t + 4 * INTERVAL;
+        b.tick(later);
+        assert_eq!((count(&stats.redelivered), count(&stats.expired)), (1, 1));
+        ready(&mut b, "w2", later);
+        assert_eq!(dispatch(&mut b, later), [sent("w2", 1, 2)]);
+    }
+
+    #[test]
+    fn a_worker_the_proxy_does_not_know_is_acknowledged_too() {
+        let (mut b, _) = balancer();
+        assert_eq!(b.disconnect(b"stranger", (0, 0)), ack("stranger"));
     }
 
     #[test]

@@ -226,8 +226,9 @@ impl Proxy {
                         self.balancer.heartbeat(who, busy, Instant::now());
                     }
                     Kind::Disconnect => {
-                        let action = self.balancer.disconnect(&worker);
-                        self.perform(action)?;
+                        let last = (h.server_id, h.request_id);
+                        let action = self.balancer.disconnect(&worker, last);
+                        self.perform([action])?;
                     }
                     other => self.malformed("downstream", &format!("unexpected {other:?}")),
                 },
@@ -291,6 +292,11 @@ impl Proxy {
                         let action = self.balancer.unreachable(&worker);
                         self.perform(action)?;
                     }
+                }
+                // A worker that left may be gone already: nothing to do if it is.
+                Action::Acknowledge { worker } => {
+                    let ack = Header::new(Kind::Disconnect).encode();
+                    self.downstream.send([worker.as_slice(), &ack[..]])?;
                 }
             }
         }

@@ -22,6 +22,7 @@ pub use pending::Pending;
 use crate::answer::Answer;
 use crate::answer::Failure;
 use crate::endpoint::Endpoint;
+use crate::heartbeat::Heartbeat;
 use crate::interrupt::SharedCancels;
 use crate::memory::{MemJob, StageQueue};
 use crate::shutdown::Shutdown;
@@ -54,6 +55,9 @@ pub struct ServerConfig {
     pub timeout: Option<Duration>,
     /// The most requests in flight at once; more are answered 503 at once.
     pub max_in_flight: usize,
+    /// How often the server says it is alive on its interrupt channel; workers drop the jobs of
+    /// a server silent for its expiry. Must match the workers'.
+    pub heartbeat: Heartbeat,
 }
 
 impl ServerConfig {
@@ -67,6 +71,7 @@ impl ServerConfig {
             server_id: limits.server_id,
             timeout: limits.timeout,
             max_in_flight: limits.max_in_flight,
+            heartbeat: Heartbeat::default(),
         }
     }
 
@@ -196,15 +201,16 @@ impl Server {
         };
         let pump = {
             let _entered = own_runtime.as_ref().map(|rt| rt.enter());
-            Pump::new(
-                SocketEvents::new(dealer)?,
-                SocketEvents::new(loopback)?,
+            Pump::new(pump::Parts {
+                dealer: SocketEvents::new(dealer)?,
+                loopback: SocketEvents::new(loopback)?,
                 publisher,
-                stats.clone(),
-                in_flight.clone(),
-                config.server_id,
-                done_tx,
-            )
+                stats: stats.clone(),
+                in_flight: in_flight.clone(),
+                server_id: config.server_id,
+                heartbeat_every: config.heartbeat.interval,
+                _done: done_tx,
+            })
         };
         let span = tracing::info_span!("pump", server_id = config.server_id);
         let task = async move {

@@ -12,14 +12,14 @@ use super::in_flight::InFlight;
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
-use crate::transport::{Frames, Sent, SocketEvents};
+use crate::transport::{Frames, Sent, Socket, SocketEvents};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the submitting side asks of the pump.
@@ -53,35 +53,40 @@ struct Entry {
 /// request's oneshot, which its [`Pending`](crate::server::Pending) reads as "shutting down",
 /// and closes `_done`, which wakes [`Server::closed`](crate::server::Server::closed).
 pub(crate) struct Pump {
-    pub(crate) dealer: SocketEvents,
-    pub(crate) loopback: SocketEvents,
-    pub(crate) publisher: crate::transport::Socket,
-    pub(crate) stats: Arc<ServerStats>,
-    pub(crate) in_flight: Arc<InFlight>,
-    pub(crate) server_id: u64,
-    pub(crate) _done: watch::Sender<()>,
+    parts: Parts,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
+/// What a pump is made of: its sockets, what it shares with the submitting side, and its
+/// settings.
+pub(crate) struct Parts {
+    /// To the first stage's proxy.
+    pub(crate) dealer: SocketEvents,
+    /// Replies from workers.
+    pub(crate) loopback: SocketEvents,
+    /// Interrupts and heartbeats to workers.
+    pub(crate) publisher: Socket,
+    pub(crate) stats: Arc<ServerStats>,
+    pub(crate) in_flight: Arc<InFlight>,
+    pub(crate) server_id: u64,
+    /// How often to say on the interrupt channel that this server is alive.
+    pub(crate) heartbeat_every: Duration,
+    /// Closed when the pump is dropped.
+    pub(crate) _done: watch::Sender<()>,
+}
+
+impl std::ops::Deref for Pump {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.parts
+    }
+}
+
 impl Pump {
-    pub(crate) fn new(
-        dealer: SocketEvents,
-        loopback: SocketEvents,
-        publisher: crate::transport::Socket,
-        stats: Arc<ServerStats>,
-        in_flight: Arc<InFlight>,
-        server_id: u64,
-        done: watch::Sender<()>,
-    ) -> Pump {
+    pub(crate) fn new(parts: Parts) -> Pump {
         Pump {
-            dealer,
-            loopback,
-            publisher,
-            stats,
-            in_flight,
-            server_id,
-            _done: done,
+            parts,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
         }
@@ -112,7 +117,12 @@ impl Pump {
         // (which re-arms its descriptor) when its descriptor fires, and on every poll interval
         // as a safety net.
         let (mut check_loopback, mut check_dealer) = (true, true);
+        let mut next_heartbeat = Instant::now() + self.heartbeat_every;
         loop {
+            if Instant::now() >= next_heartbeat {
+                self.say_alive()?;
+                next_heartbeat = Instant::now() + self.heartbeat_every;
+            }
             if check_loopback {
                 self.drain_loopback()?;
                 check_loopback = false;
@@ -126,7 +136,8 @@ impl Pump {
             let wake = match next {
                 Some(at) => at.min(Instant::now() + POLL_INTERVAL),
                 None => Instant::now() + POLL_INTERVAL,
-            };
+            }
+            .min(next_heartbeat);
             tokio::select! {
                 biased;
                 _ = shutdown.stopped() => return Ok(()),
@@ -153,6 +164,15 @@ impl Pump {
                 }
             }
         }
+    }
+
+    /// A Heartbeat on the interrupt channel: workers that hear this server and then stop
+    /// hearing it (it died, or restarted under a new id) drop its jobs.
+    fn say_alive(&self) -> Result<(), Error> {
+        let mut h = Header::new(Kind::Heartbeat);
+        h.server_id = self.server_id;
+        self.publisher.send([&h.encode()[..]])?;
+        Ok(())
     }
 
     fn refuse(&mut self, cmd: Command) {
@@ -291,6 +311,11 @@ impl Pump {
         let _ = entry.tx.send(answer);
         if workers == Workers::Interrupt {
             let h = entry.header.with_kind(Kind::Interrupt);
+            // libzmq applies new subscriptions when the publisher next looks at its commands,
+            // which a send does only if it has not looked within about a millisecond: a worker
+            // that subscribed just after a heartbeat went out would miss this interrupt. Asking
+            // for the socket's events makes it look now.
+            self.publisher.has_input()?;
             self.publisher.send([&h.encode()[..]])?;
         }
         // Keep the timer heap from holding answered requests for the whole timeout under load.
