@@ -35,6 +35,16 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Raises the soft open-file limit to the hard limit (logging the limit in force), so client
+/// connections and zmq have every descriptor the system allows; a failure is logged and the
+/// daemon goes on with the limit it has. Call it after [`init_logging`], before anything opens
+/// descriptors.
+pub fn raise_fd_limit() {
+    if let Err(e) = prime_server::fd_limit::raise() {
+        tracing::warn!(error = %e, "cannot read the open-file limit");
+    }
+}
+
 /// Parses `--log-format`.
 pub fn log_format(s: &str) -> Result<LogFormat, String> {
     match s {

@@ -35,6 +35,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     daemon::init_logging(args.log_format);
+    daemon::raise_fd_limit();
     daemon::all_in_one_http(
         &args.listen,
         args.health_path.clone(),

@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
     };
     daemon::init_logging(format);
+    daemon::raise_fd_limit();
     let ctx = Context::new();
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;

@@ -119,11 +119,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.config {
         let t = prime_server::topology::Topology::load(path)?;
         prime_bin::daemon::init_logging(args.log_format.unwrap_or(t.log_format));
+        prime_bin::daemon::raise_fd_limit();
         prime_bin::daemon::run_topology(&t)?;
         tracing::info!("prime_serverd stopped");
         return Ok(());
     }
     prime_bin::daemon::init_logging(args.log_format.unwrap_or_default());
+    prime_bin::daemon::raise_fd_limit();
     let workers = args
         .workers
         .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
