@@ -131,7 +131,9 @@ pub const TOO_MANY_CONNECTIONS: &str = "too many connections";
 /// The cap keeps descriptors for zmq (see [`crate::fd_limit`]): a connection beyond it is
 /// accepted, sent `refusal` if the socket takes it at once (it always does on a fresh socket;
 /// the refusal never waits), and closed, so the client learns at once instead of waiting in the
-/// listen backlog. A connection's slot frees when its task ends.
+/// listen backlog. A connection's slot frees when its task ends. When accepting itself fails for
+/// want of descriptors (or memory), the loop backs off (10 ms doubling to 500 ms) and logs it
+/// once, then at most every 10 s with a count, and once more when accepting works again.
 pub async fn accept_until_drain<F, Fut>(
     listener: TcpListener,
     shutdown: &Shutdown,
@@ -158,11 +160,16 @@ pub async fn accept_until_drain<F, Fut>(
         tokio::select! {
             _ = shutdown.draining() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn(stream, &mut door),
+                Ok((stream, _)) => {
+                    door.accepted();
+                    spawn(stream, &mut door);
+                }
                 Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    let pause = door.accept_failed(&e);
+                    tokio::select! {
+                        _ = shutdown.draining() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
         }
@@ -177,15 +184,22 @@ pub async fn accept_until_drain<F, Fut>(
     connections.wait().await;
 }
 
-/// How often a front logs refused connections at most.
+/// How often a front logs the same trouble at most (fd pressure, refused connections).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// The accept loop's door: the connection cap and refusals.
+/// The first pause after accept failed for want of resources, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// The accept loop's door: the connection cap, refusals, and what accept failures it logged.
 struct Door<'a> {
     slots: Arc<tokio::sync::Semaphore>,
     max: usize,
     refusal: &'a [u8],
     refused: Throttled,
+    failures: Throttled,
+    /// Accept failures for want of resources since it last worked; the next pause grows with it.
+    failing: u64,
 }
 
 impl<'a> Door<'a> {
@@ -196,7 +210,13 @@ impl<'a> Door<'a> {
             max,
             refusal,
             refused: Throttled::new(LOG_EVERY),
+            failures: Throttled::new(LOG_EVERY),
+            failing: 0,
         }
+    }
+
+    fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
     }
 
     /// A slot for `stream`, or `None` when every slot is taken (the connection is refused).
@@ -218,6 +238,50 @@ impl<'a> Door<'a> {
                 None
             }
         }
+    }
+
+    /// Accepting works (again).
+    fn accepted(&mut self) {
+        if self.failing > 0 {
+            tracing::info!(
+                failures = self.failing,
+                open = self.open(),
+                "accepting connections again"
+            );
+            self.failures.reset();
+            self.failing = 0;
+        }
+    }
+
+    /// Accept failed with `e`: logs it if due and returns how long to wait before trying again.
+    fn accept_failed(&mut self, e: &std::io::Error) -> Duration {
+        let resources = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !resources {
+            // A connection that died in the backlog and the like: the next one may do.
+            if let Some(failures) = self.failures.hit() {
+                tracing::warn!(error = %e, failures, "accept failed");
+            }
+            return BACKOFF_FIRST;
+        }
+        self.failing = self.failing.saturating_add(1);
+        if let Some(failures) = self.failures.hit() {
+            tracing::warn!(
+                error = %e,
+                failures,
+                open = self.open(),
+                max_connections = self.max,
+                fd_limit = crate::fd_limit::current().map_or(0, |l| l.soft),
+                "cannot accept connections: out of file descriptors (or memory); \
+                 new connections wait in the listen backlog"
+            );
+        }
+        // Until a descriptor frees nothing will work: back off rather than spin, but not so far
+        // that the backlog waits long once one does.
+        let doublings = self.failing.saturating_sub(1).min(6) as u32;
+        (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
     }
 }
 
@@ -268,6 +332,12 @@ impl Throttled {
         }
         self.last = Some(now);
         Some(std::mem::take(&mut self.count))
+    }
+
+    /// Forgets the past: the next occurrence is logged at once.
+    fn reset(&mut self) {
+        self.last = None;
+        self.count = 0;
     }
 }
 
