@@ -35,6 +35,53 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// Raises the soft open-file limit to the hard limit (logging the limit in force), so client
+/// connections and zmq have every descriptor the system allows; a failure is logged and the
+/// daemon goes on with the limit it has. Call it after [`init_logging`], before anything opens
+/// descriptors.
+pub fn raise_fd_limit() {
+    if let Err(e) = prime_server::fd_limit::raise() {
+        tracing::warn!(error = %e, "cannot read the open-file limit");
+    }
+}
+
+/// The cap on a front's client connections: the section's `max_connections`, or the default
+/// from the open-file limit shared by the `fronts` fronts of this process. Warns when a cap set
+/// by hand leaves zmq less than the default reserve.
+pub fn connection_cap(section: &ServerSection, fronts: usize) -> usize {
+    use prime_server::fd_limit;
+    let Ok(limit) = fd_limit::current() else {
+        return section
+            .max_connections
+            .unwrap_or_else(fd_limit::default_max_connections);
+    };
+    let default = fd_limit::max_connections_for(limit.soft);
+    match section.max_connections {
+        None => (default / fronts.max(1)).max(1),
+        Some(n) => {
+            if n > default {
+                tracing::warn!(
+                    front = %section.name,
+                    max_connections = n,
+                    fd_limit = limit.soft,
+                    reserve = fd_limit::reserve(limit.soft),
+                    "max_connections leaves zmq less than the reserve of descriptors: if they \
+                     run out, a worker connecting aborts the front (libzmq)"
+                );
+            }
+            n
+        }
+    }
+}
+
+/// Parses `--max-connections`: a count of at least 1.
+pub fn max_connections_arg(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a count of at least 1, got {s:?}")),
+    }
+}
+
 /// Parses `--log-format`.
 pub fn log_format(s: &str) -> Result<LogFormat, String> {
     match s {
@@ -178,6 +225,8 @@ pub async fn serve_front(
     use std::io::Write;
     let listener = protocol::bind_listener(&section.listen)?;
     let addr = listener.local_addr()?;
+    let max_connections = connection_cap(section, 1);
+    tracing::info!(front = %section.name, %addr, max_connections, "front listening");
     println!(
         "{} listening on {addr} ({})",
         section.name,
@@ -236,6 +285,7 @@ pub async fn serve_front(
                 health_path: section.health_path.clone(),
                 access_log: section.access_log,
                 request_timeout: section.timeout(),
+                max_connections,
                 ..HttpConfig::default()
             };
             protocol::http::serve(listener, server.clone(), config, shutdown.clone()).await;
@@ -250,7 +300,14 @@ pub async fn serve_front(
                     })
                 }),
             };
-            protocol::serve(listener, server.clone(), proto, shutdown.clone()).await;
+            protocol::serve(
+                listener,
+                server.clone(),
+                proto,
+                max_connections,
+                shutdown.clone(),
+            )
+            .await;
         }
     }
     shutdown.stopped().await;
@@ -281,6 +338,7 @@ pub fn server_section(
         interrupt: interrupt.into(),
         timeout_seconds,
         max_in_flight: 10_000,
+        max_connections: None,
         max_body_bytes,
         header_timeout_seconds: 30,
         health_path,
@@ -290,18 +348,21 @@ pub fn server_section(
 }
 
 /// The all-in-one daemons' main: an HTTP front on `listen` (checked first) over one stage of
-/// `workers` threads running `work`, until the stop.
+/// `workers` threads running `work`, until the stop. `max_connections` caps client connections
+/// (`None`: from the open-file limit).
+#[allow(clippy::too_many_arguments)]
 pub fn all_in_one_http(
     listen: &str,
     health_path: Option<String>,
     access_log: bool,
     max_body_bytes: usize,
+    max_connections: Option<usize>,
     workers: usize,
     work: Factory,
     drain: Duration,
 ) -> anyhow::Result<()> {
     protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
-    let section = server_section(
+    let mut section = server_section(
         listen,
         "-",
         "-",
@@ -311,6 +372,7 @@ pub fn all_in_one_http(
         health_path,
         access_log,
     );
+    section.max_connections = max_connections;
     run_all_in_one(&section, vec![(workers.max(1), work)], drain)
 }
 
@@ -392,7 +454,16 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
             let factory = crate::work::factory(&s.work, None)?;
             threads.extend(start_workers(&ctx, &pool, &factory, &shutdown)?);
         }
-        let fronts = t.servers.iter().zip(servers).map(|(section, server)| {
+        // The fronts of one process share its descriptors: each gets its part of the default.
+        let sections: Vec<ServerSection> = t
+            .servers
+            .iter()
+            .map(|s| ServerSection {
+                max_connections: Some(connection_cap(s, t.servers.len())),
+                ..s.clone()
+            })
+            .collect();
+        let fronts = sections.iter().zip(servers).map(|(section, server)| {
             serve_front(
                 section,
                 server,

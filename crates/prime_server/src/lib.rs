@@ -33,6 +33,8 @@
 //!   multi-process deployment) or by in-memory queues (`memory`, the fast path when every part
 //!   lives in the process).
 //! - [`topology`]: the TOML topology file that describes a deployment.
+//! - [`fd_limit`]: the open-file limit, raised at start, and the share of it client connections
+//!   may take (the rest is kept for zmq).
 //!
 //! The main types are re-exported here.
 //!
@@ -56,6 +58,7 @@ pub mod answer;
 pub mod client;
 pub mod component;
 pub mod endpoint;
+pub mod fd_limit;
 pub mod heartbeat;
 pub mod http_job;
 pub mod interrupt;

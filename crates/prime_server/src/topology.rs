@@ -131,6 +131,11 @@ pub struct ServerSection {
     /// Requests in flight before 503 (default 10,000).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Client connections open at once; one beyond is refused (HTTP: 503 with `Retry-After`,
+    /// then closed). Default: from the process's open-file limit, less a reserve for zmq
+    /// ([`crate::fd_limit::max_connections_for`]), shared among the fronts of one process.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Largest request body (default 10 MiB).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -290,6 +295,9 @@ impl Topology {
             if s.max_in_flight == 0 {
                 return Err(invalid(key("max_in_flight"), "must be at least 1"));
             }
+            if s.max_connections == Some(0) {
+                return Err(invalid(key("max_connections"), "must be at least 1"));
+            }
             if s.header_timeout_seconds == 0 {
                 return Err(invalid(key("header_timeout_seconds"), "must be at least 1"));
             }
@@ -395,6 +403,7 @@ mod tests {
         assert_eq!(t.servers[0].name, "front");
         assert_eq!(t.servers[0].timeout(), Some(Duration::from_secs(60)));
         assert_eq!(t.stages[0].workers, 2);
+        assert_eq!(t.servers[0].max_connections, None);
         assert_eq!(t.worker_downstream(0), None);
     }
 
@@ -420,6 +429,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("server.front.listen"), "{e}");
+        let e = Topology::parse(&GOOD.replace(
+            "interrupt = \"ipc:///tmp/t/interrupt\"",
+            "interrupt = \"ipc:///tmp/t/interrupt\"\nmax_connections = 0",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("server.front.max_connections"), "{e}");
         let e = Topology::parse(&format!("log_format = \"xml\"\n{GOOD}"))
             .unwrap_err()
             .to_string();

@@ -410,6 +410,71 @@ fn the_health_path_is_answered_by_the_server() {
     });
 }
 
+/// What a connection the front refuses receives before it closes (an error if it was reset).
+fn refused(addr: SocketAddr, request_first: bool) -> std::io::Result<String> {
+    let mut s = connect(addr);
+    if request_first {
+        s.write_all(b"GET /over HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    }
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[test]
+fn beyond_max_connections_a_connection_gets_503_and_a_closed_one_frees_its_slot() {
+    let f = front_with(
+        "max-connections",
+        HttpConfig {
+            max_connections: 2,
+            ..HttpConfig::default()
+        },
+    );
+    // Two connections, each served once, so each holds its slot.
+    let mut held: Vec<Reader> = (0..2)
+        .map(|i| {
+            let (resp, r) = ask(
+                f.addr,
+                format!("GET /held-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(resp.status, 200);
+            r
+        })
+        .collect();
+    // The third is refused, whether its request arrived before the front took it or not: a
+    // complete 503 that says to come back and closes, never a reset, and no job.
+    let jobs = f.jobs();
+    for k in 0..20 {
+        let got = refused(f.addr, k % 2 == 1).unwrap();
+        assert_eq!(
+            got,
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             retry-after: 1\r\nconnection: close\r\ncontent-length: 21\r\n\r\n\
+             too many connections\n"
+        );
+    }
+    assert_eq!(f.jobs(), jobs);
+    // The held ones go on being served.
+    held[0].send(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(held[0].next(false).unwrap().status, 200);
+    // One closes: its slot frees (once the front has seen the close) and a new connection is
+    // served.
+    held.pop();
+    wait_until("the closed connection's slot never freed", || {
+        let (resp, r) = ask(f.addr, b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n");
+        match resp.status {
+            200 => {
+                held.push(r);
+                true
+            }
+            503 if resp.text() == "too many connections\n" => false,
+            _ => panic!("{resp:?}"),
+        }
+    });
+    // With the new one holding the freed slot, the next is refused again.
+    assert!(refused(f.addr, true).unwrap().starts_with("HTTP/1.1 503 "));
+}
+
 #[test]
 fn a_passed_deadline_answers_504_and_interrupts_the_worker() {
     // The front's request deadline (1 s) against the server core's (60 s): a 504 well before the

@@ -17,10 +17,11 @@ use common::{connect, wait_until, Front, LIMIT};
 /// A front whose requests have the default 60 s deadline: beyond every wait of these tests, so
 /// only what a test does can end a request early.
 fn front(name: &str, max_len: usize) -> Front {
-    front_with_deadline(name, max_len, Duration::from_secs(60))
+    front_with(name, max_len, Duration::from_secs(60), 1000)
 }
 
-fn front_with_deadline(name: &str, max_len: usize, deadline: Duration) -> Front {
+/// A front with a request deadline and a cap on connections.
+fn front_with(name: &str, max_len: usize, deadline: Duration, max_connections: usize) -> Front {
     let mut p = Pipeline::new(&format!("{name}-{}", prime_server::server::random_id()));
     p.timeout = Some(deadline);
     // "sleepN:body" sleeps N ms first; "loop" runs until interrupted.
@@ -52,7 +53,7 @@ fn front_with_deadline(name: &str, max_len: usize, deadline: Duration) -> Front 
                     response: "foo_bar_baz".into(),
                 })),
             };
-            protocol::serve(listener, server, proto, shutdown).await;
+            protocol::serve(listener, server, proto, max_connections, shutdown).await;
         },
     )
 }
@@ -122,6 +123,32 @@ fn malformed_input_gets_an_error_and_a_close_and_other_connections_go_on() {
 }
 
 #[test]
+fn beyond_max_connections_a_connection_gets_an_error_503_and_a_closed_one_frees_its_slot() {
+    let f = front_with("max-connections", 1 << 20, Duration::from_secs(60), 1);
+    let mut held = connect(f.addr);
+    held.write_all(b"4:held,").unwrap();
+    assert_eq!(read_n(&mut held, 7), b"4:held,");
+    let mut over = connect(f.addr);
+    over.write_all(b"4:over,").unwrap();
+    assert_eq!(
+        read_to_close(&mut over),
+        b"31:ERROR 503: too many connections,"
+    );
+    drop(held);
+    wait_until("the closed connection's slot never freed", || {
+        let mut s = connect(f.addr);
+        s.write_all(b"3:new,").unwrap();
+        // Refused again while the front has not yet seen the close.
+        let got = read_n(&mut s, 6);
+        if got.starts_with(b"31:ERROR 503") {
+            return false;
+        }
+        assert_eq!(got, b"3:new,");
+        true
+    });
+}
+
+#[test]
 fn a_request_over_the_limit_is_refused_before_its_body_arrives() {
     let f = front("toolarge", 1024);
     let mut s = connect(f.addr);
@@ -162,7 +189,7 @@ fn a_client_that_disconnects_interrupts_its_work() {
 #[test]
 fn a_request_past_its_deadline_gets_timeout() {
     let deadline = Duration::from_secs(1);
-    let f = front_with_deadline("timeout", 1 << 20, deadline);
+    let f = front_with("timeout", 1 << 20, deadline, 1000);
     let mut s = connect(f.addr);
     let t = Instant::now();
     s.write_all(b"4:loop,").unwrap();

@@ -27,6 +27,10 @@ struct Args {
     /// One access-log line per request.
     #[arg(long)]
     access_log: bool,
+    /// Client connections served at once; one beyond is answered 503 and closed (default: the
+    /// open-file limit less a reserve for zmq, see README).
+    #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg)]
+    max_connections: Option<usize>,
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format, default_value = "text")]
     log_format: prime_server::topology::LogFormat,
@@ -35,11 +39,13 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     daemon::init_logging(args.log_format);
+    daemon::raise_fd_limit();
     daemon::all_in_one_http(
         &args.listen,
         args.health_path.clone(),
         args.access_log,
         64 * 1024,
+        args.max_connections,
         args.workers,
         work::factory("files", Some(args.root_dir.clone()))?,
         Duration::from_secs(args.drain_seconds),

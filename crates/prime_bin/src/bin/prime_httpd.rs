@@ -67,6 +67,11 @@ struct Args {
     /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here (tcp:// or ipc://).
     #[arg(long, value_name = "ENDPOINT")]
     zmq_listen: Option<String>,
+    /// Client connections served at once; one beyond is answered 503 and closed. Default: the
+    /// open-file limit (raised to its hard limit at start) less a reserve for zmq. With --config,
+    /// overrides the server's `max_connections`.
+    #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg)]
+    max_connections: Option<usize>,
     /// A topology file; runs its front server (see --server).
     #[arg(long)]
     config: Option<String>,
@@ -153,7 +158,12 @@ fn main() -> anyhow::Result<()> {
         }
         _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
     };
+    let mut section = section;
+    if args.max_connections.is_some() {
+        section.max_connections = args.max_connections;
+    }
     daemon::init_logging(format);
+    daemon::raise_fd_limit();
     let ctx = Context::new();
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;

@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
         _ => bail!("give UPSTREAM DOWNSTREAM, or --config FILE --stage NAME (see --help)"),
     };
     daemon::init_logging(format);
+    daemon::raise_fd_limit();
     let ctx = Context::new();
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;

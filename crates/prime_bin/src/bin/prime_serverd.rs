@@ -74,6 +74,11 @@ struct Args {
     /// The most requests in flight; more are answered 503 at once.
     #[arg(long, default_value_t = 10_000)]
     max_in_flight: usize,
+    /// Client connections served at once; one beyond is answered 503 (netstring: `ERROR 503`)
+    /// and closed. Default: the open-file limit (raised to its hard limit at start) less a
+    /// reserve for zmq. With --config, set `max_connections` per server in the file instead.
+    #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg, conflicts_with = "config")]
+    max_connections: Option<usize>,
     /// The most jobs waiting at each stage; more are answered 503 at once.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
@@ -119,11 +124,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.config {
         let t = prime_server::topology::Topology::load(path)?;
         prime_bin::daemon::init_logging(args.log_format.unwrap_or(t.log_format));
+        prime_bin::daemon::raise_fd_limit();
         prime_bin::daemon::run_topology(&t)?;
         tracing::info!("prime_serverd stopped");
         return Ok(());
     }
     prime_bin::daemon::init_logging(args.log_format.unwrap_or_default());
+    prime_bin::daemon::raise_fd_limit();
     let workers = args
         .workers
         .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -179,6 +186,7 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     );
     section.name = "prime_serverd".into();
     section.max_in_flight = args.max_in_flight;
+    section.max_connections = args.max_connections;
     section.header_timeout_seconds = args.header_timeout.max(1);
     section.zmq_listen = args.zmq_listen.clone();
     let hint = match protocol {

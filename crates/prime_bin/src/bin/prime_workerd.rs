@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         _ => bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT --work NAME, or --config FILE --stage NAME"),
     };
     daemon::init_logging(format);
+    daemon::raise_fd_limit();
     let factory = work::factory(&kind, args.root.clone())?;
     let ctx = Context::new();
     let shutdown = Shutdown::new();

@@ -45,10 +45,35 @@ impl Proc {
 
     /// Like [`Proc::start`], with its log (stderr) going to `stderr`.
     pub fn start_logging(name: &str, args: &[&str], stderr: Stdio) -> Proc {
-        let child = Command::new(bin(name))
-            .args(args)
+        Proc::spawn(name, Command::new(bin(name)).args(args).stderr(stderr))
+    }
+
+    /// Like [`Proc::start_logging`], in a process whose open-file limit, soft and hard, is
+    /// `nofile` (so the daemon cannot raise it).
+    pub fn start_with_nofile(name: &str, args: &[&str], stderr: Stdio, nofile: u64) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args).stderr(stderr);
+        // SAFETY: between fork and exec the closure makes one async-signal-safe system call and
+        // allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Proc::spawn(name, &mut cmd)
+    }
+
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
             .stdout(Stdio::piped())
-            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         Proc {

@@ -45,6 +45,10 @@ pub struct HttpConfig {
     pub health_path: Option<String>,
     /// Log one line per request at target `access` (id, method, path, status, bytes, µs).
     pub access_log: bool,
+    /// The most client connections served at once; one beyond is answered a 503 with
+    /// `Retry-After` and closed (default from the open-file limit,
+    /// [`crate::fd_limit::default_max_connections`]).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -58,6 +62,7 @@ impl Default for HttpConfig {
             request_timeout: None,
             health_path: None,
             access_log: false,
+            max_connections: crate::fd_limit::default_max_connections(),
         }
     }
 }
@@ -68,21 +73,39 @@ struct Ctx {
     shutdown: Shutdown,
 }
 
-/// Serves HTTP on `listener` until `shutdown` stops. When the drain starts it stops accepting new
-/// connections; those already open go on being served (the health path answers 503) until the
-/// stop, when each answers what it has in flight and closes. Returns when every connection is
-/// closed.
+/// Serves HTTP on `listener` until `shutdown` stops, at most [`HttpConfig::max_connections`]
+/// connections at once (one beyond is sent [`CONNECTION_REFUSAL`] and closed). When the drain
+/// starts it stops accepting new connections; those already open go on being served (the health
+/// path answers 503) until the stop, when each answers what it has in flight and closes. Returns
+/// when every connection is closed.
 pub async fn serve(listener: TcpListener, server: Server, config: HttpConfig, shutdown: Shutdown) {
+    let max_connections = config.max_connections;
     let ctx = Arc::new(Ctx {
         server,
         config,
         shutdown: shutdown.clone(),
     });
-    super::accept_until_drain(listener, &shutdown, |stream| {
-        connection(stream, ctx.clone())
-    })
+    super::accept_until_drain(
+        listener,
+        &shutdown,
+        max_connections,
+        CONNECTION_REFUSAL,
+        |stream| connection(stream, ctx.clone()),
+    )
     .await;
 }
+
+/// What a connection beyond the cap is sent before it is closed. It is written before the
+/// request is read (it must not wait for a client while holding a descriptor), so it is a
+/// complete HTTP/1.1 response that needs nothing from the request: a 503 that asks the client to
+/// come back in a second, on a connection that closes.
+pub const CONNECTION_REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 21\r\n\
+\r\n\
+too many connections\n";
 
 /// Serves HTTP on one connection of any byte stream (a TLS stream, an in-memory pipe in a fuzz
 /// target) until the client closes it or `shutdown` stops.
@@ -322,4 +345,30 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     (id, resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_one_well_formed_response() {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = r.parse(CONNECTION_REFUSAL).unwrap() else {
+            panic!("incomplete");
+        };
+        assert_eq!(r.code, Some(503));
+        let body = &CONNECTION_REFUSAL[head..];
+        assert_eq!(
+            body,
+            format!("{}\n", super::super::TOO_MANY_CONNECTIONS).as_bytes()
+        );
+        let length = r
+            .headers
+            .iter()
+            .find(|h| h.name == "content-length")
+            .unwrap();
+        assert_eq!(length.value, body.len().to_string().as_bytes());
+    }
 }

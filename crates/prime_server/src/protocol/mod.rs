@@ -10,7 +10,7 @@ pub mod http;
 pub mod netstring;
 pub mod zmq_front;
 
-use crate::answer::Answer;
+use crate::answer::{Answer, Failure};
 use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::transport::Frames;
@@ -19,6 +19,7 @@ use futures_util::FutureExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, FramedRead};
@@ -99,46 +100,76 @@ pub trait StreamProtocol: Clone + Send + Sync + 'static {
 /// reading from it.
 pub const MAX_PIPELINE: usize = 1024;
 
-/// Serves `protocol` on `listener`. When the drain starts it stops accepting; connections already
-/// open go on being served until `shutdown` stops, when each answers what it has in flight
-/// (503 for what the pipeline did not finish) and closes. Returns when every connection is closed.
-/// Each connection's answers go back in request order.
+/// Serves `protocol` on `listener`, at most `max_connections` connections at once (see
+/// [`accept_until_drain`]; a connection beyond is answered a 503 failure and closed). When the
+/// drain starts it stops accepting; connections already open go on being served until
+/// `shutdown` stops, when each answers what it has in flight (503 for what the pipeline did not
+/// finish) and closes. Returns when every connection is closed. Each connection's answers go back
+/// in request order.
 pub async fn serve<P: StreamProtocol>(
     listener: TcpListener,
     server: Server,
     protocol: P,
+    max_connections: usize,
     shutdown: Shutdown,
 ) {
+    let refusal = protocol.answer(Answer::Failed(Failure::new(503, TOO_MANY_CONNECTIONS)));
     let protocol = Arc::new(protocol);
-    accept_until_drain(listener, &shutdown, |stream| {
+    accept_until_drain(listener, &shutdown, max_connections, &refusal, |stream| {
         connection(stream, server.clone(), protocol.clone(), shutdown.clone())
     })
     .await;
 }
 
-/// Accepts connections until the drain starts, running `serve_one` on each as its own task,
-/// then closes the listener and waits for every connection task to end.
+/// Why a connection beyond the cap is refused, as its refusal says.
+pub const TOO_MANY_CONNECTIONS: &str = "too many connections";
+
+/// Accepts connections until the drain starts, running `serve_one` on each as its own task while
+/// fewer than `max_connections` are open; then closes the listener and waits for every
+/// connection task to end.
+///
+/// The cap keeps descriptors for zmq (see [`crate::fd_limit`]): a connection beyond it is
+/// accepted, sent `refusal` if the socket takes it at once (it always does on a fresh socket;
+/// the refusal never waits), and closed, so the client learns at once instead of waiting in the
+/// listen backlog. A connection's slot frees when its task ends. When accepting itself fails for
+/// want of descriptors (or memory), the loop backs off (10 ms doubling to 500 ms) and logs it
+/// once, then at most every 10 s with a count, and once more when accepting works again.
 pub async fn accept_until_drain<F, Fut>(
     listener: TcpListener,
     shutdown: &Shutdown,
+    max_connections: usize,
+    refusal: &[u8],
     mut serve_one: F,
 ) where
     F: FnMut(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let connections = tokio_util::task::TaskTracker::new();
+    let mut door = Door::new(max_connections, refusal);
+    let mut spawn = |stream: TcpStream, door: &mut Door| {
+        if let Some((stream, permit)) = door.admit(stream) {
+            let _ = stream.set_nodelay(true);
+            let serving = serve_one(stream);
+            connections.spawn(async move {
+                serving.await;
+                drop(permit);
+            });
+        }
+    };
     loop {
         tokio::select! {
             _ = shutdown.draining() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_one(stream));
+                    door.accepted();
+                    spawn(stream, &mut door);
                 }
                 Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    let pause = door.accept_failed(&e);
+                    tokio::select! {
+                        _ = shutdown.draining() => break,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
         }
@@ -146,12 +177,168 @@ pub async fn accept_until_drain<F, Fut>(
     // Serve the connections that already completed their handshake and wait in the backlog:
     // closing the listener would reset them unanswered.
     while let Some(Ok((stream, _))) = listener.accept().now_or_never() {
-        let _ = stream.set_nodelay(true);
-        connections.spawn(serve_one(stream));
+        spawn(stream, &mut door);
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// How often a front logs the same trouble at most (fd pressure, refused connections).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The first pause after accept failed for want of resources, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// The accept loop's door: the connection cap, refusals, and what accept failures it logged.
+struct Door<'a> {
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    refusal: &'a [u8],
+    refused: Throttled,
+    failures: Throttled,
+    /// Accept failures for want of resources since it last worked; the next pause grows with it.
+    failing: u64,
+}
+
+impl<'a> Door<'a> {
+    fn new(max: usize, refusal: &'a [u8]) -> Self {
+        let max = max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Door {
+            slots: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            refusal,
+            refused: Throttled::new(LOG_EVERY),
+            failures: Throttled::new(LOG_EVERY),
+            failing: 0,
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+
+    /// A slot for `stream`, or `None` when every slot is taken (the connection is refused).
+    fn admit(
+        &mut self,
+        stream: TcpStream,
+    ) -> Option<(TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some((stream, permit)),
+            Err(_) => {
+                if let Some(refused) = self.refused.hit() {
+                    tracing::warn!(
+                        max_connections = self.max,
+                        refused,
+                        "connection limit reached: refusing new connections"
+                    );
+                }
+                refuse(stream, self.refusal);
+                None
+            }
+        }
+    }
+
+    /// Accepting works (again).
+    fn accepted(&mut self) {
+        if self.failing > 0 {
+            tracing::info!(
+                failures = self.failing,
+                open = self.open(),
+                "accepting connections again"
+            );
+            self.failures.reset();
+            self.failing = 0;
+        }
+    }
+
+    /// Accept failed with `e`: logs it if due and returns how long to wait before trying again.
+    fn accept_failed(&mut self, e: &std::io::Error) -> Duration {
+        let resources = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if !resources {
+            // A connection that died in the backlog and the like: the next one may do.
+            if let Some(failures) = self.failures.hit() {
+                tracing::warn!(error = %e, failures, "accept failed");
+            }
+            return BACKOFF_FIRST;
+        }
+        self.failing = self.failing.saturating_add(1);
+        if let Some(failures) = self.failures.hit() {
+            tracing::warn!(
+                error = %e,
+                failures,
+                open = self.open(),
+                max_connections = self.max,
+                fd_limit = crate::fd_limit::current().map_or(0, |l| l.soft),
+                "cannot accept connections: out of file descriptors (or memory); \
+                 new connections wait in the listen backlog"
+            );
+        }
+        // Until a descriptor frees nothing will work: back off rather than spin, but not so far
+        // that the backlog waits long once one does.
+        let doublings = self.failing.saturating_sub(1).min(6) as u32;
+        (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
+    }
+}
+
+/// Refuses a connection beyond the cap: `refusal` if the socket takes it without waiting, then
+/// close.
+fn refuse(stream: TcpStream, refusal: &[u8]) {
+    use std::io::{Read, Write};
+    // tokio's own try_write would say WouldBlock on a socket whose readiness it has not yet
+    // seen; the plain (non-blocking) socket writes at once.
+    let Ok(mut s) = stream.into_std() else { return };
+    let _ = s.write(refusal);
+    // Read what the client already sent: closing a socket with unread input resets the
+    // connection, and a reset can destroy the refusal before the client reads it.
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        match s.read(&mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// A warning logged at most once per interval, with how many times it happened since the last.
+struct Throttled {
+    every: Duration,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl Throttled {
+    fn new(every: Duration) -> Self {
+        Throttled {
+            every,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one occurrence; if a line is due, returns how many it reports (this one included).
+    fn hit(&mut self) -> Option<u64> {
+        self.count += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+
+    /// Forgets the past: the next occurrence is logged at once.
+    fn reset(&mut self) {
+        self.last = None;
+        self.count = 0;
+    }
 }
 
 type Reply = Pin<Box<dyn Future<Output = Vec<u8>> + Send>>;
