@@ -261,3 +261,53 @@ fn a_dead_fronts_jobs_do_not_hold_up_another_front() {
     p.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The first stage's proxy is killed holding queued jobs (one worker thread works one 3 s job,
+/// five wait in the proxy's queue). The front notices the proxy's silence within its heartbeat
+/// liveness, gives every open request as long again to be answered, then answers it 503 saying
+/// why: within seconds, not at the 60 s deadline. A restarted proxy serves again.
+#[test]
+fn a_killed_proxys_queued_jobs_are_answered_within_seconds_not_at_their_deadline() {
+    let dir = temp_dir("dead-proxy");
+    let cfg = echo_topology(&dir, 1, 60);
+    let c = cfg.to_str().unwrap();
+    let mut p = proxy(c);
+    let w = worker(c);
+    let (f, addr) = front(c, "s0");
+    wait_until("the deployment never answered", || echoed(addr, "/before"));
+    let waiting: Vec<_> = (0..6)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let path = format!("/held-{k}?sleep=3000");
+                (path.clone(), ask(addr, &path))
+            })
+        })
+        .collect();
+    // Setting the scene only: the requests reach the worker and the proxy's queue.
+    std::thread::sleep(Duration::from_millis(500));
+    p.signal("-KILL");
+    p.wait_exit(LIMIT);
+    let t = Instant::now();
+    for h in waiting {
+        let (path, answer) = h.join().unwrap();
+        match answer {
+            Some((200, body)) => assert!(body.starts_with(&format!("GET {path} ")), "{body}"),
+            Some((503, body)) => assert!(body.contains("proxy went away"), "{path}: {body}"),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the requests the dead proxy held were answered after {took:?}"
+    );
+    eprintln!("a dead proxy's requests were all answered {took:?} after it died");
+    let p2 = proxy(c);
+    wait_until("service never resumed after the proxy restarted", || {
+        echoed(addr, "/after")
+    });
+    f.stop();
+    w.stop();
+    p2.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -80,6 +80,9 @@ counters! {
         late,
         /// Messages that were not valid protocol messages, dropped.
         malformed,
+        /// Requests answered 503 because the first stage's proxy died or restarted while they
+        /// were open, and they were not answered within the grace that followed.
+        orphaned,
     }
 }
 

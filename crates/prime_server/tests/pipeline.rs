@@ -492,7 +492,12 @@ fn the_choose_function_routes_deterministically() {
             || stats.snapshot().idle >= 2,
         );
         let answer = rt.block_on(server.submit(vec![want.to_vec()], None));
-        assert_eq!(answer, Answer::Reply(want.to_vec()), "job {k}");
+        assert_eq!(
+            answer,
+            Answer::Reply(want.to_vec()),
+            "job {k}: {:?}",
+            stats.snapshot()
+        );
         if want == b"A" {
             a += 1
         } else {

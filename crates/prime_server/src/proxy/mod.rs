@@ -85,6 +85,8 @@ impl ProxyConfig {
 /// One stage's load balancer. Build with [`Proxy::bind`], then [`Proxy::run`] on its own thread.
 pub struct Proxy {
     config: ProxyConfig,
+    /// Names this run of the proxy in the heartbeats it answers, so a server sees a restart.
+    incarnation: u64,
     upstream: Socket,
     downstream: Socket,
     stats: Arc<StageStats>,
@@ -104,6 +106,7 @@ impl Proxy {
         let balancer = Balancer::new(&config, stats.clone());
         Ok(Proxy {
             config,
+            incarnation: crate::server::random_id(),
             upstream,
             downstream,
             stats,
@@ -250,6 +253,12 @@ impl Proxy {
                     self.perform(action)?;
                     // Dispatch as we go so the queue only holds what no worker can take.
                     self.dispatch()?;
+                }
+                // A server asking whether its first stage is alive: yes, and which run of it.
+                Ok((sender, h, _)) if h.kind == Kind::Heartbeat => {
+                    let mut alive = Header::new(Kind::Heartbeat);
+                    alive.server_id = self.incarnation;
+                    self.upstream.send([&sender[..], &alive.encode()[..]])?;
                 }
                 Ok((_, h, _)) => self.malformed("upstream", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("upstream", &e.to_string()),

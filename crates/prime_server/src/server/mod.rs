@@ -208,7 +208,7 @@ impl Server {
                 stats: stats.clone(),
                 in_flight: in_flight.clone(),
                 server_id: config.server_id,
-                heartbeat_every: config.heartbeat.interval,
+                heartbeat: config.heartbeat,
                 _done: done_tx,
             })
         };

@@ -10,6 +10,7 @@
 
 use super::in_flight::InFlight;
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
+use crate::heartbeat::Heartbeat;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
 use crate::transport::{Frames, Sent, Socket, SocketEvents};
@@ -47,6 +48,19 @@ enum Workers {
 struct Entry {
     tx: oneshot::Sender<Answer>,
     header: Header,
+    /// Set when the first stage's proxy this request was sent to died or restarted: its timer
+    /// was brought forward, and when it fires the answer says why.
+    orphaned: bool,
+}
+
+/// What the pump knows of the first stage's proxy, from the heartbeats it answers.
+#[derive(Debug, Clone, Copy)]
+struct ProxySeen {
+    /// The proxy's incarnation (a new one after a restart).
+    id: u64,
+    last_heard: Instant,
+    /// Whether its silence has been acted on already.
+    declared_gone: bool,
 }
 
 /// The pump's state. Dropping it (its task ends, or its runtime is dropped) drops every open
@@ -54,6 +68,7 @@ struct Entry {
 /// and closes `_done`, which wakes [`Server::closed`](crate::server::Server::closed).
 pub(crate) struct Pump {
     parts: Parts,
+    proxy: Option<ProxySeen>,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
 }
@@ -70,8 +85,9 @@ pub(crate) struct Parts {
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) server_id: u64,
-    /// How often to say on the interrupt channel that this server is alive.
-    pub(crate) heartbeat_every: Duration,
+    /// How often to say on the interrupt channel that this server is alive, and to ask the
+    /// first stage's proxy whether it is.
+    pub(crate) heartbeat: Heartbeat,
     /// Closed when the pump is dropped.
     pub(crate) _done: watch::Sender<()>,
 }
@@ -87,6 +103,7 @@ impl Pump {
     pub(crate) fn new(parts: Parts) -> Pump {
         Pump {
             parts,
+            proxy: None,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
         }
@@ -117,11 +134,12 @@ impl Pump {
         // (which re-arms its descriptor) when its descriptor fires, and on every poll interval
         // as a safety net.
         let (mut check_loopback, mut check_dealer) = (true, true);
-        let mut next_heartbeat = Instant::now() + self.heartbeat_every;
+        let mut next_heartbeat = Instant::now() + self.heartbeat.interval;
         loop {
             if Instant::now() >= next_heartbeat {
                 self.say_alive()?;
-                next_heartbeat = Instant::now() + self.heartbeat_every;
+                self.watch_proxy()?;
+                next_heartbeat = Instant::now() + self.heartbeat.interval;
             }
             if check_loopback {
                 self.drain_loopback()?;
@@ -175,6 +193,57 @@ impl Pump {
         Ok(())
     }
 
+    /// Asks the first stage's proxy whether it is alive (it answers with a Heartbeat naming its
+    /// incarnation), and acts on a proxy that went silent: see [`Pump::orphan_all`].
+    fn watch_proxy(&mut self) -> Result<(), Error> {
+        let mut h = Header::new(Kind::Heartbeat);
+        h.server_id = self.server_id;
+        // Queued while no proxy is connected: harmless, they are tiny and few.
+        self.dealer.socket().send([&h.encode()[..]])?;
+        let expiry = self.heartbeat.expiry();
+        if let Some(p) = self.proxy.as_mut() {
+            if !p.declared_gone && p.last_heard.elapsed() > expiry {
+                p.declared_gone = true;
+                tracing::warn!(proxy = p.id, "the first stage's proxy went silent");
+                self.orphan_all(expiry);
+            }
+        }
+        Ok(())
+    }
+
+    /// A Heartbeat from the first stage's proxy: alive, and which incarnation.
+    fn proxy_heard(&mut self, id: u64) {
+        let now = Instant::now();
+        match self.proxy {
+            Some(p) if p.id != id && !p.declared_gone => {
+                tracing::warn!(old = p.id, new = id, "the first stage's proxy restarted");
+                self.orphan_all(self.heartbeat.expiry());
+            }
+            Some(p) if p.id != id => {
+                tracing::info!(proxy = id, "the first stage's proxy is back");
+            }
+            _ => {}
+        }
+        self.proxy = Some(ProxySeen {
+            id,
+            last_heard: now,
+            declared_gone: false,
+        });
+    }
+
+    /// The first stage's proxy died or restarted, and with it the jobs it held in its queue;
+    /// which of the open requests those are, the server cannot tell (a job a worker had taken
+    /// is still worked, and answered). So every open request gets `grace` more to be answered,
+    /// and if it is not (or its deadline comes first: 504), is answered 503 saying why, instead
+    /// of waiting for its deadline.
+    fn orphan_all(&mut self, grace: Duration) {
+        let at = Instant::now() + grace;
+        for (id, entry) in self.table.iter_mut() {
+            entry.orphaned = true;
+            self.timers.push(Reverse((at, *id)));
+        }
+    }
+
     fn refuse(&mut self, cmd: Command) {
         if let Command::Submit { tx, .. } = cmd {
             let _ = tx.send(shutting_down());
@@ -206,7 +275,14 @@ impl Pump {
                     .dealer
                     .socket()
                     .send(std::iter::once(&head[..]).chain(frames.iter().map(Vec::as_slice)))?;
-                self.table.insert(id, Entry { tx, header });
+                self.table.insert(
+                    id,
+                    Entry {
+                        tx,
+                        header,
+                        orphaned: false,
+                    },
+                );
                 if sent == Sent::Unreachable {
                     self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
                     self.finish(
@@ -275,6 +351,7 @@ impl Pump {
                         self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Ok((h, _)) if h.kind == Kind::Heartbeat => self.proxy_heard(h.server_id),
                 Ok((h, _)) => self.malformed("proxy", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("proxy", &e.to_string()),
             }
@@ -294,7 +371,19 @@ impl Pump {
                 break;
             }
             self.timers.pop();
-            if self.table.contains_key(&id) {
+            let Some(entry) = self.table.get(&id) else {
+                continue;
+            };
+            let past_deadline = entry.header.expired_at(wire::now_us());
+            if entry.orphaned && !past_deadline {
+                self.stats.orphaned.fetch_add(1, Ordering::Relaxed);
+                let why = "the first stage's proxy went away with the request";
+                self.finish(
+                    id,
+                    Answer::Failed(Failure::new(503, why)),
+                    Workers::Interrupt,
+                )?;
+            } else {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 self.finish(id, deadline_passed(), Workers::Interrupt)?;
             }
