@@ -117,30 +117,69 @@ fn libc_eafnosupport() -> i32 {
     97
 }
 
-/// A zmq context: the I/O threads and the namespace of `inproc://` endpoints. Cheap to clone;
-/// every component of one process that talks over inproc must share one.
-#[derive(Clone, Default)]
+/// The largest frame a socket takes in unless its [`Context`] says otherwise: four times the
+/// HTTP front's default largest body (10 MiB) plus 64 KiB, the default largest request head, so
+/// that any request the front accepts fits, and a reply may be a few times its request.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 10 * 1024 * 1024 + 64 * 1024;
+
+/// A zmq context: the I/O threads and the namespace of `inproc://` endpoints, and the largest
+/// frame its sockets take in. Cheap to clone; every component of one process that talks over
+/// inproc must share one.
+///
+/// **The message-size limit** (libzmq's `ZMQ_MAXMSGSIZE`, set on every socket this context
+/// opens): libzmq checks the size a peer announces for each *frame* before it allocates
+/// anything, and on a frame over the limit closes the connection it came on without delivering
+/// the message. A peer that connected reconnects by itself (the frame is lost, with whatever of
+/// its message was sent); one that was connected to is gone until it connects again. The limit
+/// counts one frame, not a whole multipart message, and does not apply to `inproc://`, where
+/// messages are never encoded.
+#[derive(Clone)]
 pub struct Context {
     inner: zmq::Context,
+    max_message_bytes: usize,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::with_max_message_bytes(DEFAULT_MAX_MESSAGE_BYTES)
+    }
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Context")
+        write!(f, "Context(max_message_bytes: {})", self.max_message_bytes)
     }
 }
 
 impl Context {
-    /// A new context with libzmq's defaults (one I/O thread).
+    /// A new context with libzmq's defaults (one I/O thread) and
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`].
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A new context whose sockets take in no frame over `bytes`.
+    pub fn with_max_message_bytes(bytes: usize) -> Self {
+        Context {
+            inner: zmq::Context::new(),
+            max_message_bytes: bytes,
+        }
+    }
+
+    /// The largest frame this context's sockets take in.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// Opens a socket of the given kind with the crate's defaults: a short linger so shutdown
-    /// never hangs on unsent messages, and IPv6 dual stack for tcp.
+    /// never hangs on unsent messages, IPv6 dual stack for tcp, and the context's largest frame.
     pub fn socket(&self, kind: Kind) -> Result<Socket> {
         let inner = self.inner.socket(kind.zmq()).map_err(zerr("socket"))?;
         inner.set_linger(200).map_err(zerr("set linger"))?;
+        let limit = i64::try_from(self.max_message_bytes).unwrap_or(i64::MAX);
+        inner
+            .set_maxmsgsize(limit)
+            .map_err(zerr("set maxmsgsize"))?;
         if kind == Kind::Sub {
             inner.set_subscribe(b"").map_err(zerr("subscribe"))?;
         }
@@ -585,6 +624,37 @@ mod tests {
         let s = Context::new().socket(Kind::Router).unwrap();
         s.bind(&ep).unwrap();
         assert!(path.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_dropped_and_its_sender_goes_on() {
+        let dir = temp_dir("limit");
+        let ep = Endpoint::ipc(&dir.join("s")).unwrap();
+        let server = Context::with_max_message_bytes(1024)
+            .socket(Kind::Router)
+            .unwrap();
+        server.bind(&ep).unwrap();
+        let client = Context::new().socket(Kind::Dealer).unwrap();
+        client.connect(&ep).unwrap();
+        send_within(&client, &[b"small", &[7u8; 1024]]);
+        assert_eq!(
+            recv_within(&server)[1..],
+            [b"small".to_vec(), vec![7u8; 1024]]
+        );
+        send_within(&client, &[&[7u8; 1025]]);
+        // The connection is closed on the big frame, with what was sent along with it; the
+        // client reconnects and goes on.
+        let t = std::time::Instant::now();
+        let after = loop {
+            assert!(t.elapsed() < Duration::from_secs(10), "nothing arrived");
+            client.send([b"after"]).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            if let Some(m) = server.try_recv().unwrap() {
+                break m;
+            }
+        };
+        assert_eq!(after[1], b"after");
         let _ = std::fs::remove_dir_all(dir);
     }
 
