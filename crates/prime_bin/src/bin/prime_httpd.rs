@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
 use prime_server::shutdown::{OnDrain, Shutdown};
-use prime_server::topology::{Protocol, Topology};
+use prime_server::topology::{self, Protocol, Topology};
 use prime_server::transport::Context;
 use std::time::Duration;
 
@@ -79,6 +79,10 @@ struct Args {
     /// Seconds a client may take to send a request head.
     #[arg(long, default_value_t = 30)]
     header_timeout: u64,
+    /// The largest frame any of its zmq sockets takes in; a peer that sends a larger one is
+    /// disconnected (default: the topology's `max_message_bytes`, or 4 × the largest body + 64 KiB).
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
@@ -98,12 +102,13 @@ fn main() -> anyhow::Result<()> {
     if args.access_log {
         args.enable_logging = Some(true);
     }
-    let (section, proxy, drain, format) = match (&args.config, &args.listen) {
+    let (section, proxy, drain, format, default_limit) = match (&args.config, &args.listen) {
         (Some(path), None) => {
             let t = Topology::load(path)?;
             let s = t.server(args.server.as_deref())?.clone();
             let proxy = t.stages[0].upstream.clone();
-            (s, proxy, t.drain(), args.log_format.unwrap_or(t.log_format))
+            let format = args.log_format.unwrap_or(t.log_format);
+            (s, proxy, t.drain(), format, t.max_message_bytes())
         }
         (None, Some(listen)) => {
             let (Some(proxy), Some(lb), Some(int)) = (&args.proxy, &args.loopback, &args.interrupt)
@@ -128,17 +133,24 @@ fn main() -> anyhow::Result<()> {
             s.header_timeout_seconds = args.header_timeout.max(1);
             s.zmq_listen = args.zmq_listen.clone();
             prime_server::protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
+            let limit = topology::message_limit_for_body(s.max_body_bytes);
             (
                 s,
                 proxy.clone(),
                 Duration::from_secs(args.drain_seconds.unwrap_or(28)),
                 args.log_format.unwrap_or_default(),
+                limit,
             )
         }
         _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
     };
+    let limit = daemon::message_limit(
+        args.max_message_bytes,
+        default_limit,
+        &[section.max_body_bytes],
+    )?;
     daemon::init_logging(format);
-    let ctx = Context::new();
+    let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -148,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         let server = daemon::start_server(&ctx, &section, &proxy.parse()?, &shutdown)
             .context("starting the server core")?;
         daemon::serve_front(
+            &ctx,
             &section,
             server,
             shutdown.clone(),
