@@ -15,6 +15,7 @@
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::{drain_interrupts, CancelSource, Cancelled, Interrupt};
+use crate::rate_limit::DropWarnings;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::WorkerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
@@ -112,6 +113,7 @@ pub struct Worker {
     last_sent: Instant,
     /// When this worker told its proxy it is leaving.
     left: Option<Instant>,
+    warnings: DropWarnings,
 }
 
 /// Waiter tokens of a worker's sockets.
@@ -191,6 +193,7 @@ impl Worker {
             interrupts_read: false,
             last_sent: Instant::now(),
             left: None,
+            warnings: DropWarnings::new("worker"),
         })
     }
 
@@ -302,6 +305,9 @@ impl Worker {
             if let Some(t) = self.left {
                 wait = wait.min(LEAVE_GRACE.saturating_sub(t.elapsed()));
             }
+            if self.warnings.has_unreported() {
+                self.warnings.flush(Instant::now());
+            }
             waiter.wait(wait, &mut fired)?;
             self.interrupts_read = true;
             for t in &fired {
@@ -394,14 +400,8 @@ impl Worker {
                     }
                 }
             }
-            Ok((h, _)) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(kind = ?h.kind, "worker dropped an unexpected message");
-            }
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "worker dropped a malformed job");
-            }
+            Ok((h, _)) => self.malformed("proxy", format_args!("unexpected {:?}", h.kind)),
+            Err(e) => self.malformed("proxy", e),
         }
         self.say_ready()
     }
@@ -462,6 +462,11 @@ impl Worker {
         Ok(())
     }
 
+    fn malformed(&mut self, side: &'static str, why: impl std::fmt::Display) {
+        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        self.warnings.dropped(side, why, Instant::now());
+    }
+
     fn reply(&mut self, header: &Header, status: u16, body: Vec<u8>) -> Result<(), Error> {
         let mut h = header.with_kind(Kind::Reply);
         h.stage = self.config.stage;
@@ -502,9 +507,14 @@ impl Worker {
                     let reason = payload.pop().unwrap_or_else(|| b"overloaded".to_vec());
                     rejected.push((h, reason));
                 }
-                _ => {
+                Ok((h, _)) => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("worker dropped a malformed message from the next stage");
+                    let why = format_args!("unexpected {:?}", h.kind);
+                    self.warnings.dropped("next stage", why, Instant::now());
+                }
+                Err(e) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.warnings.dropped("next stage", e, Instant::now());
                 }
             }
         }

@@ -25,6 +25,7 @@ mod balance;
 
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
+use crate::rate_limit::DropWarnings;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::StageStats;
 use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
@@ -89,6 +90,7 @@ pub struct Proxy {
     downstream: Socket,
     stats: Arc<StageStats>,
     balancer: Balancer,
+    warnings: DropWarnings,
 }
 
 impl Proxy {
@@ -108,6 +110,7 @@ impl Proxy {
             downstream,
             stats,
             balancer,
+            warnings: DropWarnings::new("proxy"),
         })
     }
 
@@ -176,6 +179,7 @@ impl Proxy {
             if now >= next_expiry {
                 let actions = self.balancer.tick(now);
                 self.perform(actions)?;
+                self.warnings.flush(now);
                 next_expiry = Instant::now() + self.config.heartbeat.interval;
             }
             if up || down {
@@ -257,9 +261,9 @@ impl Proxy {
         Ok(false)
     }
 
-    fn malformed(&self, side: &str, why: &str) {
+    fn malformed(&mut self, side: &'static str, why: &str) {
         self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(side, why, "proxy dropped a malformed message");
+        self.warnings.dropped(side, why, Instant::now());
     }
 
     /// Hands queued jobs to idle workers, as the balancer picks them.
