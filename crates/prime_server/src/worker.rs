@@ -41,7 +41,8 @@ pub struct WorkerConfig {
     pub interrupts: Vec<Endpoint>,
     /// Heartbeat timing; must match the proxy's.
     pub heartbeat: Heartbeat,
-    /// The heartbeat blob advertised to the proxy's choose function until a job changes it.
+    /// The heartbeat blob advertised to the proxy's choose function until a job changes it; at
+    /// most [`MAX_BLOB`](crate::proxy::MAX_BLOB) bytes (a longer one is not sent).
     pub blob: Vec<u8>,
     /// This stage's index (1 = first stage), written into the headers this worker sends.
     pub stage: u8,
@@ -174,12 +175,21 @@ impl Worker {
             s.connect(ep)?;
             subs.push(s);
         }
+        let blob = if config.blob.len() <= crate::proxy::MAX_BLOB {
+            config.blob.clone()
+        } else {
+            tracing::warn!(
+                bytes = config.blob.len(),
+                "heartbeat blob over 64 KiB not sent: the proxy would refuse it"
+            );
+            Vec::new()
+        };
         Ok(Worker {
             ctx: ctx.clone(),
             id,
             busy: Arc::new(AtomicBool::new(false)),
             last_heard: Instant::now(),
-            blob: config.blob.clone(),
+            blob,
             config,
             upstream,
             downstream,
@@ -435,7 +445,16 @@ impl Worker {
             &self.stats,
         );
         if let Some(blob) = job.take_blob() {
-            self.blob = blob;
+            if blob.len() <= crate::proxy::MAX_BLOB {
+                self.blob = blob;
+            } else {
+                // The proxy would drop every Ready carrying it, and the worker would never be
+                // handed a job again.
+                tracing::warn!(
+                    bytes = blob.len(),
+                    "heartbeat blob over 64 KiB ignored: the proxy would refuse it"
+                );
+            }
         }
         match action {
             Action::Forward(frames) => self.forward(&header, frames),

@@ -942,3 +942,42 @@ fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
         running.stop();
     }
 }
+
+#[test]
+fn a_ready_blob_or_worker_id_over_its_bound_is_dropped_counted_and_never_registered() {
+    use prime_server::proxy::{MAX_BLOB, MAX_ROUTING_ID};
+    use prime_server::wire::{flags, Header, Kind};
+    let ctx = Context::new();
+    let name = unique("bounds");
+    let proxy = Proxy::bind(
+        &ctx,
+        ProxyConfig::new(
+            ep(&format!("inproc://{name}-up")),
+            ep(&format!("inproc://{name}-down")),
+        ),
+    )
+    .unwrap();
+    let stats = proxy.stats();
+    let shutdown = Shutdown::new();
+    let sd = shutdown.clone();
+    let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
+    let w = ctx.socket(SocketKind::Dealer).unwrap();
+    w.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
+    let ready = Header::new(Kind::Ready).encode();
+    w.send([&ready[..], &vec![0u8; MAX_BLOB + 1][..]]).unwrap();
+    let mut busy = Header::new(Kind::Heartbeat);
+    busy.flags = flags::BUSY;
+    w.send([&busy.encode()[..], &vec![b'w'; MAX_ROUTING_ID + 1][..]])
+        .unwrap();
+    wait_until("the oversized Ready and heartbeat were not counted", || {
+        stats.snapshot().malformed >= 2
+    });
+    // The proxy handles one message at a time: both are done with, and neither registered a
+    // worker. The same Ready with a blob at the bound does.
+    assert_eq!(stats.snapshot().idle, 0);
+    w.send([&ready[..], &vec![0u8; MAX_BLOB][..]]).unwrap();
+    wait_until_idle(&stats, 1);
+    assert_eq!(stats.snapshot().malformed, 2);
+    shutdown.stop();
+    pt.join().unwrap();
+}
