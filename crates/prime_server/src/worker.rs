@@ -471,6 +471,9 @@ impl Worker {
                 b"the last stage forwarded a job: no next stage".to_vec(),
             );
         };
+        if let Some(reason) = self.over_limit(frames.iter().map(Vec::len)) {
+            return self.reply(header, 500, reason.into_bytes());
+        }
         let mut h = header.with_kind(Kind::Job);
         h.stage = self.config.stage;
         h.attempt = 0;
@@ -486,7 +489,29 @@ impl Worker {
         self.warnings.dropped(side, why, Instant::now());
     }
 
+    /// Why frames of these sizes cannot be sent, if one is over the message limit. The peers of
+    /// a deployment share the limit, and the receiving side would not just drop such a frame but
+    /// close the connection it came on, so the request is better answered 500 here.
+    fn over_limit(&self, mut sizes: impl Iterator<Item = usize>) -> Option<String> {
+        let limit = self.ctx.max_message_bytes();
+        let size = sizes.find(|&n| n > limit)?;
+        self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            size,
+            limit,
+            "the work function's output is over the message limit"
+        );
+        Some(format!(
+            "the work function's output has a {size}-byte frame, over the {limit}-byte message \
+             limit"
+        ))
+    }
+
     fn reply(&mut self, header: &Header, status: u16, body: Vec<u8>) -> Result<(), Error> {
+        let (status, body) = match self.over_limit(std::iter::once(body.len())) {
+            Some(reason) => (500, reason.into_bytes()),
+            None => (status, body),
+        };
         let mut h = header.with_kind(Kind::Reply);
         h.stage = self.config.stage;
         h.status = status;
