@@ -7,7 +7,7 @@ use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::server::{Server, ServerConfig};
 use prime_server::shutdown::{OnDrain, Shutdown};
-use prime_server::topology::{LogFormat, Protocol, ServerSection, StageSection, Topology};
+use prime_server::topology::{self, LogFormat, Protocol, ServerSection, StageSection, Topology};
 use prime_server::transport::Context;
 use prime_server::worker::{Worker, WorkerConfig};
 use prime_server::Heartbeat;
@@ -91,6 +91,27 @@ pub fn log_format(s: &str) -> Result<LogFormat, String> {
             "--log-format: expected text or json, got {other:?}"
         )),
     }
+}
+
+/// The largest frame this process's zmq sockets take in: `flag` (`--max-message-bytes`) if
+/// given, else `default` (the topology's, or one derived from the largest body); refused when a
+/// request body of one of `max_bodies` bytes would not fit in a frame.
+pub fn message_limit(
+    flag: Option<usize>,
+    default: usize,
+    max_bodies: &[usize],
+) -> anyhow::Result<usize> {
+    let limit = flag.unwrap_or(default);
+    for &body in max_bodies {
+        topology::check_message_limit(limit, body)
+            .map_err(|why| anyhow::anyhow!("--max-message-bytes: {why}"))?;
+    }
+    Ok(limit)
+}
+
+/// Every `max_body_bytes` of a topology's servers.
+pub fn max_bodies(t: &Topology) -> Vec<usize> {
+    t.servers.iter().map(|s| s.max_body_bytes).collect()
 }
 
 /// Binds a stage's proxy and runs it on a thread.
@@ -214,8 +235,10 @@ fn display_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 
 /// Serves a front server's client protocol until the stop; with [`OnDrain::FinishAndExit`],
 /// stops as soon as the drain has begun and nothing is in flight. Prints the listening address on stdout, and
-/// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try.
+/// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try. The zmq front, if
+/// the section has one, opens its socket in `ctx`.
 pub async fn serve_front(
+    ctx: &Context,
     section: &ServerSection,
     server: Server,
     shutdown: Shutdown,
@@ -266,9 +289,8 @@ pub async fn serve_front(
             request_timeout: section.timeout(),
             ..Default::default()
         };
-        let (server, sd) = (server.clone(), shutdown.clone());
+        let (server, sd, ctx) = (server.clone(), shutdown.clone(), ctx.clone());
         tokio::spawn(async move {
-            let ctx = prime_server::transport::Context::new();
             if let Err(e) =
                 protocol::zmq_front::serve(&ctx, &endpoint, server, config, sd.clone()).await
             {
@@ -406,7 +428,13 @@ pub fn run_pipeline(
         .build()?;
     let running = p.start_in(&rt)?;
     running.shutdown.on_signals(drain)?;
+    // In-memory stages have no zmq context; the zmq front, if any, needs one.
+    let ctx = running
+        .ctx
+        .clone()
+        .unwrap_or_else(|| Context::with_max_message_bytes(p.max_message_bytes));
     let result = rt.block_on(serve_front(
+        &ctx,
         section,
         running.server.clone(),
         running.shutdown.clone(),
@@ -419,21 +447,14 @@ pub fn run_pipeline(
 }
 
 /// Runs every part of a topology in one process: its proxies, its worker pools and its front
-/// servers, with the topology's endpoints.
-pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> {
-    let ctx = Context::new();
+/// servers, with the topology's endpoints, their sockets opened in `ctx`.
+pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(t.drain())?;
     let hb = t.heartbeat.heartbeat();
     let mut threads = Vec::new();
     for s in &t.stages {
-        threads.push(start_proxy(
-            &ctx,
-            s,
-            hb,
-            OnDrain::ServeUntilStop,
-            &shutdown,
-        )?);
+        threads.push(start_proxy(ctx, s, hb, OnDrain::ServeUntilStop, &shutdown)?);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -442,7 +463,7 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
         let mut servers = Vec::new();
         for s in &t.servers {
             servers.push(start_server(
-                &ctx,
+                ctx,
                 s,
                 &t.stages[0].upstream.parse()?,
                 hb,
@@ -452,7 +473,7 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
         for (i, s) in t.stages.iter().enumerate() {
             let pool = PoolSpec::from_topology(t, i, OnDrain::ServeUntilStop)?;
             let factory = crate::work::factory(&s.work, None)?;
-            threads.extend(start_workers(&ctx, &pool, &factory, &shutdown)?);
+            threads.extend(start_workers(ctx, &pool, &factory, &shutdown)?);
         }
         // The fronts of one process share its descriptors: each gets its part of the default.
         let sections: Vec<ServerSection> = t
@@ -465,6 +486,7 @@ pub fn run_topology(t: &prime_server::topology::Topology) -> anyhow::Result<()> 
             .collect();
         let fronts = sections.iter().zip(servers).map(|(section, server)| {
             serve_front(
+                ctx,
                 section,
                 server,
                 shutdown.clone(),

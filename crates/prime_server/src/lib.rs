@@ -14,6 +14,7 @@
 //! - [`heartbeat`]: heartbeat timing, shared by proxies and workers.
 //! - [`answer`]: the one [`Answer`] every request gets.
 //! - [`stats`]: the components' counters, read as snapshots.
+//! - `rate_limit`: warnings about dropped messages, at most one line per side per interval.
 //! - [`work`]: the work contract: a [`WorkFn`] takes a [`Job`] and returns an [`Outcome`].
 //! - [`interrupt`]: the [`Interrupt`] check a work function calls to learn its request died.
 //! - [`proxy`]: one stage's load balancer; workers pull, a job goes only to an idle worker
@@ -66,6 +67,7 @@ pub(crate) mod memory;
 pub mod pipeline;
 pub mod protocol;
 pub mod proxy;
+pub(crate) mod rate_limit;
 pub mod server;
 pub mod shutdown;
 pub mod stats;

@@ -56,6 +56,9 @@ pub struct Pipeline {
     pub queue_limit: usize,
     /// Heartbeat timing of proxies and workers.
     pub heartbeat: Heartbeat,
+    /// The largest frame the zmq sockets take in (see [`Context`]); inproc messages are not
+    /// limited, ipc and tcp ones are.
+    pub max_message_bytes: usize,
 }
 
 impl Pipeline {
@@ -69,6 +72,7 @@ impl Pipeline {
             max_in_flight: 10_000,
             queue_limit: 4096,
             heartbeat: Heartbeat::default(),
+            max_message_bytes: crate::transport::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -128,7 +132,7 @@ impl Pipeline {
         if self.transport == Transport::Memory {
             return self.start_in_memory();
         }
-        let ctx = Context::new();
+        let ctx = Context::with_max_message_bytes(self.max_message_bytes);
         let shutdown = Shutdown::new();
         let mut proxies = Vec::new();
         for i in 0..self.stages.len() {

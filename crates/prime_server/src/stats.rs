@@ -59,6 +59,8 @@ counters! {
         malformed,
         /// Replies that could not reach their server.
         undeliverable,
+        /// Work function outputs with a frame over the message limit, answered 500 instead.
+        oversized,
     }
 }
 

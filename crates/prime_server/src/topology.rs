@@ -48,6 +48,11 @@ pub struct Topology {
     /// Heartbeat timing between proxies and workers.
     #[serde(default)]
     pub heartbeat: HeartbeatConfig,
+    /// The largest frame any zmq socket of the deployment takes in (see
+    /// [`Topology::max_message_bytes`] for the default and
+    /// [`Context`](crate::transport::Context) for what is limited).
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
     /// The front servers (one or more; each gets its own answers).
     #[serde(rename = "server")]
     pub servers: Vec<ServerSection>,
@@ -184,6 +189,29 @@ pub struct StageSection {
     pub max_attempts: u8,
 }
 
+/// What a request head may add to a body in one frame: the HTTP front's default largest head.
+const HEAD_ALLOWANCE: usize = 64 * 1024;
+
+/// The default largest frame for fronts whose largest body is `max_body`: four times the body
+/// plus 64 KiB, so that every request they accept fits (its head and its body travel as frames of
+/// their own) and a reply may be a few times its request.
+pub fn message_limit_for_body(max_body: usize) -> usize {
+    max_body.saturating_mul(4).saturating_add(HEAD_ALLOWANCE)
+}
+
+/// Whether `max_message_bytes` lets a request body of `max_body` bytes through; the reason
+/// when not.
+pub fn check_message_limit(max_message_bytes: usize, max_body: usize) -> Result<(), String> {
+    let least = max_body.saturating_add(HEAD_ALLOWANCE);
+    if max_message_bytes < least {
+        return Err(format!(
+            "{max_message_bytes} is too small: a request body may be {max_body} bytes, and the \
+             limit must be at least that plus 64 KiB ({least})"
+        ));
+    }
+    Ok(())
+}
+
 fn default_drain() -> u64 {
     28
 }
@@ -306,6 +334,14 @@ impl Topology {
                     return Err(invalid(key("health_path"), "must start with /"));
                 }
             }
+            if let Some(limit) = self.max_message_bytes {
+                check_message_limit(limit, s.max_body_bytes).map_err(|why| {
+                    invalid(
+                        "max_message_bytes",
+                        format!("{why} (server.{}.max_body_bytes)", s.name),
+                    )
+                })?;
+            }
         }
         for s in &self.stages {
             let key = |k: &str| format!("stage.{}.{k}", s.name);
@@ -374,6 +410,16 @@ impl Topology {
         self.servers.iter().map(|s| s.interrupt.clone()).collect()
     }
 
+    /// The largest frame every zmq socket of the deployment takes in: `max_message_bytes`, or by
+    /// default [`message_limit_for_body`] of the largest `max_body_bytes` of its servers (42 MiB
+    /// with the default 10 MiB bodies).
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes.unwrap_or_else(|| {
+            let body = self.servers.iter().map(|s| s.max_body_bytes).max();
+            message_limit_for_body(body.unwrap_or_else(default_max_body))
+        })
+    }
+
     /// The drain period.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
@@ -405,6 +451,29 @@ mod tests {
         assert_eq!(t.stages[0].workers, 2);
         assert_eq!(t.servers[0].max_connections, None);
         assert_eq!(t.worker_downstream(0), None);
+        assert_eq!(
+            t.max_message_bytes(),
+            crate::transport::DEFAULT_MAX_MESSAGE_BYTES
+        );
+    }
+
+    #[test]
+    fn the_message_limit_follows_the_largest_body_unless_given() {
+        let big = GOOD.replace(
+            "interrupt = \"ipc:///tmp/t/interrupt\"",
+            "interrupt = \"ipc:///tmp/t/interrupt\"\nmax_body_bytes = 100000000",
+        );
+        let t = Topology::parse(&big).unwrap();
+        assert_eq!(t.max_message_bytes(), 400_000_000 + 65536);
+        let t = Topology::parse(&format!("max_message_bytes = 20000000\n{GOOD}")).unwrap();
+        assert_eq!(t.max_message_bytes(), 20_000_000);
+        let e = Topology::parse(&format!("max_message_bytes = 1000000\n{GOOD}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_message_bytes") && e.contains("server.front"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -53,6 +53,23 @@ pub enum TransportError {
         /// What libzmq said.
         cause: zmq::Error,
     },
+    /// Something listens on the ipc endpoint already (another process bound it). Binding
+    /// anyway would take the path over from it: libzmq unlinks the socket file it finds.
+    #[error("cannot bind {endpoint}: already in use (another process is listening there)")]
+    InUse {
+        /// The endpoint.
+        endpoint: Endpoint,
+    },
+    /// The ipc socket file's directory could not be created.
+    #[error("cannot bind {endpoint}: cannot create {dir}: {cause}")]
+    IpcDir {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What the system said.
+        cause: std::io::Error,
+    },
     /// Connecting failed (malformed address, unknown inproc name…).
     #[error("cannot connect to {endpoint}: {cause}")]
     Connect {
@@ -100,30 +117,69 @@ fn libc_eafnosupport() -> i32 {
     97
 }
 
-/// A zmq context: the I/O threads and the namespace of `inproc://` endpoints. Cheap to clone;
-/// every component of one process that talks over inproc must share one.
-#[derive(Clone, Default)]
+/// The largest frame a socket takes in unless its [`Context`] says otherwise: four times the
+/// HTTP front's default largest body (10 MiB) plus 64 KiB, the default largest request head, so
+/// that any request the front accepts fits, and a reply may be a few times its request.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 10 * 1024 * 1024 + 64 * 1024;
+
+/// A zmq context: the I/O threads and the namespace of `inproc://` endpoints, and the largest
+/// frame its sockets take in. Cheap to clone; every component of one process that talks over
+/// inproc must share one.
+///
+/// **The message-size limit** (libzmq's `ZMQ_MAXMSGSIZE`, set on every socket this context
+/// opens): libzmq checks the size a peer announces for each *frame* before it allocates
+/// anything, and on a frame over the limit closes the connection it came on without delivering
+/// the message. A peer that connected reconnects by itself (the frame is lost, with whatever of
+/// its message was sent); one that was connected to is gone until it connects again. The limit
+/// counts one frame, not a whole multipart message, and does not apply to `inproc://`, where
+/// messages are never encoded.
+#[derive(Clone)]
 pub struct Context {
     inner: zmq::Context,
+    max_message_bytes: usize,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::with_max_message_bytes(DEFAULT_MAX_MESSAGE_BYTES)
+    }
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Context")
+        write!(f, "Context(max_message_bytes: {})", self.max_message_bytes)
     }
 }
 
 impl Context {
-    /// A new context with libzmq's defaults (one I/O thread).
+    /// A new context with libzmq's defaults (one I/O thread) and
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`].
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A new context whose sockets take in no frame over `bytes`.
+    pub fn with_max_message_bytes(bytes: usize) -> Self {
+        Context {
+            inner: zmq::Context::new(),
+            max_message_bytes: bytes,
+        }
+    }
+
+    /// The largest frame this context's sockets take in.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
     /// Opens a socket of the given kind with the crate's defaults: a short linger so shutdown
-    /// never hangs on unsent messages, and IPv6 dual stack for tcp.
+    /// never hangs on unsent messages, IPv6 dual stack for tcp, and the context's largest frame.
     pub fn socket(&self, kind: Kind) -> Result<Socket> {
         let inner = self.inner.socket(kind.zmq()).map_err(zerr("socket"))?;
         inner.set_linger(200).map_err(zerr("set linger"))?;
+        let limit = i64::try_from(self.max_message_bytes).unwrap_or(i64::MAX);
+        inner
+            .set_maxmsgsize(limit)
+            .map_err(zerr("set maxmsgsize"))?;
         if kind == Kind::Sub {
             inner.set_subscribe(b"").map_err(zerr("subscribe"))?;
         }
@@ -145,8 +201,11 @@ impl std::fmt::Debug for Socket {
 
 impl Socket {
     /// Binds to `endpoint`. For tcp it tries IPv6 dual stack first and falls back to IPv4 only
-    /// where the host has no IPv6.
+    /// where the host has no IPv6. For ipc it creates the socket file's directory if missing,
+    /// and fails with [`TransportError::InUse`] if something listens there already: libzmq
+    /// would unlink the live socket file and take the path over.
     pub fn bind(&self, endpoint: &Endpoint) -> Result<()> {
+        claim_ipc_path(endpoint)?;
         if endpoint.scheme() == Scheme::Tcp {
             let _ = self.inner.set_ipv6(true);
             if let Err(e) = self.inner.bind(endpoint.as_str()) {
@@ -275,6 +334,41 @@ impl Socket {
             Err(e) => Err(zerr("recv")(e)),
         }
     }
+}
+
+/// Makes an ipc endpoint's path ready to bind: its directory exists, and nothing listens there.
+///
+/// libzmq unlinks the file at an ipc path before it binds, a live socket included, so without
+/// this check a second process binding the path silently takes it over: peers that connect
+/// afterwards reach the newcomer while those already connected stay with the original. A
+/// connect tells a live socket (it accepts) from a file left by a process that died without
+/// unlinking it (refused), which libzmq may replace. Two processes starting at the same
+/// instant can still both pass; the check is for the operator who starts a daemon twice.
+/// Abstract sockets (`ipc://@name`) have no file and need no check: the kernel refuses a
+/// second bind of the name. `ipc://*` (a name libzmq picks) neither.
+fn claim_ipc_path(endpoint: &Endpoint) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(path) = endpoint.ipc_path() else {
+        return Ok(());
+    };
+    if path.as_os_str() == "*" || path.as_os_str().as_bytes().starts_with(b"@") {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|cause| TransportError::IpcDir {
+            endpoint: endpoint.clone(),
+            dir: dir.to_path_buf(),
+            cause,
+        })?;
+    }
+    if path.symlink_metadata().is_ok() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(TransportError::InUse {
+            endpoint: endpoint.clone(),
+        });
+    }
+    // Refused (a stale file), not a socket, no permission, a path too long for a socket
+    // address: whatever it is, libzmq's own bind reports what stands in the way.
+    Ok(())
 }
 
 /// Waits for zmq sockets (and plain descriptors) to become readable with an edge-triggered epoll
@@ -459,6 +553,118 @@ mod tests {
         assert!(err.contains(ep.as_str()), "{err}");
         let err = TransportError::from(Endpoint::parse("inproc://").unwrap_err()).to_string();
         assert!(err.contains("inproc://"), "{err}");
+    }
+
+    /// A fresh directory under the system's temporary directory.
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("ps-transport-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Receives one message, waiting up to 10 s.
+    fn recv_within(s: &Socket) -> Frames {
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(m) = s.try_recv().unwrap() {
+                return m;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "nothing arrived");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Sends until the connecting side has a peer to send to.
+    fn send_within(s: &Socket, frames: &[&[u8]]) {
+        let t = std::time::Instant::now();
+        while s.send(frames.iter().copied()).unwrap() == Sent::Unreachable {
+            assert!(t.elapsed() < Duration::from_secs(10), "never connected");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_second_bind_of_a_live_ipc_endpoint_fails_and_the_first_keeps_working() {
+        let dir = temp_dir("in-use");
+        let ep = Endpoint::ipc(&dir.join("s")).unwrap();
+        let first = Context::new().socket(Kind::Router).unwrap();
+        first.bind(&ep).unwrap();
+        // Another context, as another process would have.
+        let second = Context::new().socket(Kind::Router).unwrap();
+        let err = second.bind(&ep).unwrap_err();
+        assert!(matches!(err, TransportError::InUse { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(ep.as_str()) && text.contains("already in use"),
+            "{text}"
+        );
+        let client = Context::new().socket(Kind::Dealer).unwrap();
+        client.connect(&ep).unwrap();
+        send_within(&client, &[b"hello"]);
+        assert_eq!(recv_within(&first)[1], b"hello");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_stale_socket_file_does_not_block_a_bind() {
+        let dir = temp_dir("stale");
+        let path = dir.join("s");
+        // A listener that goes away without unlinking its file, as a crashed process's does.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let ep = Endpoint::ipc(&path).unwrap();
+        let server = Context::new().socket(Kind::Router).unwrap();
+        server.bind(&ep).unwrap();
+        let client = Context::new().socket(Kind::Dealer).unwrap();
+        client.connect(&ep).unwrap();
+        send_within(&client, &[b"hello"]);
+        assert_eq!(recv_within(&server)[1], b"hello");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_missing_directory_of_an_ipc_endpoint_is_created() {
+        let dir = temp_dir("mkdir");
+        let path = dir.join("a/b/s");
+        let ep = Endpoint::ipc(&path).unwrap();
+        let s = Context::new().socket(Kind::Router).unwrap();
+        s.bind(&ep).unwrap();
+        assert!(path.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_dropped_and_its_sender_goes_on() {
+        let dir = temp_dir("limit");
+        let ep = Endpoint::ipc(&dir.join("s")).unwrap();
+        let server = Context::with_max_message_bytes(1024)
+            .socket(Kind::Router)
+            .unwrap();
+        server.bind(&ep).unwrap();
+        let client = Context::new().socket(Kind::Dealer).unwrap();
+        client.connect(&ep).unwrap();
+        send_within(&client, &[b"small", &[7u8; 1024]]);
+        assert_eq!(
+            recv_within(&server)[1..],
+            [b"small".to_vec(), vec![7u8; 1024]]
+        );
+        send_within(&client, &[&[7u8; 1025]]);
+        // The connection is closed on the big frame, with what was sent along with it; the
+        // client reconnects and goes on.
+        let t = std::time::Instant::now();
+        let after = loop {
+            assert!(t.elapsed() < Duration::from_secs(10), "nothing arrived");
+            client.send([b"after"]).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            if let Some(m) = server.try_recv().unwrap() {
+                break m;
+            }
+        };
+        assert_eq!(after[1], b"after");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

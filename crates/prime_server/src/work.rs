@@ -57,7 +57,8 @@ impl Job {
     }
 
     /// Changes the heartbeat blob this worker advertises from now on (for the proxy's choose
-    /// function).
+    /// function). At most [`MAX_BLOB`](crate::proxy::MAX_BLOB) bytes: a proxy drops a Ready
+    /// with a longer one, so a longer blob is ignored (with a warning) and the old one kept.
     pub fn set_heartbeat(&mut self, blob: Vec<u8>) {
         self.blob = Some(blob);
     }

@@ -15,6 +15,7 @@
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::{drain_interrupts, CancelSource, Interrupt, Notices};
+use crate::rate_limit::DropWarnings;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::WorkerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
@@ -40,7 +41,8 @@ pub struct WorkerConfig {
     pub interrupts: Vec<Endpoint>,
     /// Heartbeat timing; must match the proxy's.
     pub heartbeat: Heartbeat,
-    /// The heartbeat blob advertised to the proxy's choose function until a job changes it.
+    /// The heartbeat blob advertised to the proxy's choose function until a job changes it; at
+    /// most [`MAX_BLOB`](crate::proxy::MAX_BLOB) bytes (a longer one is not sent).
     pub blob: Vec<u8>,
     /// This stage's index (1 = first stage), written into the headers this worker sends.
     pub stage: u8,
@@ -132,8 +134,7 @@ pub struct Worker {
     last_job: (u64, u64),
     /// Replies waiting for their server's loopback.
     undelivered: std::collections::VecDeque<Undelivered>,
-    /// Replies dropped since the last warning about them, and when that warning was.
-    dropped_since_warning: (u64, Option<Instant>),
+    warnings: DropWarnings,
 }
 
 /// Waiter tokens of a worker's sockets.
@@ -199,12 +200,21 @@ impl Worker {
             subs.push(s);
         }
         let notices = RefCell::new(Notices::new(config.heartbeat.expiry()));
+        let blob = if config.blob.len() <= crate::proxy::MAX_BLOB {
+            config.blob.clone()
+        } else {
+            tracing::warn!(
+                bytes = config.blob.len(),
+                "heartbeat blob over 64 KiB not sent: the proxy would refuse it"
+            );
+            Vec::new()
+        };
         Ok(Worker {
             ctx: ctx.clone(),
             id,
             busy: Arc::new(AtomicBool::new(false)),
             last_heard: Instant::now(),
-            blob: config.blob.clone(),
+            blob,
             config,
             upstream,
             downstream,
@@ -221,7 +231,7 @@ impl Worker {
             leave_confirmed: false,
             last_job: (0, 0),
             undelivered: std::collections::VecDeque::new(),
-            dropped_since_warning: (0, None),
+            warnings: DropWarnings::new("worker"),
         })
     }
 
@@ -343,6 +353,9 @@ impl Worker {
             if !self.undelivered.is_empty() {
                 wait = wait.min(RETRY_EVERY);
             }
+            if self.warnings.has_unreported() {
+                self.warnings.flush(Instant::now());
+            }
             waiter.wait(wait, &mut fired)?;
             self.interrupts_read = true;
             for t in &fired {
@@ -455,14 +468,8 @@ impl Worker {
                     }
                 }
             }
-            Ok((h, _)) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(kind = ?h.kind, "worker dropped an unexpected message");
-            }
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "worker dropped a malformed job");
-            }
+            Ok((h, _)) => self.malformed("proxy", format_args!("unexpected {:?}", h.kind)),
+            Err(e) => self.malformed("proxy", e),
         }
         // A draining worker never asks for more: it says which job it finished instead.
         if self.leaving(shutdown) {
@@ -503,7 +510,16 @@ impl Worker {
             &self.stats,
         );
         if let Some(blob) = job.take_blob() {
-            self.blob = blob;
+            if blob.len() <= crate::proxy::MAX_BLOB {
+                self.blob = blob;
+            } else {
+                // The proxy would drop every Ready carrying it, and the worker would never be
+                // handed a job again.
+                tracing::warn!(
+                    bytes = blob.len(),
+                    "heartbeat blob over 64 KiB ignored: the proxy would refuse it"
+                );
+            }
         }
         match action {
             Action::Forward(frames) => self.forward(&header, frames),
@@ -520,6 +536,9 @@ impl Worker {
                 b"the last stage forwarded a job: no next stage".to_vec(),
             );
         };
+        if let Some(reason) = self.over_limit(frames.iter().map(Vec::len)) {
+            return self.reply(header, 500, reason.into_bytes());
+        }
         let mut h = header.with_kind(Kind::Job);
         h.stage = self.config.stage;
         h.attempt = 0;
@@ -530,10 +549,37 @@ impl Worker {
         Ok(())
     }
 
+    fn malformed(&mut self, side: &'static str, why: impl std::fmt::Display) {
+        self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        self.warnings.dropped(side, why, Instant::now());
+    }
+
+    /// Why frames of these sizes cannot be sent, if one is over the message limit. The peers of
+    /// a deployment share the limit, and the receiving side would not just drop such a frame but
+    /// close the connection it came on, so the request is better answered 500 here.
+    fn over_limit(&self, mut sizes: impl Iterator<Item = usize>) -> Option<String> {
+        let limit = self.ctx.max_message_bytes();
+        let size = sizes.find(|&n| n > limit)?;
+        self.stats.oversized.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            size,
+            limit,
+            "the work function's output is over the message limit"
+        );
+        Some(format!(
+            "the work function's output has a {size}-byte frame, over the {limit}-byte message \
+             limit"
+        ))
+    }
+
     /// Sends a reply to the server named in `header`. A server not reachable now (still
     /// connecting, restarting, or gone) does not hold the worker up: the reply waits in
     /// `undelivered` and is tried again on every turn of the loop, for [`LOOPBACK_PATIENCE`].
     fn reply(&mut self, header: &Header, status: u16, body: Vec<u8>) -> Result<(), Error> {
+        let (status, body) = match self.over_limit(std::iter::once(body.len())) {
+            Some(reason) => (500, reason.into_bytes()),
+            None => (status, body),
+        };
         let mut h = header.with_kind(Kind::Reply);
         h.stage = self.config.stage;
         h.status = status;
@@ -574,20 +620,13 @@ impl Worker {
         Ok(())
     }
 
-    /// Counts a reply dropped because its server stayed unreachable, and says so in the log at
-    /// most once a second (a flood of replies to a gone server is one line with a count).
+    /// Counts a reply dropped because its server stayed unreachable, and says so in the log, as
+    /// often as the rate limit of dropped messages lets it (a flood of replies to a gone server
+    /// is one line with a count).
     fn dropped_reply(&mut self) {
         self.stats.undeliverable.fetch_add(1, Ordering::Relaxed);
-        let (count, last) = &mut self.dropped_since_warning;
-        *count += 1;
-        if !matches!(last, Some(t) if t.elapsed() < Duration::from_secs(1)) {
-            tracing::warn!(
-                dropped = *count,
-                "replies dropped: their server's loopback stayed unreachable"
-            );
-            *count = 0;
-            *last = Some(Instant::now());
-        }
+        let why = "reply dropped: its server's loopback stayed unreachable";
+        self.warnings.dropped("loopback", why, Instant::now());
     }
 
     fn handle_rejects(&mut self) -> Result<(), Error> {
@@ -601,9 +640,14 @@ impl Worker {
                     let reason = payload.pop().unwrap_or_else(|| b"overloaded".to_vec());
                     rejected.push((h, reason));
                 }
-                _ => {
+                Ok((h, _)) => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("worker dropped a malformed message from the next stage");
+                    let why = format_args!("unexpected {:?}", h.kind);
+                    self.warnings.dropped("next stage", why, Instant::now());
+                }
+                Err(e) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.warnings.dropped("next stage", e, Instant::now());
                 }
             }
         }

@@ -948,3 +948,80 @@ fn a_job_cancelled_while_it_waits_in_the_queue_is_skipped_by_its_worker() {
         running.stop();
     }
 }
+
+#[test]
+fn output_over_the_message_limit_is_answered_500_instead_of_sent() {
+    let dir = std::env::temp_dir().join(unique("ps-limit"));
+    let mut p = pipeline_over("limit", Transport::Ipc(dir.clone()));
+    p.max_message_bytes = 64 * 1024;
+    let big = vec![b'x'; 64 * 1024 + 1];
+    let fits = vec![b'x'; 64 * 1024];
+    let (b, f) = (big.clone(), fits.clone());
+    p.stage(1, move |job, _| {
+        Ok(match job.frames[0].as_slice() {
+            b"forward big" => Outcome::Forward(vec![b"small".to_vec(), b.clone()]),
+            b"reply big" => Outcome::Reply(b.clone()),
+            b"reply fits" => Outcome::Reply(f.clone()),
+            other => Outcome::Forward(vec![other.to_vec()]),
+        })
+    });
+    p.stage(1, |job, _| Ok(Outcome::Reply(job.frames.concat())));
+    let running = p.start().unwrap();
+    for ask_for in ["forward big", "reply big"] {
+        match ask(&running, ask_for.as_bytes()) {
+            Answer::Failed(f) => {
+                assert_eq!(f.status, 500, "{ask_for}");
+                assert!(
+                    f.reason.contains("message limit"),
+                    "{ask_for}: {}",
+                    f.reason
+                );
+            }
+            other => panic!("{ask_for}: {other:?}"),
+        }
+    }
+    assert_eq!(ask(&running, b"reply fits"), Answer::Reply(fits));
+    assert_eq!(ask(&running, b"on"), Answer::Reply(b"on".to_vec()));
+    assert_eq!(running.worker_stats[0][0].snapshot().oversized, 2);
+    running.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_ready_blob_or_worker_id_over_its_bound_is_dropped_counted_and_never_registered() {
+    use prime_server::proxy::{MAX_BLOB, MAX_ROUTING_ID};
+    use prime_server::wire::{flags, Header, Kind};
+    let ctx = Context::new();
+    let name = unique("bounds");
+    let proxy = Proxy::bind(
+        &ctx,
+        ProxyConfig::new(
+            ep(&format!("inproc://{name}-up")),
+            ep(&format!("inproc://{name}-down")),
+        ),
+    )
+    .unwrap();
+    let stats = proxy.stats();
+    let shutdown = Shutdown::new();
+    let sd = shutdown.clone();
+    let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
+    let w = ctx.socket(SocketKind::Dealer).unwrap();
+    w.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
+    let ready = Header::new(Kind::Ready).encode();
+    w.send([&ready[..], &vec![0u8; MAX_BLOB + 1][..]]).unwrap();
+    let mut busy = Header::new(Kind::Heartbeat);
+    busy.flags = flags::BUSY;
+    w.send([&busy.encode()[..], &vec![b'w'; MAX_ROUTING_ID + 1][..]])
+        .unwrap();
+    wait_until("the oversized Ready and heartbeat were not counted", || {
+        stats.snapshot().malformed >= 2
+    });
+    // The proxy handles one message at a time: both are done with, and neither registered a
+    // worker. The same Ready with a blob at the bound does.
+    assert_eq!(stats.snapshot().idle, 0);
+    w.send([&ready[..], &vec![0u8; MAX_BLOB][..]]).unwrap();
+    wait_until_idle(&stats, 1);
+    assert_eq!(stats.snapshot().malformed, 2);
+    shutdown.stop();
+    pt.join().unwrap();
+}

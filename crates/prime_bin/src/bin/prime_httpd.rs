@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
 use prime_server::shutdown::{OnDrain, Shutdown};
-use prime_server::topology::{HeartbeatConfig, Protocol, Topology};
+use prime_server::topology::{self, HeartbeatConfig, Protocol, Topology};
 use prime_server::transport::Context;
 use std::time::Duration;
 
@@ -84,6 +84,10 @@ struct Args {
     /// Seconds a client may take to send a request head.
     #[arg(long, default_value_t = 30)]
     header_timeout: u64,
+    /// The largest frame any of its zmq sockets takes in; a peer that sends a larger one is
+    /// disconnected (default: the topology's `max_message_bytes`, or 4 × the largest body + 64 KiB).
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
@@ -107,64 +111,75 @@ fn main() -> anyhow::Result<()> {
     if args.access_log {
         args.enable_logging = Some(true);
     }
-    let (section, proxy, drain, format, heartbeat) = match (&args.config, &args.listen) {
-        (Some(path), None) => {
-            let t = Topology::load(path)?;
-            let s = t.server(args.server.as_deref())?.clone();
-            let proxy = t.stages[0].upstream.clone();
-            let heartbeat = t.heartbeat.heartbeat();
-            (
-                s,
-                proxy,
-                t.drain(),
-                args.log_format.unwrap_or(t.log_format),
-                heartbeat,
-            )
-        }
-        (None, Some(listen)) => {
-            let (Some(proxy), Some(lb), Some(int)) = (&args.proxy, &args.loopback, &args.interrupt)
-            else {
-                bail!("give LISTEN PROXY LOOPBACK INTERRUPT (see --help)");
-            };
-            let protocol = match args.protocol.as_str() {
-                "http" => Protocol::Http,
-                "netstring" => Protocol::Netstring,
-                p => bail!("--protocol: expected http or netstring, got {p:?}"),
-            };
-            let mut s = daemon::server_section(
-                listen,
-                lb,
-                int,
-                protocol,
-                args.timeout_seconds.unwrap_or(60),
-                args.max_request_size.unwrap_or(10 * 1024 * 1024),
-                args.health_path.clone(),
-                args.enable_logging.unwrap_or(false),
-            );
-            s.header_timeout_seconds = args.header_timeout.max(1);
-            s.zmq_listen = args.zmq_listen.clone();
-            prime_server::protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
-            (
-                s,
-                proxy.clone(),
-                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
-                args.log_format.unwrap_or_default(),
-                HeartbeatConfig {
-                    interval_ms: args.heartbeat_ms,
-                    ..HeartbeatConfig::default()
-                }
-                .heartbeat(),
-            )
-        }
-        _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
-    };
+    let (section, proxy, drain, format, heartbeat, default_limit) =
+        match (&args.config, &args.listen) {
+            (Some(path), None) => {
+                let t = Topology::load(path)?;
+                let s = t.server(args.server.as_deref())?.clone();
+                let proxy = t.stages[0].upstream.clone();
+                let heartbeat = t.heartbeat.heartbeat();
+                let format = args.log_format.unwrap_or(t.log_format);
+                (
+                    s,
+                    proxy,
+                    t.drain(),
+                    format,
+                    heartbeat,
+                    t.max_message_bytes(),
+                )
+            }
+            (None, Some(listen)) => {
+                let (Some(proxy), Some(lb), Some(int)) =
+                    (&args.proxy, &args.loopback, &args.interrupt)
+                else {
+                    bail!("give LISTEN PROXY LOOPBACK INTERRUPT (see --help)");
+                };
+                let protocol = match args.protocol.as_str() {
+                    "http" => Protocol::Http,
+                    "netstring" => Protocol::Netstring,
+                    p => bail!("--protocol: expected http or netstring, got {p:?}"),
+                };
+                let mut s = daemon::server_section(
+                    listen,
+                    lb,
+                    int,
+                    protocol,
+                    args.timeout_seconds.unwrap_or(60),
+                    args.max_request_size.unwrap_or(10 * 1024 * 1024),
+                    args.health_path.clone(),
+                    args.enable_logging.unwrap_or(false),
+                );
+                s.header_timeout_seconds = args.header_timeout.max(1);
+                s.zmq_listen = args.zmq_listen.clone();
+                prime_server::protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
+                let limit = topology::message_limit_for_body(s.max_body_bytes);
+                (
+                    s,
+                    proxy.clone(),
+                    Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                    args.log_format.unwrap_or_default(),
+                    HeartbeatConfig {
+                        interval_ms: args.heartbeat_ms,
+                        ..HeartbeatConfig::default()
+                    }
+                    .heartbeat(),
+                    limit,
+                )
+            }
+            _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
+        };
     let mut section = section;
     if args.max_connections.is_some() {
         section.max_connections = args.max_connections;
     }
+    let limit = daemon::message_limit(
+        args.max_message_bytes,
+        default_limit,
+        &[section.max_body_bytes],
+    )?;
     daemon::init_logging(format);
     daemon::raise_fd_limit();
-    let ctx = Context::new();
+    let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -174,6 +189,7 @@ fn main() -> anyhow::Result<()> {
         let server = daemon::start_server(&ctx, &section, &proxy.parse()?, heartbeat, &shutdown)
             .context("starting the server core")?;
         daemon::serve_front(
+            &ctx,
             &section,
             server,
             shutdown.clone(),

@@ -48,6 +48,10 @@ struct Args {
     /// Heartbeat interval in milliseconds (must match the workers').
     #[arg(long, default_value_t = 2500)]
     heartbeat_ms: u64,
+    /// The largest frame any of its zmq sockets takes in; a peer that sends a larger one is
+    /// disconnected (default: the topology's `max_message_bytes`, or 4 × 10 MiB + 64 KiB).
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
@@ -59,43 +63,51 @@ fn main() -> anyhow::Result<()> {
     daemon::prefer_flag(&mut args.upstream, args.upstream_flag.take());
     daemon::prefer_flag(&mut args.downstream, args.downstream_flag.take());
     daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
-    let (stage, heartbeat, drain, format) = match (&args.config, &args.upstream, &args.downstream) {
-        (Some(path), None, None) => {
-            let t = Topology::load(path)?;
-            let name = args
-                .stage
-                .as_deref()
-                .context("--config needs --stage NAME")?;
-            let (_, stage) = t.stage(name)?;
-            (
-                stage.clone(),
-                t.heartbeat,
-                t.drain(),
-                args.log_format.unwrap_or(t.log_format),
-            )
-        }
-        (None, Some(up), Some(down)) => (
-            StageSection {
-                name: "stage".into(),
-                work: String::new(),
-                upstream: up.clone(),
-                downstream: down.clone(),
-                workers: 0,
-                queue_limit: args.queue_limit,
-                max_attempts: args.max_attempts.max(1),
-            },
-            HeartbeatConfig {
-                interval_ms: args.heartbeat_ms,
-                ..HeartbeatConfig::default()
-            },
-            Duration::from_secs(args.drain_seconds.unwrap_or(28)),
-            args.log_format.unwrap_or_default(),
-        ),
-        _ => bail!("give UPSTREAM DOWNSTREAM, or --config FILE --stage NAME (see --help)"),
-    };
+    let (stage, heartbeat, drain, format, limit) =
+        match (&args.config, &args.upstream, &args.downstream) {
+            (Some(path), None, None) => {
+                let t = Topology::load(path)?;
+                let name = args
+                    .stage
+                    .as_deref()
+                    .context("--config needs --stage NAME")?;
+                let (_, stage) = t.stage(name)?;
+                (
+                    stage.clone(),
+                    t.heartbeat,
+                    t.drain(),
+                    args.log_format.unwrap_or(t.log_format),
+                    daemon::message_limit(
+                        args.max_message_bytes,
+                        t.max_message_bytes(),
+                        &daemon::max_bodies(&t),
+                    )?,
+                )
+            }
+            (None, Some(up), Some(down)) => (
+                StageSection {
+                    name: "stage".into(),
+                    work: String::new(),
+                    upstream: up.clone(),
+                    downstream: down.clone(),
+                    workers: 0,
+                    queue_limit: args.queue_limit,
+                    max_attempts: args.max_attempts.max(1),
+                },
+                HeartbeatConfig {
+                    interval_ms: args.heartbeat_ms,
+                    ..HeartbeatConfig::default()
+                },
+                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                args.log_format.unwrap_or_default(),
+                args.max_message_bytes
+                    .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES),
+            ),
+            _ => bail!("give UPSTREAM DOWNSTREAM, or --config FILE --stage NAME (see --help)"),
+        };
     daemon::init_logging(format);
     daemon::raise_fd_limit();
-    let ctx = Context::new();
+    let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let proxy = daemon::start_proxy(

@@ -89,6 +89,11 @@ struct Args {
     /// requests, see BENCHMARKS.md) or `inproc` (zmq, the multi-process code path).
     #[arg(long, value_enum, default_value = "memory")]
     transport: TransportArg,
+    /// The largest frame any zmq socket takes in (ipc, tcp and the zmq front; inproc is not
+    /// limited); a peer that sends a larger one is disconnected (default: the topology's
+    /// `max_message_bytes` with --config, else 4 × --max-body + 64 KiB).
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
     /// With --compute-only: test the range this many times (to time one number).
     #[arg(long, default_value_t = 1)]
     repeat: u64,
@@ -123,9 +128,15 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(path) = &args.config {
         let t = prime_server::topology::Topology::load(path)?;
+        let limit = daemon::message_limit(
+            args.max_message_bytes,
+            t.max_message_bytes(),
+            &daemon::max_bodies(&t),
+        )?;
         prime_bin::daemon::init_logging(args.log_format.unwrap_or(t.log_format));
         prime_bin::daemon::raise_fd_limit();
-        prime_bin::daemon::run_topology(&t)?;
+        let ctx = prime_server::transport::Context::with_max_message_bytes(limit);
+        prime_bin::daemon::run_topology(&t, &ctx)?;
         tracing::info!("prime_serverd stopped");
         return Ok(());
     }
@@ -168,6 +179,11 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     let mut p = Pipeline::new("prime_serverd");
     p.transport(args.transport.transport());
     p.queue_limit = args.queue_limit;
+    p.max_message_bytes = daemon::message_limit(
+        args.max_message_bytes,
+        prime_server::topology::message_limit_for_body(args.max_body),
+        &[args.max_body],
+    )?;
     p.stage(workers, prime::parse_stage)
         .stage(workers, prime::test_stage);
     let protocol = match args.protocol {

@@ -63,6 +63,10 @@ struct Args {
     /// Heartbeat interval in milliseconds (must match the proxy's).
     #[arg(long, default_value_t = 2500)]
     heartbeat_ms: u64,
+    /// The largest frame any of its zmq sockets takes in; a peer that sends a larger one is
+    /// disconnected (default: the topology's `max_message_bytes`, or 4 × 10 MiB + 64 KiB).
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<usize>,
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
@@ -78,7 +82,7 @@ fn main() -> anyhow::Result<()> {
     loopbacks.extend(args.loopback_flag.iter().cloned());
     let mut interrupts: Vec<String> = args.interrupt.iter().cloned().collect();
     interrupts.extend(args.interrupt_flag.iter().cloned());
-    let (pool, kind, drain, format) = match (&args.config, &args.upstream_proxy) {
+    let (pool, kind, drain, format, limit) = match (&args.config, &args.upstream_proxy) {
         (Some(path), None) => {
             let t = Topology::load(path)?;
             let name = args.stage.as_deref().context("--config needs --stage NAME")?;
@@ -88,7 +92,12 @@ fn main() -> anyhow::Result<()> {
                 pool.workers = n;
             }
             let kind = args.work.clone().unwrap_or_else(|| stage.work.clone());
-            (pool, kind, t.drain(), args.log_format.unwrap_or(t.log_format))
+            let limit = daemon::message_limit(
+                args.max_message_bytes,
+                t.max_message_bytes(),
+                &daemon::max_bodies(&t),
+            )?;
+            (pool, kind, t.drain(), args.log_format.unwrap_or(t.log_format), limit)
         }
         (None, Some(up)) => {
             let Some(down) = &args.downstream_proxy else {
@@ -117,14 +126,17 @@ fn main() -> anyhow::Result<()> {
                 on_drain: OnDrain::FinishAndExit,
             };
             let kind = args.work.clone().context("--work NAME is needed (prime_parse, prime_test, echo, files)")?;
-            (pool, kind, Duration::from_secs(args.drain_seconds.unwrap_or(28)), args.log_format.unwrap_or_default())
+            let limit = args
+                .max_message_bytes
+                .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES);
+            (pool, kind, Duration::from_secs(args.drain_seconds.unwrap_or(28)), args.log_format.unwrap_or_default(), limit)
         }
         _ => bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT --work NAME, or --config FILE --stage NAME"),
     };
     daemon::init_logging(format);
     daemon::raise_fd_limit();
     let factory = work::factory(&kind, args.root.clone())?;
-    let ctx = Context::new();
+    let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let threads = daemon::start_workers(&ctx, &pool, &factory, &shutdown)?;

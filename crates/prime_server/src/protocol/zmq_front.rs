@@ -9,6 +9,7 @@
 
 use crate::answer::Answer;
 use crate::endpoint::Endpoint;
+use crate::rate_limit::DropWarnings;
 use crate::server::Server;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::transport::{Context, Frames, Kind, Sent, Socket, SocketEvents};
@@ -61,13 +62,19 @@ pub async fn serve(
     // across an await would keep this future from moving between threads.
     let events = SocketEvents::new(socket)?;
     let mut pending: FuturesUnordered<Answered> = FuturesUnordered::new();
+    let mut warnings = DropWarnings::new("zmq front");
     let mut check = true;
     loop {
         if check {
             while let Some(msg) = events.socket().try_recv()? {
-                if let Some(fut) = request(events.socket(), msg, &server, &config, &shutdown)? {
+                let socket = events.socket();
+                if let Some(fut) = request(socket, msg, &server, &config, &shutdown, &mut warnings)?
+                {
                     pending.push(fut);
                 }
+            }
+            if warnings.has_unreported() {
+                warnings.flush(std::time::Instant::now());
             }
             check = false;
         }
@@ -101,9 +108,11 @@ fn request(
     server: &Server,
     config: &ZmqFrontConfig,
     shutdown: &Shutdown,
+    warnings: &mut DropWarnings,
 ) -> Result<Option<Answered>, Error> {
     let Some(delim) = msg.iter().position(Vec::is_empty) else {
-        tracing::warn!("zmq front dropped a message without an empty delimiter");
+        let now = std::time::Instant::now();
+        warnings.dropped("clients", "no empty delimiter frame", now);
         return Ok(None);
     };
     if msg.len() < delim + 2 {

@@ -25,6 +25,7 @@ mod balance;
 
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
+use crate::rate_limit::DropWarnings;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::StageStats;
 use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
@@ -35,6 +36,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+/// The longest routing id the proxy takes from a peer: zmq's own limit (libzmq refuses to set a
+/// longer one), so only a peer that writes the wire by hand can exceed it. A worker's id is kept
+/// for as long as the worker is known, and a job's sender's for as long as the job waits.
+pub const MAX_ROUTING_ID: usize = 255;
+
+/// The largest heartbeat blob the proxy keeps for a worker (the blob shown to the choose
+/// function), 64 KiB: it is kept for as long as the worker is known, and copied into nothing
+/// else.
+pub const MAX_BLOB: usize = 64 * 1024;
 
 /// Picks a worker for a job: `(idle workers' heartbeat blobs in FIFO order, job payload frames)
 /// -> index into the blobs`.
@@ -91,6 +102,7 @@ pub struct Proxy {
     downstream: Socket,
     stats: Arc<StageStats>,
     balancer: Balancer,
+    warnings: DropWarnings,
 }
 
 impl Proxy {
@@ -111,6 +123,7 @@ impl Proxy {
             downstream,
             stats,
             balancer,
+            warnings: DropWarnings::new("proxy"),
         })
     }
 
@@ -179,6 +192,7 @@ impl Proxy {
             if now >= next_expiry {
                 let actions = self.balancer.tick(now);
                 self.perform(actions)?;
+                self.warnings.flush(now);
                 next_expiry = Instant::now() + self.config.heartbeat.interval;
             }
             if up || down {
@@ -217,14 +231,25 @@ impl Proxy {
                 return Ok(true);
             };
             match wire::decode_routed(frames) {
+                Ok((worker, _, _)) if worker.len() > MAX_ROUTING_ID => {
+                    self.malformed("downstream", "routing id over 255 bytes")
+                }
                 Ok((worker, h, mut payload)) => match h.kind {
                     Kind::Ready => {
                         let blob = payload.pop().unwrap_or_default();
+                        if blob.len() > MAX_BLOB {
+                            self.malformed("downstream", "Ready blob over 64 KiB");
+                            continue;
+                        }
                         self.balancer.ready(worker, blob, Instant::now());
                     }
                     // A worker's heartbeat thread speaks for it, named in the payload.
                     Kind::Heartbeat => {
                         let who = payload.pop().unwrap_or(worker);
+                        if who.len() > MAX_ROUTING_ID {
+                            self.malformed("downstream", "worker id over 255 bytes");
+                            continue;
+                        }
                         let busy = h.flags & wire::flags::BUSY != 0;
                         self.balancer.heartbeat(who, busy, Instant::now());
                     }
@@ -248,6 +273,9 @@ impl Proxy {
                 return Ok(true);
             };
             match wire::decode_routed(frames) {
+                Ok((sender, _, _)) if sender.len() > MAX_ROUTING_ID => {
+                    self.malformed("upstream", "routing id over 255 bytes")
+                }
                 Ok((sender, header, payload)) if header.kind == Kind::Job => {
                     let action = self.balancer.job(sender, header, payload);
                     self.perform(action)?;
@@ -267,9 +295,9 @@ impl Proxy {
         Ok(false)
     }
 
-    fn malformed(&self, side: &str, why: &str) {
+    fn malformed(&mut self, side: &'static str, why: &str) {
         self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(side, why, "proxy dropped a malformed message");
+        self.warnings.dropped(side, why, Instant::now());
     }
 
     /// Hands queued jobs to idle workers, as the balancer picks them.

@@ -11,6 +11,7 @@
 use super::in_flight::InFlight;
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
 use crate::heartbeat::Heartbeat;
+use crate::rate_limit::DropWarnings;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
 use crate::transport::{Frames, Sent, Socket, SocketEvents};
@@ -71,6 +72,7 @@ pub(crate) struct Pump {
     proxy: Option<ProxySeen>,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    warnings: DropWarnings,
 }
 
 /// What a pump is made of: its sockets, what it shares with the submitting side, and its
@@ -106,6 +108,7 @@ impl Pump {
             proxy: None,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
+            warnings: DropWarnings::new("server"),
         }
     }
 
@@ -359,13 +362,16 @@ impl Pump {
         Ok(())
     }
 
-    fn malformed(&self, side: &str, why: &str) {
+    fn malformed(&mut self, side: &'static str, why: &str) {
         self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(side, why, "server dropped a malformed message");
+        self.warnings.dropped(side, why, Instant::now());
     }
 
     fn expire(&mut self) -> Result<(), Error> {
         let now = Instant::now();
+        if self.warnings.has_unreported() {
+            self.warnings.flush(now);
+        }
         while let Some(&Reverse((at, id))) = self.timers.peek() {
             if at > now {
                 break;
