@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -16,27 +15,8 @@ const NOFILE: u64 = 256;
 /// Idle client connections opened against it: more than it has descriptors.
 const CLIENTS: usize = 300;
 
-/// One echo stage with one worker thread per process (each worker process holds two connections
-/// to the front: loopback and interrupt). Idle connections are not closed by the header timeout
-/// while a test runs. `server_extra` goes into the `[[server]]` section.
-fn echo_topology(dir: &Path, server_extra: &str) -> PathBuf {
-    let text = format!(
-        "drain_seconds = 2\n[heartbeat]\ninterval_ms = 200\nliveness = 3\n\
-         [[server]]\nlisten = \"127.0.0.1:{port}\"\nloopback = \"ipc://{d}/lb\"\n\
-         interrupt = \"ipc://{d}/int\"\nheader_timeout_seconds = 600\n{server_extra}\n\
-         [[stage]]\nname = \"echo\"\nwork = \"echo\"\nupstream = \"ipc://{d}/in\"\n\
-         downstream = \"ipc://{d}/out\"\nworkers = 1\n",
-        port = free_port(),
-        d = dir.display()
-    );
-    let path = dir.join("echo.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn proxy(cfg: &str) -> Proc {
-    Proc::start("prime_proxyd", &["--config", cfg, "--stage", "echo"])
-}
+/// Idle connections are not closed by the header timeout while a test runs.
+const IDLE_KEPT: &str = "header_timeout_seconds = 600";
 
 /// Starts a worker process and waits until the front has accepted its two connections (loopback
 /// and interrupt); fails at once if the front dies meanwhile.
@@ -146,7 +126,7 @@ fn fresh_request(addr: SocketAddr, path: &str) -> Option<(u16, String, String)> 
 #[test]
 fn out_of_descriptors_the_front_refuses_the_excess_and_a_new_worker_still_connects() {
     let dir = temp_dir("fd-front");
-    let cfg = echo_topology(&dir, "");
+    let cfg = echo_topology_in(&dir, &dir, 1, 60, IDLE_KEPT);
     let c = cfg.to_str().unwrap();
     let p = proxy(c);
     let mut f = Proc::start_with_nofile("prime_httpd", &["--config", c], Stdio::null(), NOFILE);
@@ -215,7 +195,13 @@ fn out_of_descriptors_the_front_refuses_the_excess_and_a_new_worker_still_connec
 fn accept_failing_for_want_of_descriptors_is_logged_once_and_service_resumes() {
     let dir = temp_dir("fd-accept");
     // A cap set by hand beyond what the descriptors allow: accept itself runs out.
-    let cfg = echo_topology(&dir, "max_connections = 100000");
+    let cfg = echo_topology_in(
+        &dir,
+        &dir,
+        1,
+        60,
+        &format!("{IDLE_KEPT}\nmax_connections = 100000"),
+    );
     let c = cfg.to_str().unwrap();
     let p = proxy(c);
     let log_path = dir.join("front.log");

@@ -8,24 +8,8 @@ mod common;
 use common::*;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-
-/// An echo stage and one front, every endpoint a socket file in `ipc_dir`.
-fn echo_topology(dir: &Path, ipc_dir: &Path) -> PathBuf {
-    let text = format!(
-        "drain_seconds = 2\n[heartbeat]\ninterval_ms = 200\nliveness = 3\n\
-         [[server]]\nlisten = \"127.0.0.1:{port}\"\nloopback = \"ipc://{d}/lb\"\n\
-         interrupt = \"ipc://{d}/int\"\n\
-         [[stage]]\nname = \"echo\"\nwork = \"echo\"\nupstream = \"ipc://{d}/in\"\n\
-         downstream = \"ipc://{d}/out\"\nworkers = 1\n",
-        port = free_port(),
-        d = ipc_dir.display()
-    );
-    let path = dir.join("echo.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// Proxy, worker and front of `cfg`'s echo stage.
 fn echo_stack(cfg: &Path) -> (Vec<Proc>, SocketAddr) {
@@ -35,17 +19,6 @@ fn echo_stack(cfg: &Path) -> (Vec<Proc>, SocketAddr) {
     let mut front = Proc::start("prime_httpd", &["--config", c]);
     let addr = front.listening();
     (vec![front, proxy, worker], addr)
-}
-
-/// `n` requests, each on a connection of its own, all echoed.
-fn assert_echoes(addr: SocketAddr, n: usize, tag: &str) {
-    for k in 0..n {
-        let path = format!("/{tag}-{k}");
-        let mut s = connect(addr);
-        let (status, _, body) = http(&mut s, &get(&path)).expect("connection closed");
-        assert_eq!(status, 200, "{path}: {body}");
-        assert!(body.starts_with(&format!("GET {path} ")), "{path}: {body}");
-    }
 }
 
 fn stop_all(procs: Vec<Proc>, dir: &Path) {
@@ -58,7 +31,7 @@ fn stop_all(procs: Vec<Proc>, dir: &Path) {
 #[test]
 fn a_duplicate_proxy_is_refused_and_the_running_deployment_keeps_serving() {
     let dir = temp_dir("dup-proxy");
-    let cfg = echo_topology(&dir, &dir);
+    let cfg = echo_topology_in(&dir, &dir, 1, 60, "");
     let (procs, addr) = echo_stack(&cfg);
     assert_echoes(addr, 3, "before");
 
@@ -92,7 +65,7 @@ fn daemons_create_the_missing_directory_of_their_ipc_endpoints() {
     let dir = temp_dir("ipc-mkdir");
     let ipc_dir = dir.join("run/prime_server");
     assert!(!ipc_dir.exists());
-    let cfg = echo_topology(&dir, &ipc_dir);
+    let cfg = echo_topology_in(&dir, &ipc_dir, 1, 60, "");
     let (procs, addr) = echo_stack(&cfg);
     assert_echoes(addr, 3, "fresh");
     stop_all(procs, &dir);

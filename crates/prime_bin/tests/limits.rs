@@ -7,9 +7,8 @@
 mod common;
 use common::*;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const FRAME: u64 = 64 << 20;
@@ -17,33 +16,6 @@ const FRAME: u64 = 64 << 20;
 /// How much more a daemon's peak resident memory may grow while it is sent a 64 MiB frame:
 /// far below the frame, far above what serving the test's requests costs.
 const GROWTH_KIB: u64 = 16 << 10;
-
-/// An echo stage and one front (with a zmq front too), every endpoint a socket file in `dir`.
-fn echo_topology(dir: &Path) -> PathBuf {
-    let text = format!(
-        "drain_seconds = 2\n[heartbeat]\ninterval_ms = 200\nliveness = 3\n\
-         [[server]]\nlisten = \"127.0.0.1:{port}\"\nloopback = \"ipc://{d}/lb\"\n\
-         interrupt = \"ipc://{d}/int\"\nzmq_listen = \"ipc://{d}/zmq\"\n\
-         [[stage]]\nname = \"echo\"\nwork = \"echo\"\nupstream = \"ipc://{d}/in\"\n\
-         downstream = \"ipc://{d}/out\"\nworkers = 1\n",
-        port = free_port(),
-        d = dir.display()
-    );
-    let path = dir.join("echo.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// `n` requests, each on a connection of its own, all echoed.
-fn assert_echoes(addr: SocketAddr, n: usize, tag: &str) {
-    for k in 0..n {
-        let path = format!("/{tag}-{k}");
-        let mut s = connect(addr);
-        let (status, _, body) = http(&mut s, &get(&path)).expect("connection closed");
-        assert_eq!(status, 200, "{path}: {body}");
-        assert!(body.starts_with(&format!("GET {path} ")), "{path}: {body}");
-    }
-}
 
 /// A process's peak resident set size (VmHWM), in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -121,7 +93,13 @@ impl RawPeer {
 #[test]
 fn a_64_mib_frame_to_any_bound_socket_is_refused_without_being_allocated() {
     let dir = temp_dir("limits");
-    let cfg = echo_topology(&dir);
+    let cfg = echo_topology_in(
+        &dir,
+        &dir,
+        1,
+        60,
+        &format!("zmq_listen = \"ipc://{}/zmq\"", &dir.display()),
+    );
     let c = cfg.to_str().unwrap();
     let mut proxy = Proc::start("prime_proxyd", &["--config", c, "--stage", "echo"]);
     let worker = Proc::start("prime_workerd", &["--config", c, "--stage", "echo"]);
@@ -132,8 +110,8 @@ fn a_64_mib_frame_to_any_bound_socket_is_refused_without_being_allocated() {
     let targets = [
         ("proxy upstream", "in", "DEALER"),
         ("proxy downstream", "out", "DEALER"),
-        ("front loopback", "lb", "DEALER"),
-        ("front interrupt", "int", "SUB"),
+        ("front loopback", "lb0", "DEALER"),
+        ("front interrupt", "int0", "SUB"),
         ("front zmq_listen", "zmq", "DEALER"),
     ];
     for (what, file, socket_type) in targets {

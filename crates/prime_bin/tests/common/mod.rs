@@ -201,24 +201,48 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// An echo stage: a topology file with `servers` front servers (named s0, s1, …).
-pub fn echo_topology(dir: &Path, servers: usize, timeout_seconds: u64) -> PathBuf {
+/// An echo deployment's topology file in `dir`: `servers` fronts (s0, s1, …; loopback `lbN` and
+/// interrupt `intN`) with `timeout_seconds` and the lines of `server_extra` each, one echo stage
+/// (`in`, `out`, one worker thread), fast heartbeats (200 ms × 3), every socket file in `ipc_dir`.
+pub fn echo_topology_in(
+    dir: &Path,
+    ipc_dir: &Path,
+    servers: usize,
+    timeout_seconds: u64,
+    server_extra: &str,
+) -> PathBuf {
     let mut text =
         String::from("drain_seconds = 2\n[heartbeat]\ninterval_ms = 200\nliveness = 3\n");
     for i in 0..servers {
         text += &format!(
-            "[[server]]\nname = \"s{i}\"\nlisten = \"127.0.0.1:{}\"\nloopback = \"ipc://{d}/lb{i}\"\ninterrupt = \"ipc://{d}/int{i}\"\ntimeout_seconds = {timeout_seconds}\n",
+            "[[server]]\nname = \"s{i}\"\nlisten = \"127.0.0.1:{}\"\nloopback = \"ipc://{d}/lb{i}\"\ninterrupt = \"ipc://{d}/int{i}\"\ntimeout_seconds = {timeout_seconds}\n{server_extra}\n",
             free_port(),
-            d = dir.display()
+            d = ipc_dir.display()
         );
     }
     text += &format!(
         "[[stage]]\nname = \"echo\"\nwork = \"echo\"\nupstream = \"ipc://{d}/in\"\ndownstream = \"ipc://{d}/out\"\nworkers = 1\n",
-        d = dir.display()
+        d = ipc_dir.display()
     );
     let path = dir.join("echo.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// [`echo_topology_in`] with the socket files beside the topology file and nothing extra.
+pub fn echo_topology(dir: &Path, servers: usize, timeout_seconds: u64) -> PathBuf {
+    echo_topology_in(dir, dir, servers, timeout_seconds, "")
+}
+
+/// `n` requests to `addr`, each on a connection of its own, all echoed.
+pub fn assert_echoes(addr: SocketAddr, n: usize, tag: &str) {
+    for k in 0..n {
+        let path = format!("/{tag}-{k}");
+        let mut s = connect(addr);
+        let (status, _, body) = http(&mut s, &get(&path)).expect("connection closed");
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.starts_with(&format!("GET {path} ")), "{path}: {body}");
+    }
 }
 
 pub fn proxy(cfg: &str) -> Proc {
