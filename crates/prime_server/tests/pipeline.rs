@@ -863,22 +863,8 @@ fn wait_until_idle(stats: &prime_server::stats::StageStats, n: u64) {
 #[test]
 fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() {
     use prime_server::wire::{Header, Kind};
-    let ctx = Context::new();
-    let name = unique("version");
-    let proxy = Proxy::bind(
-        &ctx,
-        ProxyConfig::new(
-            ep(&format!("inproc://{name}-up")),
-            ep(&format!("inproc://{name}-down")),
-        ),
-    )
-    .unwrap();
-    let stats = proxy.stats();
-    let shutdown = Shutdown::new();
-    let sd = shutdown.clone();
-    let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
-    let w = ctx.socket(SocketKind::Dealer).unwrap();
-    w.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
+    let lone = LoneProxy::start("version");
+    let (stats, w) = (&lone.stats, &lone.worker);
     let mut ready = Header::new(Kind::Ready).encode();
     ready[2] = 2; // a version-2 peer
     w.send([&ready[..]]).unwrap();
@@ -887,14 +873,64 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     });
     // The proxy handles one message at a time, so the version-2 Ready is done with. A valid peer
     // registering now must find itself the only idle worker.
-    let good = ctx.socket(SocketKind::Dealer).unwrap();
-    good.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
+    let good = lone.another_worker();
     good.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();
-    wait_until_idle(&stats, 1);
+    wait_until_idle(stats, 1);
     assert_eq!(stats.snapshot().idle, 1);
     assert_eq!(stats.snapshot().malformed, 1);
-    shutdown.stop();
-    pt.join().unwrap();
+    lone.stop();
+}
+
+/// A proxy of its own over inproc, running, and a DEALER connected to its downstream as a
+/// worker's would be, for tests that play a worker by hand.
+struct LoneProxy {
+    ctx: Context,
+    name: String,
+    stats: std::sync::Arc<prime_server::stats::StageStats>,
+    shutdown: Shutdown,
+    thread: std::thread::JoinHandle<()>,
+    worker: prime_server::transport::Socket,
+}
+
+impl LoneProxy {
+    fn start(tag: &str) -> LoneProxy {
+        let ctx = Context::new();
+        let name = unique(tag);
+        let proxy = Proxy::bind(
+            &ctx,
+            ProxyConfig::new(
+                ep(&format!("inproc://{name}-up")),
+                ep(&format!("inproc://{name}-down")),
+            ),
+        )
+        .unwrap();
+        let stats = proxy.stats();
+        let shutdown = Shutdown::new();
+        let sd = shutdown.clone();
+        let thread = std::thread::spawn(move || proxy.run(sd).unwrap());
+        let mut lone = LoneProxy {
+            worker: ctx.socket(SocketKind::Dealer).unwrap(),
+            ctx,
+            name,
+            stats,
+            shutdown,
+            thread,
+        };
+        lone.worker = lone.another_worker();
+        lone
+    }
+
+    fn another_worker(&self) -> prime_server::transport::Socket {
+        let w = self.ctx.socket(SocketKind::Dealer).unwrap();
+        w.connect(&ep(&format!("inproc://{}-down", self.name)))
+            .unwrap();
+        w
+    }
+
+    fn stop(self) {
+        self.shutdown.stop();
+        self.thread.join().unwrap();
+    }
 }
 
 #[test]
@@ -991,22 +1027,8 @@ fn output_over_the_message_limit_is_answered_500_instead_of_sent() {
 fn a_ready_blob_or_worker_id_over_its_bound_is_dropped_counted_and_never_registered() {
     use prime_server::proxy::{MAX_BLOB, MAX_ROUTING_ID};
     use prime_server::wire::{flags, Header, Kind};
-    let ctx = Context::new();
-    let name = unique("bounds");
-    let proxy = Proxy::bind(
-        &ctx,
-        ProxyConfig::new(
-            ep(&format!("inproc://{name}-up")),
-            ep(&format!("inproc://{name}-down")),
-        ),
-    )
-    .unwrap();
-    let stats = proxy.stats();
-    let shutdown = Shutdown::new();
-    let sd = shutdown.clone();
-    let pt = std::thread::spawn(move || proxy.run(sd).unwrap());
-    let w = ctx.socket(SocketKind::Dealer).unwrap();
-    w.connect(&ep(&format!("inproc://{name}-down"))).unwrap();
+    let lone = LoneProxy::start("bounds");
+    let (stats, w) = (&lone.stats, &lone.worker);
     let ready = Header::new(Kind::Ready).encode();
     w.send([&ready[..], &vec![0u8; MAX_BLOB + 1][..]]).unwrap();
     let mut busy = Header::new(Kind::Heartbeat);
@@ -1020,8 +1042,7 @@ fn a_ready_blob_or_worker_id_over_its_bound_is_dropped_counted_and_never_registe
     // worker. The same Ready with a blob at the bound does.
     assert_eq!(stats.snapshot().idle, 0);
     w.send([&ready[..], &vec![0u8; MAX_BLOB][..]]).unwrap();
-    wait_until_idle(&stats, 1);
+    wait_until_idle(stats, 1);
     assert_eq!(stats.snapshot().malformed, 2);
-    shutdown.stop();
-    pt.join().unwrap();
+    lone.stop();
 }
