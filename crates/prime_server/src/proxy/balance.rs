@@ -304,6 +304,10 @@ impl Balancer {
                 break;
             };
             job.header.attempt = job.header.attempt.saturating_add(1);
+            // The gauges say the worker is busy before it can be: a job handed over can be done
+            // and answered before this loop ends, and whoever reads the gauges then (a test
+            // waiting for idle workers, a metrics scrape) must not see it idle still.
+            self.publish_gauges();
             let sent = send(&Handoff {
                 worker: &worker,
                 header: &job.header,
