@@ -20,7 +20,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release")
+# The release binaries cargo builds: under $CARGO_TARGET_DIR when it is set (relative to the
+# repository, where soak.sh runs cargo), else target/.
+BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", "release")
 
 
 def free_port():
