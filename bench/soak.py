@@ -5,7 +5,12 @@ front (prime_httpd: SIGKILL, sometimes SIGTERM) and the proxy (prime_proxyd: SIG
 only; bounded in time; every process it started is killed at the end, also on Ctrl-C or error.
 
     bench/soak.sh [--seconds 60] [--kill workers,fronts,proxies] [--kill-every 2.0]
-                  [--workers 3] [--clients 16] [--job-ms 20] [--deadline 5] [--seed N]
+                  [--front-term 0.25] [--workers 3] [--clients 16] [--job-ms 20] [--deadline 5]
+                  [--seed N] [--keep]
+
+--kill names what may be killed (default: workers only); every --kill-every seconds one kind of
+them is picked at random, and for workers one of the processes. A front is SIGTERMed (drained)
+rather than SIGKILLed in a --front-term share of its kills, and restarted once it has exited.
 
 Each request has a path of its own (`/cN-K?sleep=MS`) and the echo work answers with the request
 line, so every answer is checked against its own request. The report counts:
@@ -21,9 +26,9 @@ line, so every answer is checked against its own request. The report counts:
   read timeout (the deadline plus 10 s), whatever the front did.
 
 It exits 1 if anything was lost or answered wrong, 2 if the harness itself failed (a daemon that
-would not start). Logs of every process (the front with its access log), the script's own events
-and every request that did not get a 200 are kept in a temporary directory when the run fails or
-with --keep.
+would not start, or a bug of its own), 130 if interrupted. The logs of every process (the front's
+with its access log), the script's own events and every request not answered 200 stay in a
+temporary directory when the run fails or with --keep.
 """
 
 import argparse
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The release binaries cargo builds: under $CARGO_TARGET_DIR when it is set (relative to the
@@ -137,8 +143,7 @@ class Faults:
         self.front = []  # [signalled, new front listening]
         self.worker = []  # killed
         self.kills = collections.Counter()
-        self.front_down = []  # seconds from the signal to the new front listening
-        self.term_exit = []  # seconds a SIGTERMed front took to exit
+        self.front_down = collections.defaultdict(list)  # signal -> seconds to the new front listening
         self.anomalies = []
 
     def overlapping(self, t0, t1):
@@ -261,6 +266,8 @@ def main():
     kinds = [k.strip() for k in a.kill.split(",") if k.strip()]
     if not kinds or any(k not in KINDS for k in kinds):
         ap.error(f"--kill: a comma-separated list of {', '.join(KINDS)}")
+    if a.workers < 1 or a.clients < 1 or a.kill_every <= 0 or a.deadline < 1:
+        ap.error("--workers, --clients and --deadline must be at least 1, --kill-every above 0")
     seed = a.seed if a.seed is not None else random.randrange(1 << 32)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins"], cwd=ROOT, check=True)
 
@@ -388,16 +395,14 @@ workers = 1
                     faults.anomalies.append(f"front-{front.n} did not exit within {bound} s of {sig.name}; SIGKILLed")
                     front.kill()
                     front.wait()
-                if sig == signal.SIGTERM:
-                    faults.term_exit.append(time.time() - window[0])
-                    if front.returncode != 0:
-                        faults.anomalies.append(f"front-{front.n} exited {front.returncode} after SIGTERM")
+                if sig == signal.SIGTERM and front.returncode != 0:
+                    faults.anomalies.append(f"front-{front.n} exited {front.returncode} after SIGTERM")
                 old, front = front, daemons.start("front", front_args)
                 wait_listening(front, 10)
                 window[1] = time.time()
                 with faults.lock:
                     faults.front_gen += 1
-                faults.front_down.append(window[1] - window[0])
+                faults.front_down[sig.name].append(window[1] - window[0])
                 faults.kills[f"front {sig.name}"] += 1
                 event(f"front-{old.n} pid {old.pid} {sig.name} at {stamp(window[0])}, exited {old.returncode}; "
                       f"front-{front.n} pid {front.pid} listening after {window[1] - window[0]:.3f} s")
@@ -416,6 +421,8 @@ workers = 1
         ok_run = rc == 0
     except HarnessError as e:
         print(f"soak: {e}", file=sys.stderr)
+    except Exception:  # a bug of the harness: still stop every process
+        traceback.print_exc()
     except KeyboardInterrupt:
         print(f"soak: interrupted ({', '.join(stopped_by) or 'SIGINT'}); stopping every process", file=sys.stderr)
         rc = 130
@@ -441,17 +448,21 @@ def report(a, kinds, seed, elapsed, faults, tally, d):
             f"{a.clients} clients, {a.workers} worker processes, {a.job_ms} ms jobs, "
             f"deadline {a.deadline} s, heartbeats {HEARTBEAT_MS} ms x {LIVENESS}")
         say("kills: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.kills.items())) or "none"))
-        if faults.front_down:
-            fd = faults.front_down
-            say(f"front restarts: signal to new front listening {min(fd):.2f}-{max(fd):.2f} s "
-                f"(mean {sum(fd) / len(fd):.2f} s)"
-                + (f"; a SIGTERMed front exited after {min(faults.term_exit):.2f}-{max(faults.term_exit):.2f} s"
-                   if faults.term_exit else ""))
+        for sig, fd in sorted(faults.front_down.items()):
+            fd = sorted(fd)
+            say(f"front restarts after a {sig}: the new front listened {fd[0]:.3f}-{fd[-1]:.3f} s after "
+                f"the signal (median {fd[len(fd) // 2]:.3f} s)"
+                + (" (a SIGTERMed front exits once nothing is in flight; the new one starts then)"
+                   if sig == "SIGTERM" else ""))
         say(f"sent {tally.sent}, answered {answered}: "
             + ", ".join(f"{k}: {v}" for k, v in sorted(tally.status.items())))
         others = sorted(tally.reasons.items(), key=lambda kv: (kv[0][0], -kv[1]))
         for (status, reason, during), n in others:
             say(f"  {status} x {n}, during {during}: {reason}")
+        if tally.status[504]:
+            during = sum(n for (status, _, f), n in tally.reasons.items() if status == 504 and "proxy kill" in f)
+            say(f"504s of requests in flight while a proxy was killed or restarting (jobs it held wait for "
+                f"their deadline): {during} of {tally.status[504]}")
         if tally.attempts:
             say("200s by x-attempt (workers the proxy handed the job to): "
                 + ", ".join(f"{k}: {v}" for k, v in sorted(tally.attempts.items())))
