@@ -215,7 +215,7 @@ class Load:
             return next(self.next)
 
     def ask(self, conn, n):
-        """Returns (outcome, conn): outcome 'right', a status, or 'wrong: …'."""
+        """Returns (outcome, conn): outcome 'right', '503 REASON' or '504 REASON', or 'wrong: …'."""
         try:
             if conn is None:
                 conn = http.client.HTTPConnection(IP["front"], 8002, timeout=self.deadline + 30)
@@ -232,7 +232,7 @@ class Load:
                 ok = False
             return ("right" if ok else f"wrong: 200 {body[:80]!r}"), conn
         if r.status in (503, 504):
-            return r.status, conn
+            return f"{r.status} {body.decode(errors='replace').strip()}", conn
         return f"wrong: {r.status} {body[:80]!r}", conn
 
     def record(self, kind, sent, outcome):
@@ -313,15 +313,15 @@ def summarize(name, records, a, steady_end, start, end, recovered, crashed):
     t0 = records[0][1] if records else 0
     steady = [r for r in records if r[0] == "client" and r[1] < steady_end]
     throughput = len(steady) / max(1e-9, steady_end - t0)
-    wrong = [r for r in records if isinstance(r[3], str) and r[3].startswith("wrong")]
+    wrong = [r for r in records if r[3].startswith("wrong")]
     late = [r for r in records if r[2] > a.deadline + SLACK]
-    statuses = collections.Counter(r[3] for r in records if isinstance(r[3], int))
+    errors = collections.Counter(r[3] for r in records if r[3] != "right" and not r[3].startswith("wrong"))
     fails = [r for r in records if r[3] != "right"]
     row = {
         "scenario": name,
         "requests": len(records),
         "right": sum(1 for r in records if r[3] == "right"),
-        "errors": ", ".join(f"{s}: {c}" for s, c in sorted(statuses.items())) or "none",
+        "errors (status reason: count)": "; ".join(f"{e}: {c}" for e, c in sorted(errors.items())) or "none",
         "slowest error (s)": f"{max((r[2] for r in fails), default=0):.2f}",
         "slowest right (s)": f"{max((r[2] for r in records if r[3] == 'right'), default=0):.2f}",
         "wrong / late": f"{len(wrong)} / {len(late)}",
