@@ -86,6 +86,14 @@ impl Servers {
         }
     }
 
+    /// `server_id` was alive at `at` (shown by a job it accepted then): heard then, unless it was
+    /// heard later already. A server never heard stays unjudged.
+    pub(crate) fn heard_at_least(&mut self, server_id: u64, at: Instant) {
+        if let Some(t) = self.last_heard.get_mut(&server_id) {
+            *t = (*t).max(at);
+        }
+    }
+
     /// Whether `server_id` was heard and then went silent.
     pub(crate) fn gone(&self, server_id: u64, now: Instant) -> bool {
         self.last_heard
@@ -266,6 +274,18 @@ mod tests {
         );
         n.servers.heard(7, t + expiry * 2);
         assert_eq!(n.dead(&(7, 1), t + expiry * 2), None, "heard again: alive");
+        // A job the server accepted recently shows it alive, even before its heartbeats return.
+        let later = t + expiry * 4;
+        assert!(n.dead(&(7, 2), later).is_some());
+        n.servers
+            .heard_at_least(7, later - Duration::from_millis(1));
+        assert_eq!(n.dead(&(7, 2), later), None);
+        n.servers.heard_at_least(7, t);
+        assert_eq!(
+            n.dead(&(7, 2), later),
+            None,
+            "an older sign changes nothing"
+        );
         n.cancelled.insert((7, 1));
         assert_eq!(
             n.dead(&(7, 1), t + expiry * 2),

@@ -489,6 +489,18 @@ impl Worker {
         if !std::mem::replace(&mut self.interrupts_read, false) {
             drain_interrupts(&self.subs, &mut self.notices.borrow_mut(), &self.stats);
         }
+        // A job the server accepted less than a heartbeat expiry ago shows it alive then, even if
+        // its heartbeats are still on their way (after a partition heals, jobs can arrive
+        // before the first heartbeat does).
+        let age = Duration::from_micros(wire::now_us().saturating_sub(header.arrival_us));
+        if let Some(shown_alive) = Instant::now().checked_sub(age) {
+            if age < self.config.heartbeat.expiry() {
+                let mut notices = self.notices.borrow_mut();
+                notices
+                    .servers
+                    .heard_at_least(header.server_id, shown_alive);
+            }
+        }
         // The server answers cancelled and expired requests itself, and a gone server needs no
         // answer: skip the work, send nothing.
         let dead = self.notices.borrow().dead(&key, Instant::now()).is_some();
