@@ -49,6 +49,8 @@ enum Workers {
 struct Entry {
     tx: oneshot::Sender<Answer>,
     header: Header,
+    /// When it went to the first stage's proxy.
+    sent: Instant,
     /// Set when the first stage's proxy this request was sent to died or restarted: its timer
     /// was brought forward, and when it fires the answer says why.
     orphaned: bool,
@@ -207,8 +209,9 @@ impl Pump {
         if let Some(p) = self.proxy.as_mut() {
             if !p.declared_gone && p.last_heard.elapsed() > expiry {
                 p.declared_gone = true;
+                let last_heard = p.last_heard;
                 tracing::warn!(proxy = p.id, "the first stage's proxy went silent");
-                self.orphan_all(expiry);
+                self.orphan_sent_before(last_heard, expiry);
             }
         }
         Ok(())
@@ -220,7 +223,7 @@ impl Pump {
         match self.proxy {
             Some(p) if p.id != id && !p.declared_gone => {
                 tracing::warn!(old = p.id, new = id, "the first stage's proxy restarted");
-                self.orphan_all(self.heartbeat.expiry());
+                self.orphan_sent_before(p.last_heard, self.heartbeat.expiry());
             }
             Some(p) if p.id != id => {
                 tracing::info!(proxy = id, "the first stage's proxy is back");
@@ -234,16 +237,20 @@ impl Pump {
         });
     }
 
-    /// The first stage's proxy died or restarted, and with it the jobs it held in its queue;
-    /// which of the open requests those are, the server cannot tell (a job a worker had taken
-    /// is still worked, and answered). So every open request gets `grace` more to be answered,
-    /// and if it is not (or its deadline comes first: 504), is answered 503 saying why, instead
-    /// of waiting for its deadline.
-    fn orphan_all(&mut self, grace: Duration) {
+    /// The first stage's proxy died or restarted, and with it the jobs it held in its queue.
+    /// Those are among the open requests sent while it was still heard (`alive_at`); a request
+    /// sent later waits in the server's socket for the next proxy, which serves it. Which of the
+    /// former were still queued, the server cannot tell (a job a worker had taken is still
+    /// worked, and answered). So each of them gets `grace` more to be answered, and if it is not
+    /// (or its deadline comes first: 504), is answered 503 saying why, instead of waiting for its
+    /// deadline.
+    fn orphan_sent_before(&mut self, alive_at: Instant, grace: Duration) {
         let at = Instant::now() + grace;
         for (id, entry) in self.table.iter_mut() {
-            entry.orphaned = true;
-            self.timers.push(Reverse((at, *id)));
+            if entry.sent <= alive_at {
+                entry.orphaned = true;
+                self.timers.push(Reverse((at, *id)));
+            }
         }
     }
 
@@ -283,6 +290,7 @@ impl Pump {
                     Entry {
                         tx,
                         header,
+                        sent: Instant::now(),
                         orphaned: false,
                     },
                 );
