@@ -399,6 +399,18 @@ fn a_slow_worker_does_not_hold_up_jobs_behind_it() {
     }
 }
 
+/// A proxy bound at `inproc://NAME-up` and `inproc://NAME-down`, not yet running.
+fn inproc_proxy(ctx: &Context, name: &str) -> Proxy {
+    Proxy::bind(
+        ctx,
+        ProxyConfig::new(
+            ep(&format!("inproc://{name}-up")),
+            ep(&format!("inproc://{name}-down")),
+        ),
+    )
+    .unwrap()
+}
+
 /// A proxy and a server core over inproc, assembled by hand (for custom workers and choose
 /// functions). The proxy is returned unstarted so a test can configure it.
 struct Manual {
@@ -413,14 +425,7 @@ impl Manual {
         let ctx = Context::new();
         let name = unique(tag);
         let shutdown = Shutdown::new();
-        let proxy = Proxy::bind(
-            &ctx,
-            ProxyConfig::new(
-                ep(&format!("inproc://{name}-up")),
-                ep(&format!("inproc://{name}-down")),
-            ),
-        )
-        .unwrap();
+        let proxy = inproc_proxy(&ctx, &name);
         let server = Server::start(
             &ctx,
             ServerConfig::new(
@@ -896,14 +901,7 @@ impl LoneProxy {
     fn start(tag: &str) -> LoneProxy {
         let ctx = Context::new();
         let name = unique(tag);
-        let proxy = Proxy::bind(
-            &ctx,
-            ProxyConfig::new(
-                ep(&format!("inproc://{name}-up")),
-                ep(&format!("inproc://{name}-down")),
-            ),
-        )
-        .unwrap();
+        let proxy = inproc_proxy(&ctx, &name);
         let stats = proxy.stats();
         let shutdown = Shutdown::new();
         let sd = shutdown.clone();
