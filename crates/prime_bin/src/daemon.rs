@@ -125,6 +125,7 @@ pub fn start_proxy(
     let mut cfg = ProxyConfig::new(stage.upstream.parse()?, stage.downstream.parse()?);
     cfg.stage = stage.name.clone();
     cfg.queue_limit = stage.queue_limit;
+    cfg.queue_limit_bytes = stage.queue_limit_bytes;
     cfg.heartbeat = heartbeat;
     cfg.on_drain = on_drain;
     cfg.max_attempts = stage.max_attempts;

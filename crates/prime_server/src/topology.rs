@@ -184,6 +184,9 @@ pub struct StageSection {
     /// Jobs waiting for a worker before 503 (default 4096).
     #[serde(default = "default_queue_limit")]
     pub queue_limit: usize,
+    /// Bytes of payload the waiting jobs may hold together before 503 (default 256 MiB).
+    #[serde(default = "default_queue_limit_bytes")]
+    pub queue_limit_bytes: usize,
     /// How many workers may be handed one job when the ones holding it die (default 2).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u8,
@@ -241,6 +244,9 @@ fn default_workers() -> usize {
 }
 fn default_queue_limit() -> usize {
     4096
+}
+fn default_queue_limit_bytes() -> usize {
+    crate::proxy::DEFAULT_QUEUE_LIMIT_BYTES
 }
 fn default_max_attempts() -> u8 {
     2
@@ -356,6 +362,9 @@ impl Topology {
             }
             if s.queue_limit == 0 {
                 return Err(invalid(key("queue_limit"), "must be at least 1"));
+            }
+            if s.queue_limit_bytes == 0 {
+                return Err(invalid(key("queue_limit_bytes"), "must be at least 1"));
             }
             if s.max_attempts == 0 {
                 return Err(invalid(key("max_attempts"), "must be at least 1"));

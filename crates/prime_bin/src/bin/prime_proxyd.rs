@@ -42,6 +42,9 @@ struct Args {
     /// Jobs waiting for a worker before 503.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
+    /// Bytes of payload the waiting jobs may hold together before 503.
+    #[arg(long, default_value_t = prime_server::proxy::DEFAULT_QUEUE_LIMIT_BYTES)]
+    queue_limit_bytes: usize,
     /// How many workers may be handed one job when the ones holding it die.
     #[arg(long, default_value_t = 2)]
     max_attempts: u8,
@@ -92,6 +95,7 @@ fn main() -> anyhow::Result<()> {
                     downstream: down.clone(),
                     workers: 0,
                     queue_limit: args.queue_limit,
+                    queue_limit_bytes: args.queue_limit_bytes.max(1),
                     max_attempts: args.max_attempts.max(1),
                 },
                 HeartbeatConfig {

@@ -74,6 +74,51 @@ struct QueuedJob {
     payload: Frames,
 }
 
+impl QueuedJob {
+    /// The bytes its payload holds.
+    fn bytes(&self) -> usize {
+        self.payload.iter().map(Vec::len).sum()
+    }
+}
+
+/// The jobs no worker has taken yet, and the bytes they hold: the queue is bounded in both.
+#[derive(Debug, Default)]
+struct JobQueue {
+    jobs: VecDeque<QueuedJob>,
+    bytes: usize,
+}
+
+impl JobQueue {
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    fn push_back(&mut self, job: QueuedJob) {
+        self.bytes += job.bytes();
+        self.jobs.push_back(job);
+    }
+
+    fn push_front(&mut self, job: QueuedJob) {
+        self.bytes += job.bytes();
+        self.jobs.push_front(job);
+    }
+
+    fn pop_front(&mut self) -> Option<QueuedJob> {
+        let job = self.jobs.pop_front()?;
+        self.bytes -= job.bytes();
+        Some(job)
+    }
+
+    fn take_all(&mut self) -> VecDeque<QueuedJob> {
+        self.bytes = 0;
+        std::mem::take(&mut self.jobs)
+    }
+}
+
 struct WorkerEntry {
     blob: Vec<u8>,
     idle: bool,
@@ -85,6 +130,7 @@ struct WorkerEntry {
 /// One stage's balancing rule; see the [module docs](self) and [`super`].
 pub(crate) struct Balancer {
     queue_limit: usize,
+    queue_limit_bytes: usize,
     expiry: Duration,
     max_attempts: u8,
     choose: Option<ChooseFn>,
@@ -92,7 +138,7 @@ pub(crate) struct Balancer {
     workers: HashMap<Vec<u8>, WorkerEntry>,
     /// Idle workers, the one idle longest first.
     idle: VecDeque<Vec<u8>>,
-    queue: VecDeque<QueuedJob>,
+    queue: JobQueue,
 }
 
 impl Balancer {
@@ -100,13 +146,14 @@ impl Balancer {
     pub(crate) fn new(config: &ProxyConfig, stats: Arc<StageStats>) -> Balancer {
         Balancer {
             queue_limit: config.queue_limit,
+            queue_limit_bytes: config.queue_limit_bytes,
             expiry: config.heartbeat.expiry(),
             max_attempts: config.max_attempts,
             choose: None,
             stats,
             workers: HashMap::new(),
             idle: VecDeque::new(),
-            queue: VecDeque::new(),
+            queue: JobQueue::default(),
         }
     }
 
@@ -129,7 +176,11 @@ impl Balancer {
         payload: Frames,
     ) -> Option<Action> {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        if self.queue.len() >= self.queue_limit {
+        let size: usize = payload.iter().map(Vec::len).sum();
+        // An empty queue takes any job (each frame is bounded by the message limit), so one job
+        // larger than the byte bound is not refused for ever.
+        let over_bytes = !self.queue.is_empty() && self.queue.bytes + size > self.queue_limit_bytes;
+        if self.queue.len() >= self.queue_limit || over_bytes {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return Some(Action::Answer {
                 sender,
@@ -274,7 +325,8 @@ impl Balancer {
     pub(crate) fn stop(&mut self) -> Vec<Action> {
         let actions = self
             .queue
-            .drain(..)
+            .take_all()
+            .into_iter()
             .map(|job| Action::Answer {
                 sender: job.sender,
                 header: job.header,
@@ -607,6 +659,42 @@ mod tests {
             let want = payload.first()?;
             blobs.iter().position(|b| b == want)
         })
+    }
+
+    /// Job `id` from `client` with a payload of `bytes` bytes.
+    fn arrive_sized(b: &mut Balancer, id: u64, bytes: usize) -> Option<Action> {
+        b.job(b"client".to_vec(), header(id), vec![vec![0u8; bytes]])
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too_and_an_empty_queue_takes_any_job() {
+        let (mut b, stats) = balancer_with(|c| c.queue_limit_bytes = 10);
+        assert_eq!(
+            arrive_sized(&mut b, 1, 100),
+            None,
+            "an empty queue takes any job"
+        );
+        let full = arrive_sized(&mut b, 2, 1).into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            answers(&full),
+            [(2, 503, "the stage's queue is full".to_string())]
+        );
+        let t = Instant::now();
+        ready(&mut b, "w1", t);
+        assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
+        assert_eq!(arrive_sized(&mut b, 3, 6), None);
+        assert_eq!(
+            arrive_sized(&mut b, 4, 4),
+            None,
+            "6 + 4 bytes: at the bound"
+        );
+        let over = arrive_sized(&mut b, 5, 1).into_iter().collect::<Vec<_>>();
+        assert_eq!(answers(&over).len(), 1, "one byte over the bound");
+        assert_eq!(count(&stats.rejected), 2);
+        // What leaves the queue frees its bytes.
+        ready(&mut b, "w1", t);
+        assert_eq!(dispatch(&mut b, t), [sent("w1", 3, 1)]);
+        assert_eq!(arrive_sized(&mut b, 6, 6), None);
     }
 
     #[test]

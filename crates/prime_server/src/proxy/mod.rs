@@ -51,6 +51,11 @@ pub const MAX_BLOB: usize = 64 * 1024;
 /// -> index into the blobs`.
 pub type ChooseFn = Box<dyn FnMut(&[&[u8]], &[Vec<u8>]) -> Option<usize> + Send>;
 
+/// The default byte bound of a proxy's queue: 256 MiB, a few times the default message limit
+/// times the number of workers a stage usually has, far below what a busy queue of cheap jobs
+/// holds (4,096 jobs of a few KiB).
+pub const DEFAULT_QUEUE_LIMIT_BYTES: usize = 256 * 1024 * 1024;
+
 /// How to build a [`Proxy`].
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -62,6 +67,10 @@ pub struct ProxyConfig {
     pub downstream: Endpoint,
     /// The most jobs that wait for an idle worker; beyond it jobs are rejected (503).
     pub queue_limit: usize,
+    /// The most bytes of payload the jobs waiting for an idle worker may hold together; a job
+    /// that would take the queue beyond it is rejected (503) like one beyond `queue_limit`
+    /// (an empty queue takes any job). Bounds the proxy's memory whatever the jobs' sizes.
+    pub queue_limit_bytes: usize,
     /// Heartbeat timing; must match the workers'.
     pub heartbeat: Heartbeat,
     /// Run the proxy's thread as a batch thread (see
@@ -85,6 +94,7 @@ impl ProxyConfig {
             upstream,
             downstream,
             queue_limit: 4096,
+            queue_limit_bytes: DEFAULT_QUEUE_LIMIT_BYTES,
             heartbeat: Heartbeat::default(),
             batch_scheduling: true,
             on_drain: OnDrain::ServeUntilStop,
