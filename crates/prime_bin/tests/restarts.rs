@@ -311,3 +311,70 @@ fn a_killed_proxys_queued_jobs_are_answered_within_seconds_not_at_their_deadline
     p2.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A later stage's proxy is killed holding queued jobs: the prime demo's test stage has one
+/// worker thread working a large prime (seconds of trial division) and four more waiting in its
+/// proxy's queue. The parse stage's worker, which forwarded them, notices the proxy's silence
+/// and, one expiry later, answers each 503 through the loopback: within seconds, not at the
+/// 60 s deadline. A restarted proxy serves again.
+#[test]
+fn a_later_stages_killed_proxys_queued_jobs_are_answered_within_seconds() {
+    let dir = temp_dir("dead-stage2-proxy");
+    let d = dir.display();
+    let text = format!(
+        "drain_seconds = 2\n[heartbeat]\ninterval_ms = 200\nliveness = 3\n\
+         [[server]]\nlisten = \"127.0.0.1:{port}\"\nloopback = \"ipc://{d}/lb\"\n\
+         interrupt = \"ipc://{d}/int\"\ntimeout_seconds = 60\n\
+         [[stage]]\nname = \"parse\"\nwork = \"prime_parse\"\nupstream = \"ipc://{d}/parse_in\"\n\
+         downstream = \"ipc://{d}/parse_out\"\nworkers = 1\n\
+         [[stage]]\nname = \"test\"\nwork = \"prime_test\"\nupstream = \"ipc://{d}/test_in\"\n\
+         downstream = \"ipc://{d}/test_out\"\nworkers = 1\n",
+        port = free_port(),
+    );
+    let cfg = dir.join("prime.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let c = cfg.to_str().unwrap();
+    let stage = |name: &str, bin: &str| Proc::start(bin, &["--config", c, "--stage", name]);
+    let parse_proxy = stage("parse", "prime_proxyd");
+    let mut test_proxy = stage("test", "prime_proxyd");
+    let parse_worker = stage("parse", "prime_workerd");
+    let test_worker = stage("test", "prime_workerd");
+    let (f, addr) = front(c, "front");
+    let prime = |addr, n: u64| ask(addr, &format!("/is_prime?possible_prime={n}"));
+    wait_until("the deployment never answered", || {
+        matches!(prime(addr, 7), Some((200, _)))
+    });
+    // The largest prime below 10^18: about a billion trial divisions.
+    let big = 999_999_999_999_999_989u64;
+    let waiting: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || prime(addr, big)))
+        .collect();
+    // Setting the scene only: the jobs reach the test stage's worker and its proxy's queue.
+    std::thread::sleep(Duration::from_millis(500));
+    test_proxy.signal("-KILL");
+    test_proxy.wait_exit(LIMIT);
+    let t = Instant::now();
+    for h in waiting {
+        match h.join().unwrap() {
+            Some((200, body)) => assert!(body.contains("\"is_prime\":true"), "{body}"),
+            Some((503, body)) => assert!(body.contains("proxy went away"), "{body}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "the requests the dead proxy held were answered after {took:?}"
+    );
+    eprintln!("a dead stage-2 proxy's requests were all answered {took:?} after it died");
+    let test_proxy = stage("test", "prime_proxyd");
+    wait_until(
+        "service never resumed after the proxy restarted",
+        || matches!(prime(addr, 7), Some((200, body)) if body.contains("\"is_prime\":true")),
+    );
+    f.stop();
+    for p in [parse_worker, test_worker, parse_proxy, test_proxy] {
+        p.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

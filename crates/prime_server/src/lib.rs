@@ -19,6 +19,7 @@
 //! - [`interrupt`]: the [`Interrupt`] check a work function calls to learn its request died.
 //! - [`proxy`]: one stage's load balancer; workers pull, a job goes only to an idle worker
 //!   (the rule itself is a state machine without sockets, `proxy/balance.rs`).
+//! - `proxy_watch`: how a sender learns that the proxy it sends jobs to died or restarted.
 //! - [`worker`]: the zmq worker: runs the work function; forwards or replies through the
 //!   loopback.
 //! - [`server`]: the server core: ids, deadlines, the in-flight limit, interrupts, and the pump
@@ -67,6 +68,7 @@ pub(crate) mod memory;
 pub mod pipeline;
 pub mod protocol;
 pub mod proxy;
+pub(crate) mod proxy_watch;
 pub(crate) mod rate_limit;
 pub mod server;
 pub mod shutdown;

@@ -15,6 +15,7 @@
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::{drain_interrupts, CancelSource, Interrupt, Notices};
+use crate::proxy_watch::ProxyWatch;
 use crate::rate_limit::DropWarnings;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::WorkerStats;
@@ -23,6 +24,7 @@ use crate::wire::{self, Header, Kind};
 use crate::work::{perform, Action, CleanupFn, Job, WorkFn};
 use crate::Error;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,6 +92,9 @@ const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
 const MAX_UNDELIVERED: usize = 1024;
 /// How often waiting replies are tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(5);
+/// The most forwarded jobs remembered, to be answered 503 should the next stage's proxy die
+/// holding them; beyond it the oldest are forgotten (and left to their deadline).
+const MAX_FORWARDED: usize = 4096;
 
 /// A reply whose server was not reachable when it was sent: it waits here, tried again on every
 /// turn of the worker's loop, while the worker goes on with other jobs (a reply to a server
@@ -135,6 +140,15 @@ pub struct Worker {
     /// Replies waiting for their server's loopback.
     undelivered: std::collections::VecDeque<Undelivered>,
     warnings: DropWarnings,
+    /// The next stage's proxy, watched.
+    next_proxy: ProxyWatch,
+    /// When to ask the next stage's proxy next whether it is alive.
+    next_ask: Instant,
+    /// Jobs forwarded to the next stage, and when.
+    forwarded: VecDeque<(Header, Instant)>,
+    /// Jobs the next stage's proxy may have lost, and when to answer them 503 (if the server has
+    /// not had their answer by then, it takes this one; otherwise it drops it as late).
+    orphans: VecDeque<(Instant, Header)>,
 }
 
 /// Waiter tokens of a worker's sockets.
@@ -200,6 +214,7 @@ impl Worker {
             subs.push(s);
         }
         let notices = RefCell::new(Notices::new(config.heartbeat.expiry()));
+        let config_expiry = config.heartbeat.expiry();
         let blob = if config.blob.len() <= crate::proxy::MAX_BLOB {
             config.blob.clone()
         } else {
@@ -232,6 +247,10 @@ impl Worker {
             last_job: (0, 0),
             undelivered: std::collections::VecDeque::new(),
             warnings: DropWarnings::new("worker"),
+            next_proxy: ProxyWatch::new(config_expiry),
+            next_ask: Instant::now(),
+            forwarded: VecDeque::new(),
+            orphans: VecDeque::new(),
         })
     }
 
@@ -296,6 +315,7 @@ impl Worker {
                 up = true;
             }
             self.retry_undelivered()?;
+            self.watch_next_proxy()?;
             if sub {
                 drain_interrupts(&self.subs, &mut self.notices.borrow_mut(), &self.stats);
                 sub = false;
@@ -352,6 +372,12 @@ impl Worker {
             }
             if !self.undelivered.is_empty() {
                 wait = wait.min(RETRY_EVERY);
+            }
+            if self.downstream.is_some() {
+                wait = wait.min(self.next_ask.saturating_duration_since(Instant::now()));
+            }
+            if let Some((at, _)) = self.orphans.front() {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
             }
             if self.warnings.has_unreported() {
                 self.warnings.flush(Instant::now());
@@ -558,7 +584,58 @@ impl Worker {
             return self.reply(header, 503, b"the next stage is unreachable".to_vec());
         }
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let now_us = wire::now_us();
+        while self.forwarded.len() >= MAX_FORWARDED
+            || self
+                .forwarded
+                .front()
+                .is_some_and(|(h, _)| h.expired_at(now_us))
+        {
+            self.forwarded.pop_front();
+        }
+        self.forwarded.push_back((*header, Instant::now()));
         Ok(())
+    }
+
+    /// Asks the next stage's proxy every heartbeat interval whether it is alive (between jobs:
+    /// a worker busy with a long job asks when it is done), and answers 503 the forwarded jobs
+    /// a dead or restarted one may have lost once their grace has passed (see
+    /// `Pump::orphan_sent_before`, the same rule at the server for the first stage).
+    fn watch_next_proxy(&mut self) -> Result<(), Error> {
+        let Some(down) = &self.downstream else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= self.next_ask {
+            let mut h = Header::new(Kind::Heartbeat);
+            h.stage = self.config.stage;
+            down.send(wire::message(&h, None))?;
+            self.next_ask = now + self.config.heartbeat.interval;
+            if let Some(alive_at) = self.next_proxy.silent(now) {
+                self.orphan_forwarded(alive_at);
+            }
+        }
+        while self.orphans.front().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, header)) = self.orphans.pop_front() else {
+                break;
+            };
+            if !header.expired_at(wire::now_us()) {
+                let why = b"the next stage's proxy went away with the request".to_vec();
+                self.reply(&header, 503, why)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next stage's proxy died or restarted: the jobs forwarded while it was still heard
+    /// may be lost with it. Each gets the grace to be answered, then a 503.
+    fn orphan_forwarded(&mut self, alive_at: Instant) {
+        let at = Instant::now() + self.next_proxy.grace();
+        let (lost, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.forwarded)
+            .into_iter()
+            .partition(|(_, sent)| *sent <= alive_at);
+        self.forwarded = kept;
+        self.orphans.extend(lost.into_iter().map(|(h, _)| (at, h)));
     }
 
     fn malformed(&mut self, side: &'static str, why: impl std::fmt::Display) {
@@ -646,12 +723,14 @@ impl Worker {
             return Ok(());
         };
         let mut rejected = Vec::new();
+        let mut heard = Vec::new();
         while let Some(frames) = down.try_recv()? {
             match wire::decode(frames) {
                 Ok((h, mut payload)) if h.kind == Kind::Reject => {
                     let reason = payload.pop().unwrap_or_else(|| b"overloaded".to_vec());
                     rejected.push((h, reason));
                 }
+                Ok((h, _)) if h.kind == Kind::Heartbeat => heard.push(h.server_id),
                 Ok((h, _)) => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                     let why = format_args!("unexpected {:?}", h.kind);
@@ -666,6 +745,11 @@ impl Worker {
         for (h, reason) in rejected {
             let status = if h.status == 0 { 503 } else { h.status };
             self.reply(&h, status, reason)?;
+        }
+        for id in heard {
+            if let Some(alive_at) = self.next_proxy.heard(id, Instant::now()) {
+                self.orphan_forwarded(alive_at);
+            }
         }
         Ok(())
     }

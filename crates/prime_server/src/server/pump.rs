@@ -11,6 +11,7 @@
 use super::in_flight::InFlight;
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
 use crate::heartbeat::Heartbeat;
+use crate::proxy_watch::ProxyWatch;
 use crate::rate_limit::DropWarnings;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
@@ -21,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// What the submitting side asks of the pump.
@@ -56,22 +57,13 @@ struct Entry {
     orphaned: bool,
 }
 
-/// What the pump knows of the first stage's proxy, from the heartbeats it answers.
-#[derive(Debug, Clone, Copy)]
-struct ProxySeen {
-    /// The proxy's incarnation (a new one after a restart).
-    id: u64,
-    last_heard: Instant,
-    /// Whether its silence has been acted on already.
-    declared_gone: bool,
-}
-
 /// The pump's state. Dropping it (its task ends, or its runtime is dropped) drops every open
 /// request's oneshot, which its [`Pending`](crate::server::Pending) reads as "shutting down",
 /// and closes `_done`, which wakes [`Server::closed`](crate::server::Server::closed).
 pub(crate) struct Pump {
     parts: Parts,
-    proxy: Option<ProxySeen>,
+    /// The first stage's proxy, watched.
+    proxy: ProxyWatch,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     warnings: DropWarnings,
@@ -106,8 +98,8 @@ impl std::ops::Deref for Pump {
 impl Pump {
     pub(crate) fn new(parts: Parts) -> Pump {
         Pump {
+            proxy: ProxyWatch::new(parts.heartbeat.expiry()),
             parts,
-            proxy: None,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
             warnings: DropWarnings::new("server"),
@@ -199,42 +191,23 @@ impl Pump {
     }
 
     /// Asks the first stage's proxy whether it is alive (it answers with a Heartbeat naming its
-    /// incarnation), and acts on a proxy that went silent: see [`Pump::orphan_all`].
+    /// incarnation), and acts on a proxy that went silent: see [`Pump::orphan_sent_before`].
     fn watch_proxy(&mut self) -> Result<(), Error> {
         let mut h = Header::new(Kind::Heartbeat);
         h.server_id = self.server_id;
         // Queued while no proxy is connected: harmless, they are tiny and few.
         self.dealer.socket().send([&h.encode()[..]])?;
-        let expiry = self.heartbeat.expiry();
-        if let Some(p) = self.proxy.as_mut() {
-            if !p.declared_gone && p.last_heard.elapsed() > expiry {
-                p.declared_gone = true;
-                let last_heard = p.last_heard;
-                tracing::warn!(proxy = p.id, "the first stage's proxy went silent");
-                self.orphan_sent_before(last_heard, expiry);
-            }
+        if let Some(alive_at) = self.proxy.silent(Instant::now()) {
+            self.orphan_sent_before(alive_at);
         }
         Ok(())
     }
 
     /// A Heartbeat from the first stage's proxy: alive, and which incarnation.
     fn proxy_heard(&mut self, id: u64) {
-        let now = Instant::now();
-        match self.proxy {
-            Some(p) if p.id != id && !p.declared_gone => {
-                tracing::warn!(old = p.id, new = id, "the first stage's proxy restarted");
-                self.orphan_sent_before(p.last_heard, self.heartbeat.expiry());
-            }
-            Some(p) if p.id != id => {
-                tracing::info!(proxy = id, "the first stage's proxy is back");
-            }
-            _ => {}
+        if let Some(alive_at) = self.proxy.heard(id, Instant::now()) {
+            self.orphan_sent_before(alive_at);
         }
-        self.proxy = Some(ProxySeen {
-            id,
-            last_heard: now,
-            declared_gone: false,
-        });
     }
 
     /// The first stage's proxy died or restarted, and with it the jobs it held in its queue.
@@ -243,9 +216,9 @@ impl Pump {
     /// former were still queued, the server cannot tell (a job a worker had taken is still
     /// worked, and answered). So each of them gets `grace` more to be answered, and if it is not
     /// (or its deadline comes first: 504), is answered 503 saying why, instead of waiting for its
-    /// deadline.
-    fn orphan_sent_before(&mut self, alive_at: Instant, grace: Duration) {
-        let at = Instant::now() + grace;
+    /// deadline. The grace is the heartbeat expiry.
+    fn orphan_sent_before(&mut self, alive_at: Instant) {
+        let at = Instant::now() + self.proxy.grace();
         for (id, entry) in self.table.iter_mut() {
             if entry.sent <= alive_at {
                 entry.orphaned = true;
