@@ -167,7 +167,7 @@ def compare_with_baseline(a, workers):
     connections: rounds interleaved (baseline, then this build) so noise hits both alike;
     medians and their ratio."""
     builds = (("baseline", a.baseline), ("this build", SERVERD))
-    cases = [(t, c) for t in ("memory", "inproc") for c in (8, 64, 256)]
+    cases = [(t, int(c)) for t, c in (case.split(":") for case in a.cases.split(","))]
     rps = {(b, t, c): [] for b, _ in builds for t, c in cases}
     p99 = {(b, t, c): [] for b, _ in builds for t, c in cases}
     for _ in range(a.rounds):
@@ -205,6 +205,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 s runs, 1 comparison round")
     ap.add_argument("--baseline", help="another prime_serverd binary to compare with this build")
     ap.add_argument("--only-baseline", action="store_true", help="run only the baseline comparison")
+    ap.add_argument("--cases", default="memory:8,memory:64,memory:256,inproc:8,inproc:64,inproc:256",
+                    help="the baseline comparison's cases, TRANSPORT:CONNECTIONS, comma-separated")
     a = ap.parse_args()
     if a.quick:
         a.duration, a.rounds = 2, 1
@@ -219,7 +221,7 @@ def main():
         if not a.baseline:
             sys.exit("--only-baseline needs --baseline")
         lines = [f"`bench/http.sh --only-baseline --baseline {a.baseline} --workers {a.workers} "
-                 f"--duration {d} --rounds {a.rounds}`, {time.strftime('%Y-%m-%d')}, "
+                 f"--duration {d} --rounds {a.rounds} --cases {a.cases}`, {time.strftime('%Y-%m-%d')}, "
                  f"{os.cpu_count()} cores, wrk -t2 and the server on the same cores, loopback."]
         lines += compare_with_baseline(a, worker_counts[-1])
         print("\n".join(lines))
