@@ -518,8 +518,10 @@ impl Worker {
         // A job the server accepted less than a heartbeat expiry ago shows it alive then, even if
         // its heartbeats are still on their way (after a partition heals, jobs can arrive
         // before the first heartbeat does).
-        let age = Duration::from_micros(wire::now_us().saturating_sub(header.arrival_us));
-        if let Some(shown_alive) = Instant::now().checked_sub(age) {
+        // Both clocks are read once per job: this runs for every job.
+        let (now, now_us) = (Instant::now(), wire::now_us());
+        let age = Duration::from_micros(now_us.saturating_sub(header.arrival_us));
+        if let Some(shown_alive) = now.checked_sub(age) {
             if age < self.config.heartbeat.expiry() {
                 let mut notices = self.notices.borrow_mut();
                 notices
@@ -529,8 +531,8 @@ impl Worker {
         }
         // The server answers cancelled and expired requests itself, and a gone server needs no
         // answer: skip the work, send nothing.
-        let dead = self.notices.borrow().dead(&key, Instant::now()).is_some();
-        if dead || header.expired_at(wire::now_us()) {
+        let dead = self.notices.borrow().dead(&key, now).is_some();
+        if dead || header.expired_at(now_us) {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
