@@ -243,10 +243,11 @@ impl MemWorker {
     }
 
     fn answer(&self, reply: oneshot::Sender<Answer>, status: u16, body: Vec<u8>) {
-        if reply.send(Answer::from_worker(status, body)).is_ok() {
-            self.stats.replied.fetch_add(1, Ordering::Relaxed);
-        } else {
+        // Counted before it is sent: whoever receives the answer may read the stats at once.
+        self.stats.replied.fetch_add(1, Ordering::Relaxed);
+        if reply.send(Answer::from_worker(status, body)).is_err() {
             // Answered already (deadline) or nobody waits any more (client gone).
+            self.stats.replied.fetch_sub(1, Ordering::Relaxed);
             self.server_stats.late.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -255,8 +256,14 @@ impl MemWorker {
     /// deadline itself; a deadline is also answered here, so that which clock noticed first
     /// does not matter: the first answer wins, and whoever gives it counts the timeout.
     fn dead(&self, header: &Header, reply: oneshot::Sender<Answer>) {
-        if header.expired_at(wire::now_us()) && reply.send(deadline_passed()).is_ok() {
-            self.server_stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        if !header.expired_at(wire::now_us()) {
+            return;
+        }
+        // Counted before it is sent (the receiver may read the stats at once), undone if the
+        // waiting side answered first.
+        self.server_stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        if reply.send(deadline_passed()).is_err() {
+            self.server_stats.timeouts.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

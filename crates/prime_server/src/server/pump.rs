@@ -303,13 +303,16 @@ impl Pump {
                     let body = payload.pop().unwrap_or_default();
                     let answer = Answer::from_worker(h.status, body);
                     let ok = h.status == 0;
-                    if self.finish(h.request_id, answer, Workers::LeaveAlone)? {
-                        if ok {
-                            self.stats.replied.fetch_add(1, Ordering::Relaxed);
-                        }
-                    } else {
+                    if !self.table.contains_key(&h.request_id) {
                         self.stats.late.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
+                    // Counted before the answer is handed over: its receiver may read the
+                    // stats at once.
+                    if ok {
+                        self.stats.replied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.finish(h.request_id, answer, Workers::LeaveAlone)?;
                 }
                 Ok((_, h, _)) => self.malformed("loopback", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("loopback", &e.to_string()),
