@@ -19,6 +19,7 @@ pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct DropWarnings {
     component: &'static str,
+    message: &'static str,
     interval: Duration,
     sides: Vec<Side>,
 }
@@ -38,9 +39,19 @@ impl DropWarnings {
         DropWarnings::with_interval(component, WARN_INTERVAL)
     }
 
+    /// Like [`DropWarnings::new`], with lines that say `message` (what was dropped) instead of
+    /// "dropped malformed messages".
+    pub(crate) fn with_message(component: &'static str, message: &'static str) -> DropWarnings {
+        DropWarnings {
+            message,
+            ..DropWarnings::new(component)
+        }
+    }
+
     fn with_interval(component: &'static str, interval: Duration) -> DropWarnings {
         DropWarnings {
             component,
+            message: "dropped malformed messages",
             interval,
             sides: Vec::new(),
         }
@@ -105,7 +116,8 @@ impl DropWarnings {
             side = s.name,
             dropped,
             reason = %s.reason,
-            "dropped malformed messages (at most one line per side every {} s)",
+            "{} (at most one line per side every {} s)",
+            self.message,
             self.interval.as_secs()
         );
         dropped

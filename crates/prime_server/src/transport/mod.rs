@@ -6,8 +6,15 @@
 //! process sharing one [`Context`]), `ipc:///path` (processes on one host) and `tcp://host:port`
 //! (processes on many hosts). A bind or connect that fails is an error naming the endpoint.
 
+mod curve;
+
 pub use crate::endpoint::{Endpoint, InvalidEndpoint, Scheme};
+pub use curve::{Admission, Credentials, KeyError, Keypair, PublicKey, SecretKey, KEY_LEN};
 use std::os::unix::io::RawFd;
+use std::sync::Arc;
+// libzmq is built with CURVE on libsodium's NaCl functions (see .cargo/config.toml); this crate
+// links libsodium for it.
+use libsodium_sys as _;
 use std::time::Duration;
 
 /// A multipart message: one `Vec<u8>` per zmq frame.
@@ -137,6 +144,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 10 * 1024 * 1024 + 64 * 1024;
 pub struct Context {
     inner: zmq::Context,
     max_message_bytes: usize,
+    security: Arc<curve::Security>,
 }
 
 impl Default for Context {
@@ -160,10 +168,18 @@ impl Context {
 
     /// A new context whose sockets take in no frame over `bytes`.
     pub fn with_max_message_bytes(bytes: usize) -> Self {
+        let inner = zmq::Context::new();
         Context {
-            inner: zmq::Context::new(),
+            security: Arc::new(curve::Security::new(inner.clone())),
+            inner,
             max_message_bytes: bytes,
         }
+    }
+
+    /// Peers refused so far by this context's CURVE sockets (see [`Socket::bind_admitting`]):
+    /// keys not on the allow-list, peers expecting another server key, peers without CURVE.
+    pub fn refused_peers(&self) -> u64 {
+        self.security.refused()
     }
 
     /// The largest frame this context's sockets take in.
@@ -183,7 +199,11 @@ impl Context {
         if kind == Kind::Sub {
             inner.set_subscribe(b"").map_err(zerr("subscribe"))?;
         }
-        Ok(Socket { inner, kind })
+        Ok(Socket {
+            inner,
+            kind,
+            security: self.security.clone(),
+        })
     }
 }
 
@@ -191,6 +211,8 @@ impl Context {
 pub struct Socket {
     inner: zmq::Socket,
     kind: Kind,
+    /// Keeps the context's ZAP handler running while the socket lives.
+    security: Arc<curve::Security>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -229,6 +251,32 @@ impl Socket {
                 endpoint: endpoint.clone(),
                 cause,
             })
+    }
+
+    /// Binds to `endpoint` as [`Socket::bind`] does; with an admission (and an endpoint that is
+    /// not `inproc://`), as a CURVE server that admits only the peers whose keys it lists. The
+    /// ZAP domain is the admission's role and the endpoint.
+    pub fn bind_admitting(&self, endpoint: &Endpoint, admission: Option<&Admission>) -> Result<()> {
+        if let Some(a) = admission.filter(|_| endpoint.scheme() != Scheme::Inproc) {
+            let domain = format!("{} {}", a.role, endpoint);
+            self.security.serve(&self.inner, a, &domain)?;
+        }
+        self.bind(endpoint)
+    }
+
+    /// Connects to `endpoint` as [`Socket::connect`] does; with credentials (and an endpoint
+    /// that is not `inproc://`), as a CURVE client proving its key and checking the server's.
+    /// Each connect of one socket may present other credentials (libzmq copies them into the
+    /// connection); once a socket has presented some, its later connects use CURVE too.
+    pub fn connect_presenting(
+        &self,
+        endpoint: &Endpoint,
+        credentials: Option<&Credentials>,
+    ) -> Result<()> {
+        if let Some(c) = credentials.filter(|_| endpoint.scheme() != Scheme::Inproc) {
+            curve::client(&self.inner, c)?;
+        }
+        self.connect(endpoint)
     }
 
     /// Connects to `endpoint`. zmq connects in the background and reconnects after failures; an
