@@ -5,13 +5,16 @@ use crate::work::Factory;
 use prime_server::endpoint::{Endpoint, InvalidEndpoint};
 use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Proxy, ProxyConfig};
+use prime_server::security::{self, FrontKeys, ProxyKeys, WorkerKeys};
 use prime_server::server::{Server, ServerConfig};
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{self, LogFormat, Protocol, ServerSection, StageSection, Topology};
 use prime_server::transport::Context;
+use prime_server::transport::{Admission, Keypair, PublicKey};
 use prime_server::worker::{Worker, WorkerConfig};
 use prime_server::Heartbeat;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -114,15 +117,37 @@ pub fn max_bodies(t: &Topology) -> Vec<usize> {
     t.servers.iter().map(|s| s.max_body_bytes).collect()
 }
 
+/// Reads a daemon's own key pair from its secret key file (`--curve-secret`).
+pub fn read_keypair(path: &std::path::Path) -> anyhow::Result<Keypair> {
+    Ok(security::read_secret(path)?)
+}
+
+/// Reads public key files (`--proxy-key`, `--allow-…`).
+pub fn read_public_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
+    Ok(paths
+        .iter()
+        .map(|p| security::read_public(p))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Reads one public key file, required with `--curve-secret`: `flag` names it in the error.
+pub fn required_public_key(path: Option<&PathBuf>, flag: &str) -> anyhow::Result<PublicKey> {
+    let path =
+        path.ok_or_else(|| anyhow::anyhow!("--curve-secret needs {flag} FILE (a .public file)"))?;
+    Ok(security::read_public(path)?)
+}
+
 /// Binds a stage's proxy and runs it on a thread.
 pub fn start_proxy(
     ctx: &Context,
     stage: &StageSection,
     heartbeat: Heartbeat,
     on_drain: OnDrain,
+    security: Option<ProxyKeys>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut cfg = ProxyConfig::new(stage.upstream.parse()?, stage.downstream.parse()?);
+    cfg.security = security;
     cfg.stage = stage.name.clone();
     cfg.queue_limit = stage.queue_limit;
     cfg.queue_limit_bytes = stage.queue_limit_bytes;
@@ -155,6 +180,8 @@ pub struct PoolSpec {
     pub heartbeat: Heartbeat,
     /// Leave the proxy when the drain starts ([`OnDrain::FinishAndExit`], worker processes).
     pub on_drain: OnDrain,
+    /// CURVE keys (front keys in the order of `loopbacks`); `None`: plain zmq.
+    pub security: Option<WorkerKeys>,
 }
 
 impl PoolSpec {
@@ -175,6 +202,7 @@ impl PoolSpec {
             workers: s.workers,
             heartbeat: t.heartbeat.heartbeat(),
             on_drain,
+            security: t.worker_keys(i)?,
         })
     }
 }
@@ -198,6 +226,7 @@ pub fn start_workers(
             stage: pool.stage,
             batch_scheduling: true,
             on_drain: pool.on_drain,
+            security: pool.security.clone(),
         };
         let worker = Worker::connect(ctx, cfg, work())?;
         threads.push(worker.spawn(format!("{}-w{i}", pool.name), shutdown.clone())?);
@@ -212,6 +241,7 @@ pub fn start_server(
     section: &ServerSection,
     proxy: &Endpoint,
     heartbeat: Heartbeat,
+    security: Option<FrontKeys>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Server> {
     let mut cfg = ServerConfig::new(
@@ -222,6 +252,7 @@ pub fn start_server(
     cfg.timeout = section.timeout();
     cfg.max_in_flight = section.max_in_flight;
     cfg.heartbeat = heartbeat;
+    cfg.security = security;
     Ok(Server::start(ctx, cfg, shutdown.clone())?)
 }
 
@@ -237,7 +268,8 @@ fn display_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 /// Serves a front server's client protocol until the stop; with [`OnDrain::FinishAndExit`],
 /// stops as soon as the drain has begun and nothing is in flight. Prints the listening address on stdout, and
 /// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try. The zmq front, if
-/// the section has one, opens its socket in `ctx`.
+/// the section has one, opens its socket in `ctx`, admitting the clients of `zmq_security`
+/// (`None`: plain zmq).
 pub async fn serve_front(
     ctx: &Context,
     section: &ServerSection,
@@ -245,6 +277,7 @@ pub async fn serve_front(
     shutdown: Shutdown,
     on_drain: OnDrain,
     hint: Option<&str>,
+    zmq_security: Option<Admission>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let listener = protocol::bind_listener(&section.listen)?;
@@ -288,6 +321,7 @@ pub async fn serve_front(
             max_request: section.max_body_bytes,
             health: section.health_path.clone().map(String::into_bytes),
             request_timeout: section.timeout(),
+            security: zmq_security,
             ..Default::default()
         };
         let (server, sd, ctx) = (server.clone(), shutdown.clone(), ctx.clone());
@@ -367,6 +401,7 @@ pub fn server_section(
         health_path,
         access_log,
         zmq_listen: None,
+        key: Vec::new(),
     }
 }
 
@@ -441,6 +476,7 @@ pub fn run_pipeline(
         running.shutdown.clone(),
         OnDrain::ServeUntilStop,
         hint,
+        None,
     ));
     running.shutdown.stop();
     running.join();
@@ -454,20 +490,32 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
     shutdown.on_signals(t.drain())?;
     let hb = t.heartbeat.heartbeat();
     let mut threads = Vec::new();
-    for s in &t.stages {
-        threads.push(start_proxy(ctx, s, hb, OnDrain::ServeUntilStop, &shutdown)?);
+    for (i, s) in t.stages.iter().enumerate() {
+        let keys = t.proxy_keys(i)?;
+        threads.push(start_proxy(
+            ctx,
+            s,
+            hb,
+            OnDrain::ServeUntilStop,
+            keys,
+            &shutdown,
+        )?);
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
         let mut servers = Vec::new();
+        let mut zmq_admissions = Vec::new();
         for s in &t.servers {
+            let keys = t.front_keys(s)?;
+            zmq_admissions.push(keys.as_ref().map(FrontKeys::zmq_clients));
             servers.push(start_server(
                 ctx,
                 s,
                 &t.stages[0].upstream.parse()?,
                 hb,
+                keys,
                 &shutdown,
             )?);
         }
@@ -485,16 +533,19 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
                 ..s.clone()
             })
             .collect();
-        let fronts = sections.iter().zip(servers).map(|(section, server)| {
-            serve_front(
-                ctx,
-                section,
-                server,
-                shutdown.clone(),
-                OnDrain::ServeUntilStop,
-                None,
-            )
-        });
+        let fronts = sections.iter().zip(servers).zip(zmq_admissions).map(
+            |((section, server), admission)| {
+                serve_front(
+                    ctx,
+                    section,
+                    server,
+                    shutdown.clone(),
+                    OnDrain::ServeUntilStop,
+                    None,
+                    admission,
+                )
+            },
+        );
         for r in futures_util::future::join_all(fronts).await {
             r?;
         }

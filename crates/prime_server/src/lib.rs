@@ -70,6 +70,7 @@ pub mod protocol;
 pub mod proxy;
 pub(crate) mod proxy_watch;
 pub(crate) mod rate_limit;
+pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
@@ -105,4 +106,7 @@ pub enum Error {
         /// What the system said.
         cause: std::io::Error,
     },
+    /// A component's configuration does not hold together.
+    #[error("{0}")]
+    Config(String),
 }

@@ -31,7 +31,10 @@
 //! turn them into [`Endpoint`]s where they hand them to the library.
 
 use crate::endpoint::Endpoint;
+use crate::security::{self, FrontKeys, ProxyKeys, WorkerKeys};
+use crate::transport::{Keypair, PublicKey};
 use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A whole deployment.
@@ -59,6 +62,50 @@ pub struct Topology {
     /// The stages, in pipeline order.
     #[serde(rename = "stage")]
     pub stages: Vec<StageSection>,
+    /// CURVE keys for every zmq endpoint; without it the deployment's zmq traffic is plain.
+    #[serde(default)]
+    pub security: Option<SecuritySection>,
+    /// The folder of the file the topology was loaded from: key folders are relative to it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// `[security]`: with it, every zmq socket of the deployment (except `inproc://` ones, whose
+/// messages never leave the process) uses CURVE, and every bound socket admits only the keys of
+/// the roles that connect to it (see [`crate::security`]). Each `[[server]]` then needs a `key`
+/// and each `[[stage]]` a `proxy_key` and a `worker_key`: names of key pairs written by
+/// `prime_keygen NAME` into the `keys` folder. A daemon reads the secret file of its own role
+/// only, and the public files of the others.
+///
+/// A role's key may be a list, for a rotation: the role uses the first, and every listed key
+/// is admitted wherever the role is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    /// The folder of the key files, relative to the topology file (default `keys`).
+    #[serde(default = "default_keys_dir")]
+    pub keys: String,
+    /// The zmq clients the fronts' `zmq_listen` endpoints admit.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub clients: Vec<String>,
+}
+
+fn default_keys_dir() -> String {
+    "keys".into()
+}
+
+/// A key name or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// Log line format.
@@ -156,6 +203,10 @@ pub struct ServerSection {
     /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here, e.g. `tcp://*:8003`.
     #[serde(default)]
     pub zmq_listen: Option<String>,
+    /// With `[security]`: the front's key pair name (or a list: the first is used, all are
+    /// admitted by stage 1's proxy).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub key: Vec<String>,
 }
 
 impl ServerSection {
@@ -190,6 +241,13 @@ pub struct StageSection {
     /// How many workers may be handed one job when the ones holding it die (default 2).
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u8,
+    /// With `[security]`: the proxy's key pair name.
+    #[serde(default)]
+    pub proxy_key: Option<String>,
+    /// With `[security]`: the workers' key pair name (or a list: the first is used, all are
+    /// admitted by their proxy, the next stage's proxy and the fronts).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub worker_key: Vec<String>,
 }
 
 /// What a request head may add to a body in one frame: the HTTP front's default largest head.
@@ -290,13 +348,21 @@ impl Topology {
             path: path.to_string(),
             source,
         })?;
-        Topology::parse(&text)
+        let mut t = Topology::parse(&text)?;
+        t.dir = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        Ok(t)
     }
 
     /// Parses and checks a topology.
     pub fn parse(text: &str) -> Result<Topology, TopologyError> {
-        let t: Topology = toml::from_str(text).map_err(|e| TopologyError::Syntax(e.to_string()))?;
+        let mut t: Topology =
+            toml::from_str(text).map_err(|e| TopologyError::Syntax(e.to_string()))?;
+        t.dir = PathBuf::from(".");
         t.check()?;
+        t.check_keys()?;
         Ok(t)
     }
 
@@ -417,6 +483,131 @@ impl Topology {
     /// Every server's interrupt endpoint.
     pub fn interrupts(&self) -> Vec<String> {
         self.servers.iter().map(|s| s.interrupt.clone()).collect()
+    }
+
+    /// With `[security]`, every role has its key names; without it, none has any.
+    fn check_keys(&self) -> Result<(), TopologyError> {
+        let secure = self.security.is_some();
+        let mut roles: Vec<(String, bool)> = Vec::new();
+        for s in &self.servers {
+            roles.push((format!("server.{}.key", s.name), !s.key.is_empty()));
+        }
+        for s in &self.stages {
+            roles.push((format!("stage.{}.proxy_key", s.name), s.proxy_key.is_some()));
+            roles.push((
+                format!("stage.{}.worker_key", s.name),
+                !s.worker_key.is_empty(),
+            ));
+        }
+        for (key, given) in roles {
+            match (secure, given) {
+                (true, false) => {
+                    return Err(invalid(key, "[security] is on: every role needs its key"))
+                }
+                (false, true) => {
+                    return Err(invalid(key, "keys are used only with a [security] section"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The key pair base path of key `name` (`keys/front`), or `None` without `[security]`.
+    fn key_base(&self, name: &str) -> Option<PathBuf> {
+        let sec = self.security.as_ref()?;
+        Some(self.dir.join(&sec.keys).join(name))
+    }
+
+    fn public_key(&self, role: &str, name: &str) -> Result<PublicKey, TopologyError> {
+        let base = self.key_base(name).expect("called with [security] only");
+        security::read_public(&security::public_path(&base))
+            .map_err(|e| invalid(role, e.to_string()))
+    }
+
+    fn public_keys(&self, role: &str, names: &[String]) -> Result<Vec<PublicKey>, TopologyError> {
+        names.iter().map(|n| self.public_key(role, n)).collect()
+    }
+
+    fn keypair(&self, role: &str, name: &str) -> Result<Keypair, TopologyError> {
+        let base = self.key_base(name).expect("called with [security] only");
+        security::read_secret(&security::secret_path(&base))
+            .map_err(|e| invalid(role, e.to_string()))
+    }
+
+    /// Every worker key of every stage: what the fronts admit.
+    fn all_worker_keys(&self) -> Result<Vec<PublicKey>, TopologyError> {
+        let mut all = Vec::new();
+        for s in &self.stages {
+            all.extend(self.public_keys(&format!("stage.{}.worker_key", s.name), &s.worker_key)?);
+        }
+        Ok(all)
+    }
+
+    /// The keys of front `server` (reads its secret key file), or `None` without `[security]`.
+    pub fn front_keys(&self, server: &ServerSection) -> Result<Option<FrontKeys>, TopologyError> {
+        let Some(sec) = &self.security else {
+            return Ok(None);
+        };
+        let role = format!("server.{}.key", server.name);
+        let first = &self.stages[0];
+        let proxy_role = format!("stage.{}.proxy_key", first.name);
+        Ok(Some(FrontKeys {
+            keypair: self.keypair(&role, &server.key[0])?,
+            proxy: self.public_key(&proxy_role, first.proxy_key.as_deref().unwrap_or_default())?,
+            workers: self.all_worker_keys()?,
+            clients: self.public_keys("security.clients", &sec.clients)?,
+        }))
+    }
+
+    /// The keys of stage `i`'s proxy (reads its secret key file), or `None` without
+    /// `[security]`.
+    pub fn proxy_keys(&self, i: usize) -> Result<Option<ProxyKeys>, TopologyError> {
+        if self.security.is_none() {
+            return Ok(None);
+        }
+        let s = &self.stages[i];
+        let role = format!("stage.{}.proxy_key", s.name);
+        let senders = match i.checked_sub(1).map(|p| &self.stages[p]) {
+            None => {
+                let mut fronts = Vec::new();
+                for f in &self.servers {
+                    fronts.extend(self.public_keys(&format!("server.{}.key", f.name), &f.key)?);
+                }
+                fronts
+            }
+            Some(prev) => {
+                self.public_keys(&format!("stage.{}.worker_key", prev.name), &prev.worker_key)?
+            }
+        };
+        Ok(Some(ProxyKeys {
+            keypair: self.keypair(&role, s.proxy_key.as_deref().unwrap_or_default())?,
+            senders,
+            workers: self.public_keys(&format!("stage.{}.worker_key", s.name), &s.worker_key)?,
+        }))
+    }
+
+    /// The keys of stage `i`'s workers (reads their secret key file), or `None` without
+    /// `[security]`. The front keys are in the order of [`Topology::loopbacks`].
+    pub fn worker_keys(&self, i: usize) -> Result<Option<WorkerKeys>, TopologyError> {
+        if self.security.is_none() {
+            return Ok(None);
+        }
+        let s = &self.stages[i];
+        let proxy_of = |stage: &StageSection| {
+            let role = format!("stage.{}.proxy_key", stage.name);
+            self.public_key(&role, stage.proxy_key.as_deref().unwrap_or_default())
+        };
+        let mut fronts = Vec::new();
+        for f in &self.servers {
+            fronts.push(self.public_key(&format!("server.{}.key", f.name), &f.key[0])?);
+        }
+        Ok(Some(WorkerKeys {
+            keypair: self.keypair(&format!("stage.{}.worker_key", s.name), &s.worker_key[0])?,
+            proxy: proxy_of(s)?,
+            next_proxy: self.stages.get(i + 1).map(proxy_of).transpose()?,
+            fronts,
+        }))
     }
 
     /// The largest frame every zmq socket of the deployment takes in: `max_message_bytes`, or by

@@ -17,6 +17,7 @@ use crate::heartbeat::Heartbeat;
 use crate::interrupt::{drain_interrupts, CancelSource, Interrupt, Notices};
 use crate::proxy_watch::ProxyWatch;
 use crate::rate_limit::DropWarnings;
+use crate::security::WorkerKeys;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::WorkerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, Sent, Socket, Waiter};
@@ -56,6 +57,9 @@ pub struct WorkerConfig {
     /// until the stop (worker processes of a multi-process deployment; a one-process pipeline
     /// serves the front's drain).
     pub on_drain: OnDrain,
+    /// CURVE keys: the worker proves its stage's key to each proxy and server and checks
+    /// theirs. `None`: plain zmq (for one trusted host).
+    pub security: Option<WorkerKeys>,
 }
 
 /// How long a leaving worker keeps taking jobs that its proxy sent before it learned of the
@@ -75,6 +79,7 @@ impl WorkerConfig {
             stage: 1,
             batch_scheduling: true,
             on_drain: OnDrain::ServeUntilStop,
+            security: None,
         }
     }
 
@@ -188,13 +193,33 @@ impl Worker {
     /// Opens and connects the worker's sockets.
     pub fn connect(ctx: &Context, config: WorkerConfig, work: WorkFn) -> Result<Worker, Error> {
         let id = unique_worker_id();
+        let keys = config.security.as_ref();
+        if let Some(k) = keys {
+            if k.fronts.len() != config.loopbacks.len() || k.fronts.len() != config.interrupts.len()
+            {
+                return Err(Error::Config(format!(
+                    "a worker with CURVE keys needs one front key per server: {} keys for {} \
+                     loopback and {} interrupt endpoints",
+                    k.fronts.len(),
+                    config.loopbacks.len(),
+                    config.interrupts.len()
+                )));
+            }
+            if config.downstream.is_some() && k.next_proxy.is_none() {
+                return Err(Error::Config(
+                    "a worker with CURVE keys and a next stage needs the next proxy's key".into(),
+                ));
+            }
+        }
         let upstream = ctx.socket(SocketKind::Dealer)?;
         upstream.set_routing_id(&id)?;
-        upstream.connect(&config.upstream)?;
+        let to_proxy = keys.map(|k| k.presenting(k.proxy));
+        upstream.connect_presenting(&config.upstream, to_proxy.as_ref())?;
         let downstream = match &config.downstream {
             Some(ep) => {
                 let s = ctx.socket(SocketKind::Dealer)?;
-                s.connect(ep)?;
+                let to_next = keys.and_then(|k| k.next_proxy.map(|p| k.presenting(p)));
+                s.connect_presenting(ep, to_next.as_ref())?;
                 Some(s)
             }
             None => None,
@@ -204,13 +229,14 @@ impl Worker {
         // A front that restarts comes back with a new server id (a new routing id): the pipe
         // to it must be made anew on each connection to learn it.
         loopback.set_immediate(true)?;
-        for ep in &config.loopbacks {
-            loopback.connect(ep)?;
+        let to_front = |i: usize| keys.map(|k| k.presenting(k.fronts[i]));
+        for (i, ep) in config.loopbacks.iter().enumerate() {
+            loopback.connect_presenting(ep, to_front(i).as_ref())?;
         }
         let mut subs = Vec::new();
-        for ep in &config.interrupts {
+        for (i, ep) in config.interrupts.iter().enumerate() {
             let s = ctx.socket(SocketKind::Sub)?;
-            s.connect(ep)?;
+            s.connect_presenting(ep, to_front(i).as_ref())?;
             subs.push(s);
         }
         let notices = RefCell::new(Notices::new(config.heartbeat.expiry()));
@@ -407,7 +433,9 @@ impl Worker {
         let mut hb_id = self.id.clone();
         hb_id.extend_from_slice(b"#hb");
         socket.set_routing_id(&hb_id)?;
-        socket.connect(&self.config.upstream)?;
+        let keys = self.config.security.as_ref();
+        let to_proxy = keys.map(|k| k.presenting(k.proxy));
+        socket.connect_presenting(&self.config.upstream, to_proxy.as_ref())?;
         let done = Arc::new(AtomicBool::new(false));
         let (busy, id, interval, stage) = (
             self.busy.clone(),

@@ -2,18 +2,44 @@
 //! server's zmq front (`[empty][id][payload]` on a DEALER) and checks that every answer is its
 //! own data.
 //!
-//! `prime_echo_client [tcp://127.0.0.1:8003] [SECONDS]`
+//! `prime_echo_client [tcp://127.0.0.1:8003] [SECONDS] [--curve-secret FILE --server-key FILE]`
 
-use prime_server::transport::{Context, Kind, Waiter};
+use clap::Parser;
+use prime_server::security;
+use prime_server::transport::{Context, Credentials, Kind, Waiter};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+#[derive(Parser, Debug)]
+#[command(about = "Sends random strings through a front's zmq front and checks every answer")]
+struct Args {
+    /// The front's zmq_listen endpoint.
+    #[arg(default_value = "tcp://127.0.0.1:8003")]
+    endpoint: String,
+    /// How long to send.
+    #[arg(default_value_t = 10.0)]
+    seconds: f64,
+    /// CURVE: this client's secret key file (its public key must be on the front's client list).
+    #[arg(long, value_name = "FILE", requires = "server_key")]
+    curve_secret: Option<PathBuf>,
+    /// CURVE: the front's public key file.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    server_key: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let endpoint = args.next().unwrap_or_else(|| "tcp://127.0.0.1:8003".into());
-    let seconds: f64 = args.next().map_or(Ok(10.0), |s| s.parse())?;
+    let args = Args::parse();
+    let seconds = args.seconds;
+    let credentials = match (&args.curve_secret, &args.server_key) {
+        (Some(secret), Some(server)) => Some(Credentials {
+            keypair: security::read_secret(secret)?,
+            server: security::read_public(server)?,
+        }),
+        _ => None,
+    };
     let ctx = Context::new();
     let sock = ctx.socket(Kind::Dealer)?;
-    sock.connect(&endpoint.parse()?)?;
+    sock.connect_presenting(&args.endpoint.parse()?, credentials.as_ref())?;
     let mut waiter = Waiter::new()?;
     waiter.watch(&sock, 0)?;
     let mut fired = Vec::new();

@@ -8,9 +8,11 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
+use prime_server::security::FrontKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{self, HeartbeatConfig, Protocol, Topology};
 use prime_server::transport::Context;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -95,6 +97,21 @@ struct Args {
     /// tells workers it is alive; they drop the jobs of a server silent for 3 intervals.
     #[arg(long, default_value_t = 2500)]
     heartbeat_ms: u64,
+    /// CURVE: the front's secret key file (`prime_keygen NAME` writes NAME.secret); needs
+    /// --proxy-key. Its loopback and interrupt endpoints then admit only the keys of
+    /// --allow-worker, its zmq front only those of --allow-client. With --config, keys come
+    /// from the topology's [security].
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    curve_secret: Option<PathBuf>,
+    /// The first stage's proxy's public key file.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    proxy_key: Option<PathBuf>,
+    /// A public key file of workers (of any stage) that may reply; repeat it for several.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    allow_worker: Vec<PathBuf>,
+    /// A public key file of zmq clients (--zmq-listen); repeat it for several.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    allow_client: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,11 +128,12 @@ fn main() -> anyhow::Result<()> {
     if args.access_log {
         args.enable_logging = Some(true);
     }
-    let (section, proxy, drain, format, heartbeat, default_limit) =
+    let (section, proxy, drain, format, heartbeat, default_limit, keys) =
         match (&args.config, &args.listen) {
             (Some(path), None) => {
                 let t = Topology::load(path)?;
                 let s = t.server(args.server.as_deref())?.clone();
+                let keys = t.front_keys(&s)?;
                 let proxy = t.stages[0].upstream.clone();
                 let heartbeat = t.heartbeat.heartbeat();
                 let format = args.log_format.unwrap_or(t.log_format);
@@ -126,6 +144,7 @@ fn main() -> anyhow::Result<()> {
                     format,
                     heartbeat,
                     t.max_message_bytes(),
+                    keys,
                 )
             }
             (None, Some(listen)) => {
@@ -164,6 +183,18 @@ fn main() -> anyhow::Result<()> {
                     }
                     .heartbeat(),
                     limit,
+                    match &args.curve_secret {
+                        None => None,
+                        Some(secret) => Some(FrontKeys {
+                            keypair: daemon::read_keypair(secret)?,
+                            proxy: daemon::required_public_key(
+                                args.proxy_key.as_ref(),
+                                "--proxy-key",
+                            )?,
+                            workers: daemon::read_public_keys(&args.allow_worker)?,
+                            clients: daemon::read_public_keys(&args.allow_client)?,
+                        }),
+                    },
                 )
             }
             _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
@@ -186,8 +217,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let server = daemon::start_server(&ctx, &section, &proxy.parse()?, heartbeat, &shutdown)
-            .context("starting the server core")?;
+        let zmq_clients = keys.as_ref().map(FrontKeys::zmq_clients);
+        let server =
+            daemon::start_server(&ctx, &section, &proxy.parse()?, heartbeat, keys, &shutdown)
+                .context("starting the server core")?;
         daemon::serve_front(
             &ctx,
             &section,
@@ -195,6 +228,7 @@ fn main() -> anyhow::Result<()> {
             shutdown.clone(),
             OnDrain::FinishAndExit,
             None,
+            zmq_clients,
         )
         .await
     });

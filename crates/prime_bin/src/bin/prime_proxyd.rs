@@ -7,9 +7,11 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
+use prime_server::security::ProxyKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, StageSection, Topology};
 use prime_server::transport::Context;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -58,6 +60,18 @@ struct Args {
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
+    /// CURVE: this proxy's secret key file (`prime_keygen NAME` writes NAME.secret). Both
+    /// endpoints then admit only the keys of --allow-upstream and --allow-downstream. With
+    /// --config, keys come from the topology's [security].
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    curve_secret: Option<PathBuf>,
+    /// A public key file of a peer that may send jobs (a front, or a previous stage's
+    /// workers); repeat it for several.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    allow_upstream: Vec<PathBuf>,
+    /// A public key file of this stage's workers; repeat it for several.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    allow_downstream: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     daemon::prefer_flag(&mut args.upstream, args.upstream_flag.take());
     daemon::prefer_flag(&mut args.downstream, args.downstream_flag.take());
     daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
-    let (stage, heartbeat, drain, format, limit) =
+    let (stage, heartbeat, drain, format, limit, keys) =
         match (&args.config, &args.upstream, &args.downstream) {
             (Some(path), None, None) => {
                 let t = Topology::load(path)?;
@@ -74,7 +88,7 @@ fn main() -> anyhow::Result<()> {
                     .stage
                     .as_deref()
                     .context("--config needs --stage NAME")?;
-                let (_, stage) = t.stage(name)?;
+                let (i, stage) = t.stage(name)?;
                 (
                     stage.clone(),
                     t.heartbeat,
@@ -85,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                         t.max_message_bytes(),
                         &daemon::max_bodies(&t),
                     )?,
+                    t.proxy_keys(i)?,
                 )
             }
             (None, Some(up), Some(down)) => (
@@ -97,6 +112,8 @@ fn main() -> anyhow::Result<()> {
                     queue_limit: args.queue_limit,
                     queue_limit_bytes: args.queue_limit_bytes.max(1),
                     max_attempts: args.max_attempts.max(1),
+                    proxy_key: None,
+                    worker_key: Vec::new(),
                 },
                 HeartbeatConfig {
                     interval_ms: args.heartbeat_ms,
@@ -106,6 +123,14 @@ fn main() -> anyhow::Result<()> {
                 args.log_format.unwrap_or_default(),
                 args.max_message_bytes
                     .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES),
+                match &args.curve_secret {
+                    None => None,
+                    Some(secret) => Some(ProxyKeys {
+                        keypair: daemon::read_keypair(secret)?,
+                        senders: daemon::read_public_keys(&args.allow_upstream)?,
+                        workers: daemon::read_public_keys(&args.allow_downstream)?,
+                    }),
+                },
             ),
             _ => bail!("give UPSTREAM DOWNSTREAM, or --config FILE --stage NAME (see --help)"),
         };
@@ -119,6 +144,7 @@ fn main() -> anyhow::Result<()> {
         &stage,
         heartbeat.heartbeat(),
         OnDrain::FinishAndExit,
+        keys,
         &shutdown,
     )?;
     prime_server::component::join(proxy);

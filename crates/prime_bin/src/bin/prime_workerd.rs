@@ -8,6 +8,7 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::{daemon, work};
+use prime_server::security::WorkerKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, Topology};
 use prime_server::transport::Context;
@@ -70,6 +71,20 @@ struct Args {
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
+    /// CURVE: the workers' secret key file (`prime_keygen NAME` writes NAME.secret); needs
+    /// --proxy-key, --front-key per loopback, and --next-proxy-key unless this is the last
+    /// stage. With --config, keys come from the topology's [security].
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    curve_secret: Option<PathBuf>,
+    /// This stage's proxy's public key file.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    proxy_key: Option<PathBuf>,
+    /// The next stage's proxy's public key file.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    next_proxy_key: Option<PathBuf>,
+    /// A front server's public key file, in the order of the loopbacks; repeat it per server.
+    #[arg(long, value_name = "FILE", requires = "curve_secret")]
+    front_key: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +125,7 @@ fn main() -> anyhow::Result<()> {
                 "-" | "none" | "ipc:///dev/null" | "inproc://dev_null" => None,
                 d => Some(d.parse()?),
             };
+            let has_next = downstream.is_some();
             let pool = daemon::PoolSpec {
                 name: "worker".into(),
                 upstream: up.parse()?,
@@ -124,6 +140,22 @@ fn main() -> anyhow::Result<()> {
                 }
                 .heartbeat(),
                 on_drain: OnDrain::FinishAndExit,
+                security: match &args.curve_secret {
+                    None => None,
+                    Some(secret) => Some(WorkerKeys {
+                        keypair: daemon::read_keypair(secret)?,
+                        proxy: daemon::required_public_key(args.proxy_key.as_ref(), "--proxy-key")?,
+                        next_proxy: if has_next {
+                            Some(daemon::required_public_key(
+                                args.next_proxy_key.as_ref(),
+                                "--next-proxy-key",
+                            )?)
+                        } else {
+                            None
+                        },
+                        fronts: daemon::read_public_keys(&args.front_key)?,
+                    }),
+                },
             };
             let kind = args.work.clone().context("--work NAME is needed (prime_parse, prime_test, echo, files)")?;
             let limit = args

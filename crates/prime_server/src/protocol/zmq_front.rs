@@ -12,7 +12,7 @@ use crate::endpoint::Endpoint;
 use crate::rate_limit::DropWarnings;
 use crate::server::Server;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
-use crate::transport::{Context, Frames, Kind, Sent, Socket, SocketEvents};
+use crate::transport::{Admission, Context, Frames, Kind, Sent, Socket, SocketEvents};
 use crate::Error;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
@@ -30,6 +30,9 @@ pub struct ZmqFrontConfig {
     pub health: Option<Vec<u8>>,
     /// The deadline of each request; `None` uses the server core's.
     pub request_timeout: Option<Duration>,
+    /// CURVE: serve with this key pair and admit only these clients' keys
+    /// ([`FrontKeys::zmq_clients`](crate::security::FrontKeys::zmq_clients)). `None`: plain zmq.
+    pub security: Option<Admission>,
 }
 
 impl Default for ZmqFrontConfig {
@@ -39,6 +42,7 @@ impl Default for ZmqFrontConfig {
             max_frames: 64,
             health: None,
             request_timeout: None,
+            security: None,
         }
     }
 }
@@ -56,7 +60,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let socket = ctx.socket(Kind::Router)?;
     socket.set_router_mandatory(true)?;
-    socket.bind(endpoint)?;
+    socket.bind_admitting(endpoint, config.security.as_ref())?;
     tracing::info!(endpoint = %socket.last_endpoint()?, "zmq front listening");
     // The socket is reached through `events` at each use: a reference to it (not `Sync`) held
     // across an await would keep this future from moving between threads.

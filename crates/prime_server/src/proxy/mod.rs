@@ -26,6 +26,7 @@ mod balance;
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::rate_limit::DropWarnings;
+use crate::security::ProxyKeys;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::StageStats;
 use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
@@ -83,6 +84,9 @@ pub struct ProxyConfig {
     /// or held by a worker, instead of serving until the stop (proxy processes of a
     /// multi-process deployment).
     pub on_drain: OnDrain,
+    /// CURVE keys: the upstream endpoint admits only the listed senders, the downstream one
+    /// only the stage's workers. `None`: plain zmq (for one trusted host).
+    pub security: Option<ProxyKeys>,
 }
 
 impl ProxyConfig {
@@ -99,6 +103,7 @@ impl ProxyConfig {
             batch_scheduling: true,
             on_drain: OnDrain::ServeUntilStop,
             max_attempts: 2,
+            security: None,
         }
     }
 }
@@ -120,10 +125,13 @@ impl Proxy {
     pub fn bind(ctx: &Context, config: ProxyConfig) -> Result<Proxy, Error> {
         let upstream = ctx.socket(SocketKind::Router)?;
         upstream.set_router_mandatory(true)?;
-        upstream.bind(&config.upstream)?;
+        let keys = config.security.as_ref();
+        let admit = keys.map(|k| k.upstream(&config.stage));
+        upstream.bind_admitting(&config.upstream, admit.as_ref())?;
         let downstream = ctx.socket(SocketKind::Router)?;
         downstream.set_router_mandatory(true)?;
-        downstream.bind(&config.downstream)?;
+        let admit = keys.map(|k| k.downstream(&config.stage));
+        downstream.bind_admitting(&config.downstream, admit.as_ref())?;
         let stats = Arc::<StageStats>::default();
         let balancer = Balancer::new(&config, stats.clone());
         Ok(Proxy {

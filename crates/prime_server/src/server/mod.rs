@@ -25,6 +25,7 @@ use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::interrupt::SharedCancels;
 use crate::memory::{MemJob, StageQueue};
+use crate::security::FrontKeys;
 use crate::shutdown::Shutdown;
 pub use crate::stats::ServerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, SocketEvents};
@@ -58,6 +59,9 @@ pub struct ServerConfig {
     /// How often the server says it is alive on its interrupt channel; workers drop the jobs of
     /// a server silent for its expiry. Must match the workers'.
     pub heartbeat: Heartbeat,
+    /// CURVE keys: the loopback and interrupt endpoints admit only the listed workers, and the
+    /// server proves its key to the first proxy. `None`: plain zmq (for one trusted host).
+    pub security: Option<FrontKeys>,
 }
 
 impl ServerConfig {
@@ -72,6 +76,7 @@ impl ServerConfig {
             timeout: limits.timeout,
             max_in_flight: limits.max_in_flight,
             heartbeat: Heartbeat::default(),
+            security: None,
         }
     }
 
@@ -173,12 +178,13 @@ impl Server {
         let dealer = ctx.socket(SocketKind::Dealer)?;
         let hwm = i32::try_from(config.max_in_flight).unwrap_or(i32::MAX);
         dealer.set_high_water_marks(hwm, 0)?;
-        dealer.connect(&config.proxy)?;
+        let keys = config.security.as_ref();
+        dealer.connect_presenting(&config.proxy, keys.map(FrontKeys::to_proxy).as_ref())?;
         let loopback = ctx.socket(SocketKind::Router)?;
         loopback.set_routing_id(&wire::server_routing_id(config.server_id))?;
-        loopback.bind(&config.loopback)?;
+        loopback.bind_admitting(&config.loopback, keys.map(FrontKeys::loopback).as_ref())?;
         let publisher = ctx.socket(SocketKind::Pub)?;
-        publisher.bind(&config.interrupt)?;
+        publisher.bind_admitting(&config.interrupt, keys.map(FrontKeys::interrupt).as_ref())?;
         let loopback_endpoint = loopback.last_endpoint()?;
         let interrupt_endpoint = publisher.last_endpoint()?;
         let stats = Arc::new(ServerStats::default());

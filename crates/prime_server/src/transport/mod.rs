@@ -260,6 +260,14 @@ impl Socket {
         if let Some(a) = admission.filter(|_| endpoint.scheme() != Scheme::Inproc) {
             let domain = format!("{} {}", a.role, endpoint);
             self.security.serve(&self.inner, a, &domain)?;
+        } else if admission.is_none() && endpoint.scheme() == Scheme::Tcp {
+            tracing::warn!(
+                %endpoint,
+                "BOUND WITHOUT CURVE: anyone who can reach this tcp endpoint can read its \
+                 traffic and send it messages (take jobs, forge replies); give the deployment \
+                 keys ([security] in the topology, or the daemons' key flags) or keep the port \
+                 closed to all but trusted hosts"
+            );
         }
         self.bind(endpoint)
     }
