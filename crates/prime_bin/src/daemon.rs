@@ -521,7 +521,7 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
         }
         for (i, s) in t.stages.iter().enumerate() {
             let pool = PoolSpec::from_topology(t, i, OnDrain::ServeUntilStop)?;
-            let factory = crate::work::factory(&s.work, None)?;
+            let factory = crate::work::factory(&s.work, Default::default())?;
             threads.extend(start_workers(ctx, &pool, &factory, &shutdown)?);
         }
         // The fronts of one process share its descriptors: each gets its part of the default.

@@ -1,8 +1,10 @@
 //! Static files for `prime_filed` (and the `files` work kind): a root directory requests cannot
 //! escape, MIME types by extension, directory listings, `ETag`/`Last-Modified` with 304, and
-//! single byte-range requests (206/416).
+//! single byte-range requests (206/416). Hidden files and folders (a name starting with `.`) are
+//! neither served nor listed unless allowed.
 
 use prime_server::http_job::{Request, Response};
+use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -15,6 +17,7 @@ pub const MAX_ANSWER: u64 = 256 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Root {
     dir: PathBuf,
+    allow_hidden: bool,
 }
 
 impl Root {
@@ -28,11 +31,22 @@ impl Root {
             "cannot serve {}: not a directory",
             dir.display()
         );
-        Ok(Root { dir })
+        Ok(Root {
+            dir,
+            allow_hidden: false,
+        })
+    }
+
+    /// Whether hidden files and folders are served and listed (default: not; a request for one
+    /// answers 404, as for a missing file).
+    pub fn allow_hidden(mut self, allow: bool) -> Root {
+        self.allow_hidden = allow;
+        self
     }
 
     /// Resolves a request path inside the root: `None` when it would leave it (`..` above the
-    /// root, or a symbolic link pointing outside) or does not exist.
+    /// root, or a symbolic link pointing outside), names a hidden file or folder (unless
+    /// allowed), or does not exist.
     fn resolve(&self, path: &str) -> Option<PathBuf> {
         if path.contains('\0') {
             return None;
@@ -40,6 +54,9 @@ impl Root {
         let mut p = self.dir.clone();
         for c in Path::new(path).components() {
             match c {
+                // A checkout's `.git/` or a `.env` beside the site is never meant for clients.
+                // The path is already percent-decoded, so `%2egit` is caught here too.
+                Component::Normal(part) if is_hidden(part) && !self.allow_hidden => return None,
                 Component::Normal(part) => p.push(part),
                 Component::RootDir | Component::CurDir => {}
                 Component::ParentDir | Component::Prefix(_) => return None,
@@ -70,7 +87,7 @@ impl Root {
                     )
                     .body(Vec::new());
             }
-            return listing(&path, &req.path);
+            return listing(&path, &req.path, self.allow_hidden);
         }
         if !meta.is_file() {
             return Response::text(404, "Not Found\n");
@@ -213,12 +230,18 @@ fn escape_html(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn listing(dir: &Path, shown: &str) -> Response {
+/// A file or folder name starting with `.`.
+fn is_hidden(name: &OsStr) -> bool {
+    name.as_encoded_bytes().first() == Some(&b'.')
+}
+
+fn listing(dir: &Path, shown: &str, allow_hidden: bool) -> Response {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Response::text(404, "Not Found\n");
     };
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
+        .filter(|e| allow_hidden || !is_hidden(&e.file_name()))
         .map(|e| {
             let mut n = e.file_name().to_string_lossy().into_owned();
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -277,5 +300,43 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("items=0-1", 100), RangeSpec::Ignore);
         assert_eq!(parse_range("bytes=x-y", 100), RangeSpec::Ignore);
+    }
+
+    #[test]
+    fn hidden_files_and_folders_answer_404_and_are_not_listed_unless_allowed() {
+        let dir = std::env::temp_dir().join(format!("ps-files-hidden-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".git")).unwrap();
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        for f in [".git/config", ".env", "a/.secret", "a/b.txt", "index.txt"] {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        let get = |root: &Root, path: &str| {
+            let r = root.respond(&Request::parse_target("GET", path));
+            (r.status, String::from_utf8_lossy(&r.body).into_owned())
+        };
+        let hidden = [
+            "/.git/config",
+            "/.env",
+            "/a/.secret",
+            "/%2egit/config",
+            "/.git/",
+        ];
+        let root = Root::new(&dir).unwrap();
+        for path in hidden {
+            assert_eq!(get(&root, path).0, 404, "{path}");
+        }
+        assert_eq!(get(&root, "/a/b.txt"), (200, "a/b.txt".into()));
+        let (_, top) = get(&root, "/");
+        assert!(top.contains("index.txt") && !top.contains(".git") && !top.contains(".env"));
+        assert!(!get(&root, "/a/").1.contains(".secret"));
+
+        let root = root.allow_hidden(true);
+        for path in hidden {
+            assert_eq!(get(&root, path).0, 200, "{path}");
+        }
+        let (_, top) = get(&root, "/");
+        assert!(top.contains(".git/") && top.contains(".env"), "{top}");
+        assert!(get(&root, "/a/").1.contains(".secret"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -13,14 +13,25 @@ pub type Factory = Arc<dyn Fn() -> WorkFn + Send + Sync>;
 /// The names [`factory`] knows.
 pub const KINDS: &[&str] = &["prime_parse", "prime_test", "echo", "files"];
 
-/// The work function called `name`. `root` is the directory the `files` kind serves.
-pub fn factory(name: &str, root: Option<PathBuf>) -> anyhow::Result<Factory> {
+/// What the `files` kind serves; the other kinds ignore it.
+#[derive(Debug, Clone, Default)]
+pub struct FilesOptions {
+    /// The directory served (default: the current directory).
+    pub root: Option<PathBuf>,
+    /// Serve and list hidden files and folders (a name starting with `.`) too; by default a
+    /// request for one answers 404.
+    pub allow_hidden: bool,
+}
+
+/// The work function called `name`; `files` says what the `files` kind serves.
+pub fn factory(name: &str, files: FilesOptions) -> anyhow::Result<Factory> {
     Ok(match name {
         "prime_parse" => Arc::new(|| Box::new(prime::parse_stage)),
         "prime_test" => Arc::new(|| Box::new(prime::test_stage)),
         "echo" => Arc::new(|| Box::new(echo)),
         "files" => {
-            let root = files::Root::new(&root.unwrap_or_else(|| PathBuf::from(".")))?;
+            let root = files::Root::new(&files.root.unwrap_or_else(|| PathBuf::from(".")))?
+                .allow_hidden(files.allow_hidden);
             Arc::new(move || {
                 let root = root.clone();
                 Box::new(move |job: &mut Job, _: &Interrupt<'_>| {

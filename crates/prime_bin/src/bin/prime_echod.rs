@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         10 * 1024 * 1024,
         args.max_connections,
         args.concurrency,
-        work::factory("echo", None)?,
+        work::factory("echo", Default::default())?,
         Duration::from_secs(args.drain_seconds),
     )?;
     tracing::info!("prime_echod stopped");

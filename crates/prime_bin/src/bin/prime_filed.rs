@@ -1,5 +1,6 @@
 //! prime_filed: an all-in-one static file server: a directory root that requests cannot escape,
-//! MIME types, directory listings, ETag/Last-Modified with 304, and Range requests.
+//! MIME types, directory listings, ETag/Last-Modified with 304, and Range requests. Hidden files
+//! and folders answer 404 and are not listed unless `--allow-hidden`.
 //!
 //! `prime_filed LISTEN [ROOT_DIR] [DRAIN_SECONDS] [HEALTH_PATH]`, as the C++ daemon.
 
@@ -13,7 +14,8 @@ use std::time::Duration;
 struct Args {
     /// Where clients connect: tcp://*:8002, tcp://127.0.0.1:8002 or HOST:PORT.
     listen: String,
-    /// The directory to serve.
+    /// The directory to serve. Requests cannot leave it, and its hidden files and folders answer
+    /// 404 and are not listed (see --allow-hidden).
     #[arg(default_value = ".")]
     root_dir: PathBuf,
     /// Seconds to keep serving open connections after SIGTERM/SIGINT.
@@ -24,6 +26,11 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Serve and list hidden files and folders: any path segment starting with `.` (such as
+    /// `.git/`, `.env` or `a/.secret`, also percent-encoded as `%2e`). Without it they answer
+    /// 404, as a missing file would.
+    #[arg(long)]
+    allow_hidden: bool,
     /// One access-log line per request.
     #[arg(long)]
     access_log: bool,
@@ -47,7 +54,13 @@ fn main() -> anyhow::Result<()> {
         64 * 1024,
         args.max_connections,
         args.workers,
-        work::factory("files", Some(args.root_dir.clone()))?,
+        work::factory(
+            "files",
+            work::FilesOptions {
+                root: Some(args.root_dir.clone()),
+                allow_hidden: args.allow_hidden,
+            },
+        )?,
         Duration::from_secs(args.drain_seconds),
     )?;
     tracing::info!("prime_filed stopped");

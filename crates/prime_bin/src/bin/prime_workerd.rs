@@ -61,6 +61,10 @@ struct Args {
     /// The directory the `files` work serves.
     #[arg(long)]
     root: Option<PathBuf>,
+    /// Let the `files` work serve and list hidden files and folders (any path segment starting
+    /// with `.`, such as `.git/` or `.env`); without it they answer 404.
+    #[arg(long)]
+    allow_hidden: bool,
     /// Heartbeat interval in milliseconds (must match the proxy's).
     #[arg(long, default_value_t = 2500)]
     heartbeat_ms: u64,
@@ -167,7 +171,11 @@ fn main() -> anyhow::Result<()> {
     };
     daemon::init_logging(format);
     daemon::raise_fd_limit();
-    let factory = work::factory(&kind, args.root.clone())?;
+    let files = work::FilesOptions {
+        root: args.root.clone(),
+        allow_hidden: args.allow_hidden,
+    };
+    let factory = work::factory(&kind, files)?;
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
