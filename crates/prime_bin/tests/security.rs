@@ -1,0 +1,276 @@
+//! CURVE between the daemons: a deployment with `[security]` serves over tcp and ipc, keys are
+//! made by `prime_keygen` and guarded by their permissions, and a tcp endpoint bound without
+//! keys is loudly reported. (Hostile peers are in `hostile.rs`.)
+
+mod common;
+use common::*;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const ROLES: [&str; 5] = [
+    "front",
+    "parse-proxy",
+    "parse-workers",
+    "test-proxy",
+    "test-workers",
+];
+
+/// Runs the real `prime_keygen` for `names` into `dir/keys`.
+fn keygen(dir: &Path, names: &[&str]) -> std::process::Output {
+    let out = Command::new(bin("prime_keygen"))
+        .arg("--dir")
+        .arg(dir.join("keys"))
+        .args(names)
+        .output()
+        .unwrap();
+    out
+}
+
+/// A two-stage prime topology with `[security]` over `scheme` (tcp on 127.0.0.1, or ipc).
+fn secure_topology(dir: &Path, scheme: &str) -> (PathBuf, u16) {
+    let ep = |name: &str| match scheme {
+        "ipc" => format!("ipc://{}/{name}", dir.display()),
+        _ => format!("tcp://127.0.0.1:{}", free_port()),
+    };
+    let port = free_port();
+    let text = format!(
+        r#"
+drain_seconds = 2
+[heartbeat]
+interval_ms = 300
+liveness = 3
+[security]
+keys = "keys"
+[[server]]
+listen = "127.0.0.1:{port}"
+loopback = "{}"
+interrupt = "{}"
+key = "front"
+[[stage]]
+name = "parse"
+work = "prime_parse"
+upstream = "{}"
+downstream = "{}"
+workers = 2
+proxy_key = "parse-proxy"
+worker_key = "parse-workers"
+[[stage]]
+name = "test"
+work = "prime_test"
+upstream = "{}"
+downstream = "{}"
+workers = 2
+proxy_key = "test-proxy"
+worker_key = "test-workers"
+"#,
+        ep("loopback"),
+        ep("interrupt"),
+        ep("parse_in"),
+        ep("parse_out"),
+        ep("test_in"),
+        ep("test_out"),
+    );
+    let path = dir.join("secure.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, port)
+}
+
+fn start_stack(config: &Path, logs: &Path) -> (Vec<Proc>, SocketAddr) {
+    let c = config.to_str().unwrap();
+    let log = |name: &str| Stdio::from(std::fs::File::create(logs.join(name)).unwrap());
+    let mut procs = vec![
+        Proc::start_logging(
+            "prime_proxyd",
+            &["--config", c, "--stage", "parse"],
+            log("proxy-parse.log"),
+        ),
+        Proc::start_logging(
+            "prime_proxyd",
+            &["--config", c, "--stage", "test"],
+            log("proxy-test.log"),
+        ),
+        Proc::start_logging(
+            "prime_workerd",
+            &["--config", c, "--stage", "parse"],
+            log("workers-parse.log"),
+        ),
+        Proc::start_logging(
+            "prime_workerd",
+            &["--config", c, "--stage", "test"],
+            log("workers-test.log"),
+        ),
+    ];
+    let mut front = Proc::start_logging("prime_httpd", &["--config", c], log("front.log"));
+    let addr = front.listening();
+    procs.push(front);
+    (procs, addr)
+}
+
+fn assert_primes(addr: SocketAddr) {
+    for (n, prime) in [(32416190071u64, true), (1000, false), (7919, true)] {
+        let mut answer = None;
+        wait_until("an answer through the CURVE pipeline", || {
+            let mut s = connect(addr);
+            let got = http(&mut s, &get(&format!("/is_prime?possible_prime={n}")));
+            answer = got.clone();
+            matches!(got, Some((200, _, _)))
+        });
+        let (_, _, body) = answer.unwrap();
+        assert_eq!(
+            body,
+            format!(r#"{{"possible_prime":{n},"is_prime":{prime}}}"#)
+        );
+    }
+}
+
+#[test]
+fn a_deployment_with_curve_serves_over_tcp_and_ipc() {
+    for scheme in ["tcp", "ipc"] {
+        let dir = temp_dir(&format!("curve-{scheme}"));
+        let out = keygen(&dir, &ROLES);
+        assert!(out.status.success(), "{out:?}");
+        let (config, _) = secure_topology(&dir, scheme);
+        let (procs, addr) = start_stack(&config, &dir);
+        assert_primes(addr);
+        for p in procs {
+            p.stop();
+        }
+        // No socket was bound in plain text, and nobody was refused.
+        for log in std::fs::read_dir(&dir).unwrap() {
+            let path = log.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(
+                    !text.contains("WITHOUT CURVE"),
+                    "{}: {text}",
+                    path.display()
+                );
+                assert!(
+                    !text.contains("refused peers"),
+                    "{}: {text}",
+                    path.display()
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn prime_keygen_writes_the_secret_for_its_owner_only_and_never_overwrites() {
+    let dir = temp_dir("keygen");
+    let out = keygen(&dir, &["front"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let public = std::fs::read_to_string(dir.join("keys/front.public")).unwrap();
+    let key = public.lines().find(|l| !l.starts_with('#')).unwrap();
+    assert_eq!(key.len(), 40, "{public}");
+    assert!(stdout.contains(key), "prints the public key: {stdout}");
+    let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("keys/front.secret"), 0o600);
+    assert_eq!(mode("keys"), 0o700);
+    let again = keygen(&dir, &["front"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists already"),
+        "{again:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("keys/front.public")).unwrap(),
+        public
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_daemon_refuses_to_start_on_a_secret_key_others_may_read() {
+    let dir = temp_dir("exposed-key");
+    assert!(keygen(&dir, &ROLES).status.success());
+    let (config, _) = secure_topology(&dir, "ipc");
+    let secret = dir.join("keys/parse-workers.secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(bin("prime_workerd"))
+        .args(["--config", config.to_str().unwrap(), "--stage", "parse"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started on an exposed key: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("parse-workers.secret") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    // The same file, the owner's only, is accepted (the daemon runs until stopped).
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut p = Proc::start(
+        "prime_workerd",
+        &["--config", config.to_str().unwrap(), "--stage", "parse"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited with a good key"
+    );
+    p.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_tcp_endpoint_bound_without_keys_is_reported_loudly() {
+    let dir = temp_dir("plain-tcp");
+    let log = dir.join("proxy.log");
+    let up = format!("tcp://127.0.0.1:{}", free_port());
+    let down = format!("tcp://127.0.0.1:{}", free_port());
+    let p = Proc::start_logging(
+        "prime_proxyd",
+        &[&up, &down],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    wait_until("the warning", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.matches("BOUND WITHOUT CURVE").count() == 2)
+    });
+    p.stop();
+    // ipc needs no keys on one trusted host: no warning.
+    let log = dir.join("proxy-ipc.log");
+    let p = Proc::start_logging(
+        "prime_proxyd",
+        &[
+            &format!("ipc://{}/in", dir.display()),
+            &format!("ipc://{}/out", dir.display()),
+        ],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    wait_until("the proxy bound", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("proxy bound"))
+    });
+    p.stop();
+    assert!(!std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("WITHOUT CURVE"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_topology_with_security_names_the_role_whose_key_is_missing() {
+    let dir = temp_dir("missing-key");
+    assert!(keygen(
+        &dir,
+        &["front", "parse-proxy", "parse-workers", "test-proxy"]
+    )
+    .status
+    .success());
+    let (config, _) = secure_topology(&dir, "ipc");
+    let out = Command::new(bin("prime_workerd"))
+        .args(["--config", config.to_str().unwrap(), "--stage", "test"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stage.test.worker_key") && stderr.contains("test-workers"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
