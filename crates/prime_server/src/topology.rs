@@ -710,4 +710,86 @@ mod tests {
             .to_string();
         assert!(e.contains("log_format"), "{e}");
     }
+
+    #[test]
+    fn every_example_topology_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                Topology::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "examples not found in {dir}");
+    }
+
+    #[test]
+    fn each_bound_socket_admits_the_roles_meant_to_connect_to_it() {
+        let dir = std::env::temp_dir().join(format!("ps-topo-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("k")).unwrap();
+        let mut key = std::collections::HashMap::new();
+        for name in ["front", "p1", "w1", "w1-new", "p2", "w2"] {
+            key.insert(name, security::generate(&dir.join("k").join(name)).unwrap());
+        }
+        let text = r#"
+            [security]
+            keys = "k"
+            [[server]]
+            listen = "127.0.0.1:8002"
+            loopback = "tcp://127.0.0.1:5555"
+            interrupt = "tcp://127.0.0.1:5556"
+            key = "front"
+            [[stage]]
+            name = "a"
+            work = "echo"
+            upstream = "tcp://127.0.0.1:5557"
+            downstream = "tcp://127.0.0.1:5558"
+            proxy_key = "p1"
+            worker_key = ["w1-new", "w1"]
+            [[stage]]
+            name = "b"
+            work = "echo"
+            upstream = "tcp://127.0.0.1:5559"
+            downstream = "tcp://127.0.0.1:5560"
+            proxy_key = "p2"
+            worker_key = "w2"
+        "#;
+        let mut t = Topology::parse(text).unwrap();
+        t.dir = dir.clone();
+        let front = t.front_keys(&t.servers[0]).unwrap().unwrap();
+        assert_eq!(front.keypair.public(), key["front"]);
+        assert_eq!(front.proxy, key["p1"]);
+        assert_eq!(front.workers, vec![key["w1-new"], key["w1"], key["w2"]]);
+        let p1 = t.proxy_keys(0).unwrap().unwrap();
+        assert_eq!(p1.keypair.public(), key["p1"]);
+        assert_eq!(p1.senders, vec![key["front"]]);
+        assert_eq!(p1.workers, vec![key["w1-new"], key["w1"]]);
+        let p2 = t.proxy_keys(1).unwrap().unwrap();
+        assert_eq!(p2.senders, vec![key["w1-new"], key["w1"]]);
+        assert_eq!(p2.workers, vec![key["w2"]]);
+        // A rotating role uses the first of its keys.
+        let w1 = t.worker_keys(0).unwrap().unwrap();
+        assert_eq!(w1.keypair.public(), key["w1-new"]);
+        assert_eq!((w1.proxy, w1.next_proxy), (key["p1"], Some(key["p2"])));
+        assert_eq!(w1.fronts, vec![key["front"]]);
+        let w2 = t.worker_keys(1).unwrap().unwrap();
+        assert_eq!((w2.proxy, w2.next_proxy), (key["p2"], None));
+        // Without [security]: no keys, and keys without it are refused.
+        assert!(Topology::parse(GOOD)
+            .unwrap()
+            .front_keys(&t.servers[0])
+            .unwrap()
+            .is_none());
+        let stray = text.replace("[security]\n            keys = \"k\"", "");
+        let err = Topology::parse(&stray).unwrap_err().to_string();
+        assert!(err.contains("server.front.key"), "{err}");
+        let half = text.replace("proxy_key = \"p2\"", "");
+        let err = Topology::parse(&half).unwrap_err().to_string();
+        assert!(err.contains("stage.b.proxy_key"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
