@@ -1,17 +1,20 @@
-"""Wire protocol v1 (docs/PROTOCOL.md §2): one 48-byte little-endian header frame per message."""
+"""Wire protocol v2 (docs/PROTOCOL.md §2): one 48-byte little-endian header frame per message."""
 
 import enum
 import struct
 import time
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"PS"
 HEADER_LEN = 48
 BUSY = 1  # flags bit: a heartbeat sent for a worker in the middle of a job
 
+TOKEN_LEN = 6
+NO_TOKEN = bytes(TOKEN_LEN)
+
 # magic, version, kind, attempt, stage, flags, request_id, server_id, arrival_us, deadline_us,
-# status, 6 reserved bytes
-_LAYOUT = struct.Struct("<2sBBBBHQQQQH6x")
+# status, token (the request's 6-byte reply token)
+_LAYOUT = struct.Struct("<2sBBBBHQQQQH6s")
 assert _LAYOUT.size == HEADER_LEN
 
 
@@ -38,13 +41,19 @@ _PAYLOAD = {
 
 
 class WireError(ValueError):
-    """Bytes that are not a v1 message."""
+    """Bytes that are not a v2 message."""
 
 
 class Header:
-    __slots__ = ("kind", "attempt", "stage", "flags", "request_id", "server_id", "arrival_us", "deadline_us", "status")
+    """The header frame. ``token`` is the request's reply token (bytes 42..48): the server draws it
+    per request and takes a reply only if it carries it, so a worker copies it from the job it was
+    handed into the reply and into the jobs it forwards (``with_kind`` keeps it)."""
 
-    def __init__(self, kind, attempt=0, stage=0, flags=0, request_id=0, server_id=0, arrival_us=0, deadline_us=0, status=0):
+    __slots__ = ("kind", "attempt", "stage", "flags", "request_id", "server_id", "arrival_us", "deadline_us", "status",
+                 "token")
+
+    def __init__(self, kind, attempt=0, stage=0, flags=0, request_id=0, server_id=0, arrival_us=0, deadline_us=0, status=0,
+                 token=NO_TOKEN):
         self.kind = Kind(kind)
         self.attempt = attempt
         self.stage = stage
@@ -54,10 +63,15 @@ class Header:
         self.arrival_us = arrival_us
         self.deadline_us = deadline_us
         self.status = status
+        token = bytes(token)
+        if len(token) != TOKEN_LEN:
+            raise ValueError(f"a reply token is {TOKEN_LEN} bytes, not {len(token)}")
+        self.token = token
 
     def encode(self) -> bytes:
         return _LAYOUT.pack(MAGIC, PROTOCOL_VERSION, int(self.kind), self.attempt, self.stage, self.flags,
-                            self.request_id, self.server_id, self.arrival_us, self.deadline_us, self.status)
+                            self.request_id, self.server_id, self.arrival_us, self.deadline_us, self.status,
+                            self.token)
 
     @classmethod
     def decode(cls, frame: bytes) -> "Header":
@@ -65,17 +79,19 @@ class Header:
             raise WireError(f"protocol version {frame[2]} not supported (this side speaks {PROTOCOL_VERSION})")
         if len(frame) != HEADER_LEN:
             raise WireError(f"header frame is {len(frame)} bytes, expected {HEADER_LEN}")
-        magic, version, kind, attempt, stage, flags, rid, sid, arr, dl, status = _LAYOUT.unpack(frame)
+        magic, version, kind, attempt, stage, flags, rid, sid, arr, dl, status, token = _LAYOUT.unpack(frame)
         if magic != MAGIC:
             raise WireError(f"bad magic {magic!r}")
         try:
             kind = Kind(kind)
         except ValueError:
             raise WireError(f"unknown message kind {kind}") from None
-        return cls(kind, attempt, stage, flags, rid, sid, arr, dl, status)
+        return cls(kind, attempt, stage, flags, rid, sid, arr, dl, status, token)
 
     def with_kind(self, kind, status=0) -> "Header":
-        return Header(kind, self.attempt, self.stage, 0, self.request_id, self.server_id, self.arrival_us, self.deadline_us, status)
+        """The same request as a message of another kind: flags cleared, the reply token kept."""
+        return Header(kind, self.attempt, self.stage, 0, self.request_id, self.server_id, self.arrival_us, self.deadline_us, status,
+                      self.token)
 
     def expired(self, now_us=None) -> bool:
         if self.deadline_us == 0:

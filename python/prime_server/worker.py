@@ -114,6 +114,7 @@ class Worker:
         self.last_sent = time.monotonic()
 
     def _reply(self, header, status, body):
+        # with_kind keeps the job's reply token: the server takes no reply without it.
         h = header.with_kind(Kind.REPLY, status=status)
         h.stage = self.stage
         to = wire.server_routing_id(header.server_id)

@@ -11,7 +11,7 @@ def test_header_layout_matches_the_protocol_table():
                server_id=1, arrival_us=2, deadline_us=3, status=504)
     b = h.encode()
     assert len(b) == 48
-    assert b[0:8] == bytes([0x50, 0x53, 1, 1, 1, 2, 0x02, 0x01])
+    assert b[0:8] == bytes([0x50, 0x53, 2, 1, 1, 2, 0x02, 0x01])
     assert b[8:16] == bytes([1, 2, 3, 4, 5, 6, 7, 8])
     assert b[16] == 1 and b[24] == 2 and b[32] == 3
     assert b[40:42] == (504).to_bytes(2, "little")
@@ -19,12 +19,25 @@ def test_header_layout_matches_the_protocol_table():
     assert Header.decode(b) == h
 
 
+def test_the_reply_token_is_bytes_42_to_48_and_with_kind_keeps_it():
+    h = Header(Kind.JOB, request_id=9, server_id=42, token=bytes([1, 2, 3, 4, 5, 0xFF]))
+    b = h.encode()
+    assert b[42:48] == bytes([1, 2, 3, 4, 5, 0xFF])
+    got = Header.decode(b)
+    assert got.token == h.token
+    reply = got.with_kind(Kind.REPLY, status=503)
+    assert Header.decode(reply.encode()).token == h.token
+    assert Header(Kind.INTERRUPT).token == wire.NO_TOKEN
+    with pytest.raises(ValueError):
+        Header(Kind.JOB, token=b"short")
+
+
 def test_random_headers_round_trip():
     rnd = random.Random(1)
     for _ in range(500):
         h = Header(rnd.choice(list(Kind)), rnd.randrange(256), rnd.randrange(256), rnd.randrange(65536),
                    rnd.getrandbits(64), rnd.getrandbits(64), rnd.getrandbits(64), rnd.getrandbits(64),
-                   rnd.randrange(65536))
+                   rnd.randrange(65536), rnd.randbytes(6))
         assert Header.decode(h.encode()) == h
 
 
@@ -40,8 +53,8 @@ def test_garbage_is_an_error_never_a_crash():
 
 def test_wrong_version_is_named():
     b = bytearray(Header(Kind.JOB).encode())
-    b[2] = 2
-    with pytest.raises(WireError, match="version 2"):
+    b[2] = 1  # a version-1 peer: it knows no reply tokens
+    with pytest.raises(WireError, match="version 1 not supported"):
         Header.decode(bytes(b))
 
 

@@ -15,7 +15,7 @@ def recv(sock, timeout=5.0):
     return sock.recv_multipart()
 
 
-def setup(work, name):
+def setup(work, name, downstream=None):
     ctx = zmq.Context.instance()
     proxy = ctx.socket(zmq.ROUTER)
     proxy.bind(f"inproc://{name}-proxy")
@@ -25,15 +25,16 @@ def setup(work, name):
     pub = ctx.socket(zmq.PUB)
     pub.bind(f"inproc://{name}-int")
     w = Worker(f"inproc://{name}-proxy", [f"inproc://{name}-loop"], [f"inproc://{name}-int"], work,
-               heartbeat_interval=0.2)
+               downstream=downstream, heartbeat_interval=0.2)
     stop = threading.Event()
     t = threading.Thread(target=w.run, args=(stop,))
     t.start()
     return ctx, proxy, server, pub, w, stop, t
 
 
-def job(request_id, *frames, deadline_us=0):
-    return Header(Kind.JOB, attempt=1, request_id=request_id, server_id=42, deadline_us=deadline_us), list(frames)
+def job(request_id, *frames, deadline_us=0, token=wire.NO_TOKEN):
+    return (Header(Kind.JOB, attempt=1, request_id=request_id, server_id=42, deadline_us=deadline_us, token=token),
+            list(frames))
 
 
 def test_replies_fails_and_survives_exceptions():
@@ -100,3 +101,41 @@ def test_forwards_and_an_interrupt_stops_long_work():
     finally:
         stop.set()
         t.join()
+
+
+def test_the_reply_token_of_the_job_is_echoed_in_replies_forwards_and_relayed_rejects():
+    def work(j):
+        if j.frames[0] == b"fwd":
+            return Forward([b"next"])
+        if j.frames[0] == b"boom":
+            raise RuntimeError("kaboom")
+        return Reply(b"ok")
+
+    ctx = zmq.Context.instance()
+    next_proxy = ctx.socket(zmq.ROUTER)
+    next_proxy.bind("inproc://t3-next")
+    ctx, proxy, server, pub, w, stop, t = setup(work, "t3", downstream="inproc://t3-next")
+    try:
+        ident = recv(proxy)[0]
+        for rid, payload, status in [(1, b"hi", 0), (2, b"boom", 500)]:
+            token = bytes([rid, 2, 3, 4, 5, 6])
+            h, frames = job(rid, payload, token=token)
+            proxy.send_multipart([ident] + wire.message(h, frames))
+            _, head, _ = recv(server)
+            r = Header.decode(head)
+            assert (r.kind, r.request_id, r.status, r.token) == (Kind.REPLY, rid, status, token)
+        token = bytes([9, 8, 7, 6, 5, 4])
+        h, frames = job(3, b"fwd", token=token)
+        proxy.send_multipart([ident] + wire.message(h, frames))
+        sender, head, body = recv(next_proxy)
+        fwd = Header.decode(head)
+        assert (fwd.kind, fwd.request_id, fwd.token, body) == (Kind.JOB, 3, token, b"next")
+        # The next stage's proxy refuses it: the worker answers the server 503 with the token.
+        next_proxy.send_multipart([sender, fwd.with_kind(Kind.REJECT, status=503).encode(), b"full"])
+        _, head, body = recv(server)
+        r = Header.decode(head)
+        assert (r.kind, r.request_id, r.status, r.token, body) == (Kind.REPLY, 3, 503, token, b"full")
+    finally:
+        stop.set()
+        t.join()
+        next_proxy.close()

@@ -85,6 +85,10 @@ counters! {
         /// Requests answered 503 because the first stage's proxy died or restarted while they
         /// were open, and they were not answered within the grace that followed.
         orphaned,
+        /// Replies whose token does not match the request's: a peer answering for a request it
+        /// never held. Dropped (the request stays open for its real answer); not counted
+        /// `malformed`.
+        forged,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Wire protocol v1: the frames exchanged by server, proxies and workers.
+//! Wire protocol v2: the frames exchanged by server, proxies and workers.
 //!
 //! Every message starts with one **header frame** of exactly [`HEADER_LEN`] bytes, little-endian,
 //! laid out byte by byte (no compiler-dependent struct layout). Payload frames follow. The full
@@ -7,7 +7,7 @@
 //! ```text
 //! offset size field
 //!  0     2    magic        b"PS"
-//!  2     1    version      1
+//!  2     1    version      2
 //!  3     1    kind         see [`Kind`]
 //!  4     1    attempt      how many times this job was handed to a worker (1 = first)
 //!  5     1    stage        index of the stage that sent this message (0 = the server)
@@ -17,10 +17,11 @@
 //! 24     8    arrival_us   when the server accepted the request, Unix microseconds
 //! 32     8    deadline_us  when the server will give up on it, Unix microseconds (0 = none)
 //! 40     2    status       0 = application reply; else a failure status (500, 503, 504…)
-//! 42     6    reserved     zero when sent, ignored when read
+//! 42     6    token        the request's reply token (see [`ReplyToken`]); zero on messages that
+//!                           concern no job this peer was handed
 //! ```
 //!
-//! Decoding never panics: anything that is not a well-formed v1 message is a [`WireError`].
+//! Decoding never panics: anything that is not a well-formed v2 message is a [`WireError`].
 
 use crate::transport::Frames;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,12 +31,38 @@ pub const HEADER_LEN: usize = 48;
 /// The first two bytes of every header.
 pub const MAGIC: [u8; 2] = *b"PS";
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Bits of [`Header::flags`].
 pub mod flags {
     /// On a [`super::Kind::Heartbeat`] from a worker: the worker is busy with a job.
     pub const BUSY: u16 = 1;
+}
+
+/// Length of the reply token, bytes 42..48 of the header.
+pub const TOKEN_LEN: usize = 6;
+
+/// A request's **reply token**: 48 bits the server draws at random for each request it sends
+/// into the pipeline and writes into the job's header. Whoever is handed the job (a worker, the
+/// proxies that carry it) copies the header, token included, into the jobs it forwards and the
+/// reply it sends; the server accepts a reply only if it carries the token of the request it
+/// answers. So a peer that can reach the loopback but was never handed a job cannot answer it:
+/// request ids are guessable (they count up, and interrupts name them), the token is not — a
+/// blind guess succeeds with probability 2^-48 per try.
+///
+/// Messages that concern no job the receiver was handed (interrupts, heartbeats, Ready,
+/// Disconnect) carry [`ReplyToken::NONE`]. The server never draws it for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ReplyToken(pub [u8; TOKEN_LEN]);
+
+impl ReplyToken {
+    /// No token: all zeros.
+    pub const NONE: ReplyToken = ReplyToken([0; TOKEN_LEN]);
+
+    /// Whether this is [`ReplyToken::NONE`].
+    pub fn is_none(&self) -> bool {
+        *self == ReplyToken::NONE
+    }
 }
 
 /// What a message is. The numbers are the wire values.
@@ -84,7 +111,7 @@ impl Kind {
     }
 }
 
-/// Why bytes are not a v1 message.
+/// Why bytes are not a v2 message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The message had no frame at all.
@@ -136,6 +163,9 @@ pub struct Header {
     pub deadline_us: u64,
     /// 0 = application reply; otherwise a failure status.
     pub status: u16,
+    /// The request's reply token: copied from the job into what is forwarded and replied,
+    /// [`ReplyToken::NONE`] elsewhere.
+    pub token: ReplyToken,
 }
 
 impl Header {
@@ -151,10 +181,13 @@ impl Header {
             arrival_us: 0,
             deadline_us: 0,
             status: 0,
+            token: ReplyToken::NONE,
         }
     }
 
-    /// The same request, as a message of another kind (status and flags cleared).
+    /// The same request, as a message of another kind (status and flags cleared, the reply
+    /// token kept: a reply or a forwarded job must carry it). Clear the token before publishing
+    /// a header to peers that were not handed the job.
     pub fn with_kind(&self, kind: Kind) -> Header {
         Header {
             kind,
@@ -178,6 +211,7 @@ impl Header {
         b[24..32].copy_from_slice(&self.arrival_us.to_le_bytes());
         b[32..40].copy_from_slice(&self.deadline_us.to_le_bytes());
         b[40..42].copy_from_slice(&self.status.to_le_bytes());
+        b[42..48].copy_from_slice(&self.token.0);
         b
     }
 
@@ -214,6 +248,7 @@ impl Header {
             arrival_us: u64_at(24),
             deadline_us: u64_at(32),
             status: u16_at(40),
+            token: ReplyToken([b[42], b[43], b[44], b[45], b[46], b[47]]),
         })
     }
 
@@ -293,9 +328,13 @@ mod tests {
 
     prop_compose! {
         fn header_strategy()(kind in kind_strategy(), attempt: u8, stage: u8, flags: u16,
-            request_id: u64, server_id: u64, arrival_us: u64, deadline_us: u64, status: u16)
+            request_id: u64, server_id: u64, arrival_us: u64, deadline_us: u64, status: u16,
+            token: [u8; TOKEN_LEN])
             -> Header {
-            Header { kind, attempt, stage, flags, request_id, server_id, arrival_us, deadline_us, status }
+            Header {
+                kind, attempt, stage, flags, request_id, server_id, arrival_us, deadline_us, status,
+                token: ReplyToken(token),
+            }
         }
     }
 
@@ -357,9 +396,10 @@ mod tests {
             arrival_us: 2,
             deadline_us: 3,
             status: 504,
+            token: ReplyToken::NONE,
         };
         let b = h.encode();
-        assert_eq!(&b[0..8], &[b'P', b'S', 1, 1, 1, 2, 0x02, 0x01]);
+        assert_eq!(&b[0..8], &[b'P', b'S', 2, 1, 1, 2, 0x02, 0x01]);
         assert_eq!(&b[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(b[16], 1);
         assert_eq!(b[24], 2);
@@ -369,11 +409,29 @@ mod tests {
     }
 
     #[test]
+    fn the_reply_token_is_bytes_42_to_48_and_survives_a_round_trip_and_a_change_of_kind() {
+        let mut h = Header::new(Kind::Job);
+        h.request_id = 9;
+        h.token = ReplyToken([1, 2, 3, 4, 5, 0xff]);
+        let b = h.encode();
+        assert_eq!(&b[42..48], &[1, 2, 3, 4, 5, 0xff]);
+        let decoded = Header::decode(&b).unwrap();
+        assert_eq!(decoded.token, h.token);
+        // What a worker does to the header of the job it was handed.
+        let reply = decoded.with_kind(Kind::Reply);
+        assert_eq!(Header::decode(&reply.encode()).unwrap().token, h.token);
+        assert!(Header::new(Kind::Interrupt).token.is_none());
+    }
+
+    #[test]
     fn wrong_version_is_named() {
         let mut b = Header::new(Kind::Job).encode();
-        b[2] = 2;
-        assert_eq!(Header::decode(&b), Err(WireError::Version(2)));
-        assert_eq!(Header::decode(&b[..10]), Err(WireError::Version(2)));
+        // A version-1 peer: it knows no reply tokens.
+        b[2] = 1;
+        assert_eq!(Header::decode(&b), Err(WireError::Version(1)));
+        assert_eq!(Header::decode(&b[..10]), Err(WireError::Version(1)));
+        b[2] = 3;
+        assert_eq!(Header::decode(&b), Err(WireError::Version(3)));
     }
 
     #[test]

@@ -607,6 +607,7 @@ impl Worker {
         if let Some(reason) = self.over_limit(frames.iter().map(Vec::len)) {
             return self.reply(header, 500, reason.into_bytes());
         }
+        // The reply token goes on with the job: whichever stage answers needs it.
         let mut h = header.with_kind(Kind::Job);
         h.stage = self.config.stage;
         h.attempt = 0;
@@ -699,6 +700,8 @@ impl Worker {
             Some(reason) => (500, reason.into_bytes()),
             None => (status, body),
         };
+        // `header` is the job's (or the Reject of a job this worker forwarded, which a proxy
+        // makes from the job's): it carries the reply token the server checks.
         let mut h = header.with_kind(Kind::Reply);
         h.stage = self.config.stage;
         h.status = status;

@@ -834,13 +834,15 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
     wait_until_idle(&stats, 1);
     let mut job = Header::new(Kind::Job);
     job.request_id = 7;
+    job.token = wire::ReplyToken([1, 2, 3, 4, 5, 6]);
     sender.send([&job.encode()[..], b"payload"]).unwrap();
     let got = take_job_then_die(&w1, "first dispatch");
-    assert_eq!((got.request_id, got.attempt), (7, 1));
-    // w1 died holding it. w2 arrives and stays alive while idle.
+    assert_eq!((got.request_id, got.attempt, got.token), (7, 1, job.token));
+    // w1 died holding it. w2 arrives and stays alive while idle; the job it gets still carries
+    // its reply token, or w2's reply would be dropped as forged.
     let w2 = fake_worker("w2");
     let got = take_job_then_die(&w2, "redelivery");
-    assert_eq!((got.request_id, got.attempt), (7, 2));
+    assert_eq!((got.request_id, got.attempt, got.token), (7, 2, job.token));
     // w2 dies too: attempts spent, the sender is answered 500.
     let mut answer = None;
     wait_until("no 500 for the sender", || {
@@ -849,8 +851,8 @@ fn a_job_whose_workers_die_is_redelivered_then_answered_500() {
     });
     let (answer, _) = wire::decode(answer.unwrap()).unwrap();
     assert_eq!(
-        (answer.kind, answer.request_id, answer.status),
-        (Kind::Reject, 7, 500)
+        (answer.kind, answer.request_id, answer.status, answer.token),
+        (Kind::Reject, 7, 500, job.token)
     );
     assert_eq!(stats.snapshot().redelivered, 1);
     assert_eq!(stats.snapshot().abandoned, 1);
@@ -871,12 +873,12 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     let lone = LoneProxy::start("version");
     let (stats, w) = (&lone.stats, &lone.worker);
     let mut ready = Header::new(Kind::Ready).encode();
-    ready[2] = 2; // a version-2 peer
+    ready[2] = 1; // a version-1 peer, which knows no reply tokens
     w.send([&ready[..]]).unwrap();
-    wait_until("the version-2 Ready was not counted", || {
+    wait_until("the version-1 Ready was not counted", || {
         stats.snapshot().malformed >= 1
     });
-    // The proxy handles one message at a time, so the version-2 Ready is done with. A valid peer
+    // The proxy handles one message at a time, so the version-1 Ready is done with. A valid peer
     // registering now must find itself the only idle worker.
     let good = lone.another_worker();
     good.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();

@@ -216,7 +216,7 @@ impl Server {
                 server_id: config.server_id,
                 heartbeat: config.heartbeat,
                 _done: done_tx,
-            })
+            })?
         };
         let span = tracing::info_span!("pump", server_id = config.server_id);
         let task = async move {

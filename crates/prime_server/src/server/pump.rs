@@ -7,6 +7,10 @@
 //! deadlines, and publishes an Interrupt (PUB, bound) for a request whose deadline passed or
 //! whose client went away. Each open request is answered exactly once, by whichever of reply,
 //! Reject, deadline or shutdown comes first; later replies are counted `late` and dropped.
+//!
+//! Each job leaves with a reply token drawn here (see [`ReplyToken`]); a reply is taken only if
+//! it carries its request's token, so a peer of the loopback that was never handed the job
+//! cannot answer it (counted `forged`). Interrupts, which every subscriber reads, carry none.
 
 use super::in_flight::InFlight;
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
@@ -16,8 +20,10 @@ use crate::rate_limit::DropWarnings;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
 use crate::transport::{Frames, Sent, Socket, SocketEvents};
-use crate::wire::{self, Header, Kind};
+use crate::wire::{self, Header, Kind, ReplyToken};
 use crate::Error;
+use rand::rngs::{StdRng, SysRng};
+use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::Ordering;
@@ -49,6 +55,7 @@ enum Workers {
 
 struct Entry {
     tx: oneshot::Sender<Answer>,
+    /// The job's header as sent, its reply token included.
     header: Header,
     /// When it went to the first stage's proxy.
     sent: Instant,
@@ -67,6 +74,9 @@ pub(crate) struct Pump {
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     warnings: DropWarnings,
+    /// Draws the reply tokens: a CSPRNG (ChaCha12) seeded from the operating system, so no peer
+    /// can predict one from those it has seen.
+    tokens: StdRng,
 }
 
 /// What a pump is made of: its sockets, what it shares with the submitting side, and its
@@ -96,13 +106,30 @@ impl std::ops::Deref for Pump {
 }
 
 impl Pump {
-    pub(crate) fn new(parts: Parts) -> Pump {
-        Pump {
+    /// Fails only if the operating system gives no randomness to seed the reply tokens with.
+    pub(crate) fn new(parts: Parts) -> Result<Pump, Error> {
+        let tokens = StdRng::try_from_rng(&mut SysRng).map_err(|e| Error::Io {
+            op: "seed the reply tokens from the operating system",
+            cause: std::io::Error::other(e),
+        })?;
+        Ok(Pump {
             proxy: ProxyWatch::new(parts.heartbeat.expiry()),
             parts,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
             warnings: DropWarnings::new("server"),
+            tokens,
+        })
+    }
+
+    /// A fresh reply token, never [`ReplyToken::NONE`] (which headers anyone may see carry).
+    fn draw_token(&mut self) -> ReplyToken {
+        loop {
+            let mut token = ReplyToken::NONE;
+            self.tokens.fill_bytes(&mut token.0);
+            if !token.is_none() {
+                return token;
+            }
         }
     }
 
@@ -247,11 +274,12 @@ impl Pump {
     fn command(&mut self, cmd: Command) -> Result<(), Error> {
         match cmd {
             Command::Submit {
-                header,
+                mut header,
                 deadline,
                 frames,
                 tx,
             } => {
+                header.token = self.draw_token();
                 let id = header.request_id;
                 let head = header.encode();
                 let sent = self
@@ -300,13 +328,21 @@ impl Pump {
                         self.malformed("loopback", "reply for another server");
                         continue;
                     }
+                    let Some(entry) = self.table.get(&h.request_id) else {
+                        self.stats.late.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    if h.token != entry.header.token {
+                        // Dropped, and the request stays open: its real answer may still come.
+                        self.stats.forged.fetch_add(1, Ordering::Relaxed);
+                        let why = "reply whose token is not its request's: from a peer that \
+                                   never held the job";
+                        self.warnings.dropped("loopback", why, Instant::now());
+                        continue;
+                    }
                     let body = payload.pop().unwrap_or_default();
                     let answer = Answer::from_worker(h.status, body);
                     let ok = h.status == 0;
-                    if !self.table.contains_key(&h.request_id) {
-                        self.stats.late.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
                     // Counted before the answer is handed over: its receiver may read the
                     // stats at once.
                     if ok {
@@ -389,7 +425,9 @@ impl Pump {
         self.in_flight.leave();
         let _ = entry.tx.send(answer);
         if workers == Workers::Interrupt {
-            let h = entry.header.with_kind(Kind::Interrupt);
+            let mut h = entry.header.with_kind(Kind::Interrupt);
+            // Every subscriber reads it, not only the workers that hold the job.
+            h.token = ReplyToken::NONE;
             // libzmq applies new subscriptions when the publisher next looks at its commands,
             // which a send does only if it has not looked within about a millisecond: a worker
             // that subscribed just after a heartbeat went out would miss this interrupt. Asking
