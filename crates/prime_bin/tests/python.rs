@@ -32,7 +32,10 @@ fn python() -> &'static PathBuf {
         // tests always run the current sources the way a user installs them.
         let pkg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
         let pip = |args: &[&str]| {
-            let out = Command::new(venv.join("bin/pip"))
+            // `python -m pip`, not `bin/pip`: a copied target directory keeps scripts whose
+            // shebang names the venv they were made in.
+            let out = Command::new(&py)
+                .args(["-m", "pip"])
                 .args(args)
                 .output()
                 .unwrap();
@@ -151,9 +154,8 @@ fn the_python_package_passes_its_own_tests() {
         .status()
         .is_ok_and(|s| s.success());
     if !pytest_ok {
-        let venv_pip = py.parent().unwrap().join("pip");
-        let out = Command::new(venv_pip)
-            .args(["install", "-q", "pytest"])
+        let out = Command::new(py)
+            .args(["-m", "pip", "install", "-q", "pytest"])
             .output()
             .unwrap();
         assert!(

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const ROLES: [&str; 5] = [
     "front",
@@ -202,17 +201,17 @@ fn a_daemon_refuses_to_start_on_a_secret_key_others_may_read() {
         stderr.contains("parse-workers.secret") && stderr.contains("chmod 600"),
         "{stderr}"
     );
-    // The same file, the owner's only, is accepted (the daemon runs until stopped).
+    // The same file, the owner's only, is accepted: the daemon starts and serves until stopped.
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut p = Proc::start(
+    let log = dir.join("workers.log");
+    let p = Proc::start_logging(
         "prime_workerd",
         &["--config", config.to_str().unwrap(), "--stage", "parse"],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
     );
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        p.child.try_wait().unwrap().is_none(),
-        "exited with a good key"
-    );
+    wait_until("the workers connected", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("workers connected"))
+    });
     p.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
