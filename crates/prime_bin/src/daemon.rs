@@ -3,6 +3,7 @@
 
 use crate::work::Factory;
 use prime_server::endpoint::{Endpoint, InvalidEndpoint};
+use prime_server::metrics::Metrics;
 use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::security::{self, FrontKeys, ProxyKeys, WorkerKeys};
@@ -117,6 +118,41 @@ pub fn max_bodies(t: &Topology) -> Vec<usize> {
     t.servers.iter().map(|s| s.max_body_bytes).collect()
 }
 
+/// Serves `metrics` at `http://ADDR/metrics` (`--metrics-listen`, or the topology's key) on a
+/// thread of its own until `shutdown` stops; nothing when `addr` is `None`. Fails at once if
+/// the address cannot be bound.
+pub fn metrics_listener(
+    addr: Option<&str>,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--metrics-listen: expected ADDR:PORT, got {addr:?}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bound = rt
+        .block_on(prime_server::metrics::serve(
+            addr,
+            metrics.clone(),
+            shutdown.clone(),
+        ))
+        .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+    println!("metrics on http://{bound}/metrics");
+    let shutdown = shutdown.clone();
+    Ok(Some(
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                rt.block_on(shutdown.stopped());
+            })?,
+    ))
+}
+
 /// Reads a daemon's own key pair from its secret key file (`--curve-secret`).
 pub fn read_keypair(path: &std::path::Path) -> anyhow::Result<Keypair> {
     Ok(security::read_secret(path)?)
@@ -144,6 +180,7 @@ pub fn start_proxy(
     heartbeat: Heartbeat,
     on_drain: OnDrain,
     security: Option<ProxyKeys>,
+    metrics: &Metrics,
     shutdown: &Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
     let mut cfg = ProxyConfig::new(stage.upstream.parse()?, stage.downstream.parse()?);
@@ -155,6 +192,7 @@ pub fn start_proxy(
     cfg.on_drain = on_drain;
     cfg.max_attempts = stage.max_attempts;
     let proxy = Proxy::bind(ctx, cfg)?;
+    metrics.proxy(&stage.name, proxy.stats());
     tracing::info!(stage = %stage.name, upstream = %stage.upstream, downstream = %stage.downstream, "proxy bound");
     Ok(proxy.spawn(format!("{}-proxy", stage.name), shutdown.clone())?)
 }
@@ -212,9 +250,11 @@ pub fn start_workers(
     ctx: &Context,
     pool: &PoolSpec,
     work: &Factory,
+    metrics: &Metrics,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::new();
+    let mut stats = Vec::new();
     for i in 0..pool.workers.max(1) {
         let cfg = WorkerConfig {
             upstream: pool.upstream.clone(),
@@ -229,8 +269,10 @@ pub fn start_workers(
             security: pool.security.clone(),
         };
         let worker = Worker::connect(ctx, cfg, work())?;
+        stats.push(worker.stats());
         threads.push(worker.spawn(format!("{}-w{i}", pool.name), shutdown.clone())?);
     }
+    metrics.workers(&pool.name, stats);
     tracing::info!(pool = %pool.name, workers = pool.workers, upstream = %pool.upstream, "workers connected");
     Ok(threads)
 }
@@ -242,6 +284,7 @@ pub fn start_server(
     proxy: &Endpoint,
     heartbeat: Heartbeat,
     security: Option<FrontKeys>,
+    metrics: &Metrics,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Server> {
     let mut cfg = ServerConfig::new(
@@ -253,7 +296,9 @@ pub fn start_server(
     cfg.max_in_flight = section.max_in_flight;
     cfg.heartbeat = heartbeat;
     cfg.security = security;
-    Ok(Server::start(ctx, cfg, shutdown.clone())?)
+    let server = Server::start(ctx, cfg, shutdown.clone())?;
+    metrics.front(&section.name, server.stats());
+    Ok(server)
 }
 
 /// The address to show people: the wildcard becomes localhost.
@@ -402,6 +447,8 @@ pub fn server_section(
         access_log,
         zmq_listen: None,
         key: Vec::new(),
+        metrics_listen: None,
+        metrics_path: "/metrics".into(),
     }
 }
 
@@ -415,6 +462,7 @@ pub fn all_in_one_http(
     access_log: bool,
     max_body_bytes: usize,
     max_connections: Option<usize>,
+    metrics_listen: Option<String>,
     workers: usize,
     work: Factory,
     drain: Duration,
@@ -431,6 +479,7 @@ pub fn all_in_one_http(
         access_log,
     );
     section.max_connections = max_connections;
+    section.metrics_listen = metrics_listen;
     run_all_in_one(&section, vec![(workers.max(1), work)], drain)
 }
 
@@ -464,6 +513,19 @@ pub fn run_pipeline(
         .build()?;
     let running = p.start_in(&rt)?;
     running.shutdown.on_signals(drain)?;
+    let metrics = Metrics::new();
+    metrics.front(&section.name, running.server.stats());
+    for (i, stats) in running.stage_stats.iter().enumerate() {
+        metrics.proxy(&(i + 1).to_string(), stats.clone());
+    }
+    for (i, stats) in running.worker_stats.iter().enumerate() {
+        metrics.workers(&(i + 1).to_string(), stats.clone());
+    }
+    let listener = metrics_listener(
+        section.metrics_listen.as_deref(),
+        &metrics,
+        &running.shutdown,
+    )?;
     // In-memory stages have no zmq context; the zmq front, if any, needs one.
     let ctx = running
         .ctx
@@ -480,6 +542,9 @@ pub fn run_pipeline(
     ));
     running.shutdown.stop();
     running.join();
+    if let Some(l) = listener {
+        let _ = l.join();
+    }
     result
 }
 
@@ -488,6 +553,15 @@ pub fn run_pipeline(
 pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(t.drain())?;
+    let metrics = &Metrics::new();
+    let mut listeners = Vec::new();
+    for s in &t.servers {
+        listeners.extend(metrics_listener(
+            s.metrics_listen.as_deref(),
+            metrics,
+            &shutdown,
+        )?);
+    }
     let hb = t.heartbeat.heartbeat();
     let mut threads = Vec::new();
     for (i, s) in t.stages.iter().enumerate() {
@@ -498,6 +572,7 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
             hb,
             OnDrain::ServeUntilStop,
             keys,
+            metrics,
             &shutdown,
         )?);
     }
@@ -516,13 +591,14 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
                 &t.stages[0].upstream.parse()?,
                 hb,
                 keys,
+                metrics,
                 &shutdown,
             )?);
         }
         for (i, s) in t.stages.iter().enumerate() {
             let pool = PoolSpec::from_topology(t, i, OnDrain::ServeUntilStop)?;
             let factory = crate::work::factory(&s.work, Default::default())?;
-            threads.extend(start_workers(ctx, &pool, &factory, &shutdown)?);
+            threads.extend(start_workers(ctx, &pool, &factory, metrics, &shutdown)?);
         }
         // The fronts of one process share its descriptors: each gets its part of the default.
         let sections: Vec<ServerSection> = t
@@ -552,7 +628,7 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     shutdown.stop();
-    for th in threads {
+    for th in threads.into_iter().chain(listeners) {
         prime_server::component::join(th);
     }
     result

@@ -65,6 +65,7 @@ pub mod heartbeat;
 pub mod http_job;
 pub mod interrupt;
 pub(crate) mod memory;
+pub mod metrics;
 pub mod pipeline;
 pub mod protocol;
 pub mod proxy;

@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// A job in an in-memory stage's queue: the wire header (ids, deadline), the frames, and where
@@ -183,9 +184,15 @@ impl MemWorker {
         let _entered = span.enter();
         crate::transport::prefer_batch_scheduling();
         let busy = AtomicBool::new(false);
+        // Two clock reads a job: its start ends the wait, its end starts the next.
+        let mut waiting_since = Instant::now();
         while !shutdown.is_stopping() {
             if let Some(job) = self.queue.pop(POLL_INTERVAL) {
+                let start = Instant::now();
+                self.stats.wait_seconds.observe(start - waiting_since);
                 self.handle(job, &shutdown, &busy);
+                waiting_since = Instant::now();
+                self.stats.job_seconds.observe(waiting_since - start);
             }
         }
     }
@@ -235,6 +242,9 @@ impl MemWorker {
                 self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             }
             Err((job, refused)) => {
+                if refused == Refused::Full {
+                    self.server_stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
                 if job.reply.send(refused.answer()).is_ok() {
                     self.server_stats.overloaded.fetch_add(1, Ordering::Relaxed);
                 }

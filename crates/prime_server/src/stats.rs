@@ -13,19 +13,23 @@ macro_rules! counters {
     (
         $(#[$meta:meta])*
         $name:ident => $snapshot:ident {
-            $( $(#[$field_meta:meta])* $field:ident, )*
+            $( $(#[doc = $doc:literal])* $field:ident, )*
         }
+        $(gauges = [$($gauge:ident),*];)?
+        $(histograms { $( $(#[doc = $hdoc:literal])* $hist:ident, )* })?
     ) => {
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $name {
-            $( $(#[$field_meta])* pub(crate) $field: AtomicU64, )*
+            $( $(#[doc = $doc])* pub(crate) $field: AtomicU64, )*
+            $($( $(#[doc = $hdoc])* pub(crate) $hist: Histogram, )*)?
         }
 
         #[doc = concat!("The counters of a [`", stringify!($name), "`] at one moment.")]
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct $snapshot {
-            $( $(#[$field_meta])* pub $field: u64, )*
+            $( $(#[doc = $doc])* pub $field: u64, )*
+            $($( $(#[doc = $hdoc])* pub $hist: HistogramCounts, )*)?
         }
 
         impl $name {
@@ -33,10 +37,108 @@ macro_rules! counters {
             pub fn snapshot(&self) -> $snapshot {
                 $snapshot {
                     $( $field: self.$field.load(Ordering::Relaxed), )*
+                    $($( $hist: self.$hist.snapshot(), )*)?
                 }
             }
         }
+
+        impl $snapshot {
+            /// Every counter with its name, its doc line and whether it is a gauge (a level
+            /// that goes up and down) rather than a count that only grows: what a metrics
+            /// exporter needs.
+            pub fn fields(&self) -> Vec<Field> {
+                const GAUGES: &[&str] = &[$($(stringify!($gauge)),*)?];
+                vec![$(Field {
+                    name: stringify!($field),
+                    help: concat!($($doc),*).trim_ascii(),
+                    gauge: GAUGES.contains(&stringify!($field)),
+                    value: self.$field,
+                }),*]
+            }
+
+            /// Every histogram with its name and doc line.
+            pub fn histograms(&self) -> Vec<(&'static str, &'static str, HistogramCounts)> {
+                vec![$($( (stringify!($hist), concat!($($hdoc),*).trim_ascii(), self.$hist), )*)?]
+            }
+
+            /// Adds `other`'s counts to these (the workers of one pool, summed).
+            pub fn add(&mut self, other: &$snapshot) {
+                $( self.$field += other.$field; )*
+                $($( self.$hist.add(&other.$hist); )*)?
+            }
+        }
     };
+}
+
+/// The upper bounds of a [`Histogram`]'s buckets, in microseconds: 100 µs to 60 s, about three
+/// to a decade (what a request or a job may take, cheap or not).
+pub const BUCKETS_US: [u64; 18] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// A distribution of durations in fixed buckets ([`BUCKETS_US`]), counted with atomics: an
+/// observation costs three relaxed additions.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last counts those over the largest bound.
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A [`Histogram`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramCounts {
+    /// Observations per bucket of [`BUCKETS_US`] (not cumulative), then those over the largest.
+    pub buckets: [u64; BUCKETS_US.len() + 1],
+    /// The sum of the observations, in microseconds.
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    /// Counts one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn snapshot(&self) -> HistogramCounts {
+        HistogramCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl HistogramCounts {
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Adds `other`'s observations to these.
+    pub fn add(&mut self, other: &HistogramCounts) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+    }
+}
+
+/// One counter of a snapshot, named (see `ServerCounts::fields` and the others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    /// The field's name (`submitted`, `queued`, …).
+    pub name: &'static str,
+    /// Its doc line.
+    pub help: &'static str,
+    /// A level that goes up and down, not a count that only grows.
+    pub gauge: bool,
+    /// Its value.
+    pub value: u64,
 }
 
 counters! {
@@ -61,6 +163,12 @@ counters! {
         undeliverable,
         /// Work function outputs with a frame over the message limit, answered 500 instead.
         oversized,
+    }
+    histograms {
+        /// How long each job took, from its arrival at the worker to its answer or forward.
+        job_seconds,
+        /// How long the worker waited for each job, from asking for work to receiving it.
+        wait_seconds,
     }
 }
 
@@ -89,6 +197,21 @@ counters! {
         /// never held. Dropped (the request stays open for its real answer); not counted
         /// `malformed`.
         forged,
+        /// Requests answered 503 at once because `max_in_flight` requests were open.
+        in_flight_refused,
+        /// Requests answered 503 because a stage's queue was full (its proxy refused the job).
+        queue_full,
+        /// Requests answered 503 because the front was draining.
+        draining_refused,
+        /// Client connections open now.
+        connections,
+        /// Client connections refused because `max_connections` were open.
+        connections_refused,
+    }
+    gauges = [connections];
+    histograms {
+        /// How long each request took, from its submission to its answer.
+        request_seconds,
     }
 }
 
@@ -115,11 +238,44 @@ counters! {
         /// Idle workers now.
         idle,
     }
+    gauges = [queued, idle];
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_duration_in_the_first_bucket_that_holds_it() {
+        use std::time::Duration;
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(100)); // on a bound: that bucket
+        h.observe(Duration::from_micros(101));
+        h.observe(Duration::from_secs(3600)); // over the largest bound
+        let c = h.snapshot();
+        assert_eq!((c.buckets[0], c.buckets[1]), (1, 1));
+        assert_eq!(c.buckets[BUCKETS_US.len()], 1);
+        assert_eq!(c.count(), 3);
+        assert_eq!(c.sum_us, 201 + 3_600_000_000);
+        let mut sum = c;
+        sum.add(&c);
+        assert_eq!(sum.count(), 6);
+    }
+
+    #[test]
+    fn fields_name_every_counter_with_its_doc_line_and_kind() {
+        let s = StageStats::default();
+        s.queued.store(4, Ordering::Relaxed);
+        let fields = s.snapshot().fields();
+        let queued = fields.iter().find(|f| f.name == "queued").unwrap();
+        assert_eq!((queued.value, queued.gauge), (4, true));
+        assert_eq!(queued.help, "Jobs waiting for a worker now.");
+        let received = fields.iter().find(|f| f.name == "received").unwrap();
+        assert!(!received.gauge);
+        let w = WorkerStats::default().snapshot();
+        let names: Vec<&str> = w.histograms().iter().map(|h| h.0).collect();
+        assert_eq!(names, ["job_seconds", "wait_seconds"]);
+    }
 
     #[test]
     fn a_snapshot_reads_every_counter() {

@@ -207,6 +207,18 @@ pub struct ServerSection {
     /// admitted by stage 1's proxy).
     #[serde(default, deserialize_with = "one_or_many")]
     pub key: Vec<String>,
+    /// Where `prime_httpd` serves its Prometheus metrics on a listener of its own
+    /// (`127.0.0.1:9100`; default: none).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// The path of the client port answered with the process's Prometheus metrics (default
+    /// `/metrics`; `""` turns it off, e.g. when the port is public).
+    #[serde(default = "default_metrics_path")]
+    pub metrics_path: String,
+}
+
+fn default_metrics_path() -> String {
+    "/metrics".into()
 }
 
 impl ServerSection {
@@ -248,6 +260,13 @@ pub struct StageSection {
     /// admitted by their proxy, the next stage's proxy and the fronts).
     #[serde(default, deserialize_with = "one_or_many")]
     pub worker_key: Vec<String>,
+    /// Where `prime_proxyd` of this stage serves its Prometheus metrics (default: none).
+    #[serde(default)]
+    pub proxy_metrics_listen: Option<String>,
+    /// Where `prime_workerd` of this stage serves its Prometheus metrics (default: none; a
+    /// second worker process on the same host needs `--metrics-listen` of its own).
+    #[serde(default)]
+    pub workers_metrics_listen: Option<String>,
 }
 
 /// What a request head may add to a body in one frame: the HTTP front's default largest head.
@@ -334,6 +353,17 @@ pub enum TopologyError {
     },
 }
 
+/// A metrics listener's address: `host:port` (an IP address).
+fn check_listen(key: &str, addr: Option<&str>) -> Result<(), TopologyError> {
+    match addr {
+        Some(a) if a.parse::<std::net::SocketAddr>().is_err() => Err(invalid(
+            key,
+            format!("expected an address and port such as 127.0.0.1:9100, got {a:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn invalid(key: impl Into<String>, why: impl Into<String>) -> TopologyError {
     TopologyError::Invalid {
         key: key.into(),
@@ -406,6 +436,13 @@ impl Topology {
                     return Err(invalid(key("health_path"), "must start with /"));
                 }
             }
+            if !s.metrics_path.is_empty() && !s.metrics_path.starts_with('/') {
+                return Err(invalid(
+                    key("metrics_path"),
+                    "must start with / (or be \"\": off)",
+                ));
+            }
+            check_listen(&key("metrics_listen"), s.metrics_listen.as_deref())?;
             if let Some(limit) = self.max_message_bytes {
                 check_message_limit(limit, s.max_body_bytes).map_err(|why| {
                     invalid(
@@ -435,6 +472,14 @@ impl Topology {
             if s.max_attempts == 0 {
                 return Err(invalid(key("max_attempts"), "must be at least 1"));
             }
+            check_listen(
+                &key("proxy_metrics_listen"),
+                s.proxy_metrics_listen.as_deref(),
+            )?;
+            check_listen(
+                &key("workers_metrics_listen"),
+                s.workers_metrics_listen.as_deref(),
+            )?;
         }
         Ok(())
     }

@@ -130,6 +130,8 @@ pub struct Worker {
     notices: RefCell<Notices>,
     blob: Vec<u8>,
     ready_sent: bool,
+    /// When the last Ready was sent, until a job comes (the wait it ends is measured).
+    ready_at: Option<Instant>,
     /// Whether every interrupt that reached the sockets before the latest wait ended has been
     /// read: true after a wait (a signalled interrupt socket is drained before any job), false
     /// once a job starts. A job that starts straight after a wait then skips the drain (a
@@ -266,6 +268,7 @@ impl Worker {
             stats: Arc::default(),
             notices,
             ready_sent: false,
+            ready_at: None,
             interrupts_read: false,
             last_sent: Instant::now(),
             left: None,
@@ -484,6 +487,7 @@ impl Worker {
         let blob = self.blob.clone();
         self.send_up(Kind::Ready, Some(blob))?;
         self.ready_sent = true;
+        self.ready_at = Some(self.last_sent);
         Ok(())
     }
 
@@ -548,6 +552,11 @@ impl Worker {
         // before the first heartbeat does).
         // Both clocks are read once per job: this runs for every job.
         let (now, now_us) = (Instant::now(), wire::now_us());
+        if let Some(asked) = self.ready_at.take() {
+            self.stats
+                .wait_seconds
+                .observe(now.saturating_duration_since(asked));
+        }
         let age = Duration::from_micros(now_us.saturating_sub(header.arrival_us));
         if let Some(shown_alive) = now.checked_sub(age) {
             if age < self.config.heartbeat.expiry() {
@@ -589,11 +598,13 @@ impl Worker {
                 );
             }
         }
-        match action {
+        let sent = match action {
             Action::Forward(frames) => self.forward(&header, frames),
             Action::Answer(status, body) => self.reply(&header, status, body),
             Action::Nothing => Ok(()),
-        }
+        };
+        self.stats.job_seconds.observe(now.elapsed());
+        sent
     }
 
     fn forward(&mut self, header: &Header, frames: Frames) -> Result<(), Error> {

@@ -31,6 +31,9 @@ struct Args {
     /// open-file limit less a reserve for zmq, see README).
     #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg)]
     max_connections: Option<usize>,
+    /// Also serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// `text` or `json` log lines.
     #[arg(long, value_parser = daemon::log_format, default_value = "text")]
     log_format: prime_server::topology::LogFormat,
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         args.access_log,
         10 * 1024 * 1024,
         args.max_connections,
+        args.metrics_listen.clone(),
         args.concurrency,
         work::factory("echo", Default::default())?,
         Duration::from_secs(args.drain_seconds),

@@ -8,6 +8,7 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
+use prime_server::metrics::Metrics;
 use prime_server::security::FrontKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{self, HeartbeatConfig, Protocol, Topology};
@@ -112,6 +113,10 @@ struct Args {
     /// A public key file of zmq clients (--zmq-listen); repeat it for several.
     #[arg(long, value_name = "FILE", requires = "curve_secret")]
     allow_client: Vec<PathBuf>,
+    /// Also serve Prometheus metrics at http://ADDR/metrics (default: the server's
+    /// `metrics_listen` with --config, else none).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -213,14 +218,27 @@ fn main() -> anyhow::Result<()> {
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
+    let metrics = Metrics::new();
+    let listen = args
+        .metrics_listen
+        .clone()
+        .or(section.metrics_listen.clone());
+    let listener = daemon::metrics_listener(listen.as_deref(), &metrics, &shutdown)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
         let zmq_clients = keys.as_ref().map(FrontKeys::zmq_clients);
-        let server =
-            daemon::start_server(&ctx, &section, &proxy.parse()?, heartbeat, keys, &shutdown)
-                .context("starting the server core")?;
+        let server = daemon::start_server(
+            &ctx,
+            &section,
+            &proxy.parse()?,
+            heartbeat,
+            keys,
+            &metrics,
+            &shutdown,
+        )
+        .context("starting the server core")?;
         daemon::serve_front(
             &ctx,
             &section,
@@ -234,6 +252,9 @@ fn main() -> anyhow::Result<()> {
     });
     shutdown.stop();
     drop(rt);
+    if let Some(l) = listener {
+        let _ = l.join();
+    }
     result?;
     tracing::info!("prime_httpd stopped");
     Ok(())

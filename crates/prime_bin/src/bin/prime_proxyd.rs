@@ -7,6 +7,7 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
+use prime_server::metrics::Metrics;
 use prime_server::security::ProxyKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, StageSection, Topology};
@@ -72,6 +73,10 @@ struct Args {
     /// A public key file of this stage's workers; repeat it for several.
     #[arg(long, value_name = "FILE", requires = "curve_secret")]
     allow_downstream: Vec<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default: the stage's
+    /// `proxy_metrics_listen` with --config, else none).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +119,8 @@ fn main() -> anyhow::Result<()> {
                     max_attempts: args.max_attempts.max(1),
                     proxy_key: None,
                     worker_key: Vec::new(),
+                    proxy_metrics_listen: None,
+                    workers_metrics_listen: None,
                 },
                 HeartbeatConfig {
                     interval_ms: args.heartbeat_ms,
@@ -139,15 +146,23 @@ fn main() -> anyhow::Result<()> {
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
+    let metrics = Metrics::new();
     let proxy = daemon::start_proxy(
         &ctx,
         &stage,
         heartbeat.heartbeat(),
         OnDrain::FinishAndExit,
         keys,
+        &metrics,
         &shutdown,
     )?;
+    let listen = args.metrics_listen.or(stage.proxy_metrics_listen.clone());
+    let listener = daemon::metrics_listener(listen.as_deref(), &metrics, &shutdown)?;
     prime_server::component::join(proxy);
+    shutdown.stop();
+    if let Some(l) = listener {
+        let _ = l.join();
+    }
     tracing::info!("prime_proxyd stopped");
     Ok(())
 }

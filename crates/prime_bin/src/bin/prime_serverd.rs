@@ -79,6 +79,10 @@ struct Args {
     /// reserve for zmq. With --config, set `max_connections` per server in the file instead.
     #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg, conflicts_with = "config")]
     max_connections: Option<usize>,
+    /// Also serve Prometheus metrics at http://ADDR/metrics. With --config, set
+    /// `metrics_listen` per server in the file instead.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    metrics_listen: Option<String>,
     /// The most jobs waiting at each stage; more are answered 503 at once.
     #[arg(long, default_value_t = 4096)]
     queue_limit: usize,
@@ -203,6 +207,7 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     section.name = "prime_serverd".into();
     section.max_in_flight = args.max_in_flight;
     section.max_connections = args.max_connections;
+    section.metrics_listen = args.metrics_listen.clone();
     section.header_timeout_seconds = args.header_timeout.max(1);
     section.zmq_listen = args.zmq_listen.clone();
     let hint = match protocol {

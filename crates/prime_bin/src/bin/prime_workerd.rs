@@ -8,6 +8,7 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::{daemon, work};
+use prime_server::metrics::Metrics;
 use prime_server::security::WorkerKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, Topology};
@@ -89,6 +90,10 @@ struct Args {
     /// A front server's public key file, in the order of the loopbacks; repeat it per server.
     #[arg(long, value_name = "FILE", requires = "curve_secret")]
     front_key: Vec<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (default: the stage's
+    /// `workers_metrics_listen` with --config, else none).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +106,7 @@ fn main() -> anyhow::Result<()> {
     loopbacks.extend(args.loopback_flag.iter().cloned());
     let mut interrupts: Vec<String> = args.interrupt.iter().cloned().collect();
     interrupts.extend(args.interrupt_flag.iter().cloned());
+    let mut metrics_listen = args.metrics_listen.clone();
     let (pool, kind, drain, format, limit) = match (&args.config, &args.upstream_proxy) {
         (Some(path), None) => {
             let t = Topology::load(path)?;
@@ -111,6 +117,9 @@ fn main() -> anyhow::Result<()> {
                 pool.workers = n;
             }
             let kind = args.work.clone().unwrap_or_else(|| stage.work.clone());
+            if metrics_listen.is_none() {
+                metrics_listen = stage.workers_metrics_listen.clone();
+            }
             let limit = daemon::message_limit(
                 args.max_message_bytes,
                 t.max_message_bytes(),
@@ -179,9 +188,15 @@ fn main() -> anyhow::Result<()> {
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
-    let threads = daemon::start_workers(&ctx, &pool, &factory, &shutdown)?;
+    let metrics = Metrics::new();
+    let threads = daemon::start_workers(&ctx, &pool, &factory, &metrics, &shutdown)?;
+    let listener = daemon::metrics_listener(metrics_listen.as_deref(), &metrics, &shutdown)?;
     for t in threads {
         prime_server::component::join(t);
+    }
+    shutdown.stop();
+    if let Some(l) = listener {
+        let _ = l.join();
     }
     tracing::info!("prime_workerd stopped");
     Ok(())

@@ -338,6 +338,10 @@ impl Server {
             Pending::answered(id, shared.clone(), answer)
         };
         if !shared.in_flight.try_enter(shared.limits.max_in_flight) {
+            shared
+                .stats
+                .in_flight_refused
+                .fetch_add(1, Ordering::Relaxed);
             return overloaded(Answer::Failed(Failure::new(
                 503,
                 "too many requests in flight",
@@ -367,7 +371,12 @@ impl Server {
                 };
                 match first.push(job) {
                     Ok(()) => Pending::waiting(id, shared.clone(), rx, deadline),
-                    Err((_, refused)) => refuse(refused.answer()),
+                    Err((_, refused)) => {
+                        if refused == crate::memory::Refused::Full {
+                            shared.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                        refuse(refused.answer())
+                    }
                 }
             }
             Dispatch::Pump { commands, .. } => {

@@ -31,6 +31,8 @@ pub struct Pending {
     shared: Arc<Shared>,
     /// In-memory stages only (the pump keeps the deadlines otherwise).
     deadline: Option<Deadline>,
+    /// In-memory stages only: when the request was submitted (the pump times its own).
+    since: Option<std::time::Instant>,
 }
 
 /// A deadline kept by the waiting side; the timer is made on the first poll, inside the runtime
@@ -48,11 +50,13 @@ impl Pending {
         rx: oneshot::Receiver<Answer>,
         deadline: Option<Instant>,
     ) -> Pending {
+        let memory = matches!(shared.dispatch, Dispatch::Memory { .. });
         Pending {
             state: State::Waiting(rx),
             id,
             shared,
             deadline: deadline.map(Deadline::At),
+            since: memory.then(std::time::Instant::now),
         }
     }
 
@@ -63,6 +67,7 @@ impl Pending {
             id,
             shared,
             deadline: None,
+            since: None,
         }
     }
 
@@ -124,6 +129,9 @@ impl Future for Pending {
             State::Done => Answer::Failed(Failure::new(500, "answer already taken")),
         };
         self.state = State::Done;
+        if let Some(since) = self.since {
+            self.shared.stats.request_seconds.observe(since.elapsed());
+        }
         Poll::Ready(answer)
     }
 }

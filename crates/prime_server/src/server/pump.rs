@@ -372,6 +372,9 @@ impl Pump {
                         Workers::LeaveAlone,
                     )? {
                         self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                        if status == 503 {
+                            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Ok((h, _)) if h.kind == Kind::Heartbeat => self.proxy_heard(h.server_id),
@@ -423,6 +426,7 @@ impl Pump {
             return Ok(false);
         };
         self.in_flight.leave();
+        self.stats.request_seconds.observe(entry.sent.elapsed());
         let _ = entry.tx.send(answer);
         if workers == Workers::Interrupt {
             let mut h = entry.header.with_kind(Kind::Interrupt);
