@@ -29,10 +29,13 @@ fn python() -> &'static PathBuf {
             assert!(ok.success(), "python3 -m venv failed");
         }
         // Install the package from the repository (its dependencies the first time), so the
-        // tests always run the current sources the way a user installs them.
+        // tests always run the current sources the way a user installs them. Through `python
+        // -m pip`: a venv copied from another checkout keeps that checkout's path in the
+        // `#!` line of its `bin/pip`, which would install into the other venv.
         let pkg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
         let pip = |args: &[&str]| {
-            let out = Command::new(venv.join("bin/pip"))
+            let out = Command::new(&py)
+                .args(["-m", "pip"])
                 .args(args)
                 .output()
                 .unwrap();
@@ -53,32 +56,83 @@ fn python() -> &'static PathBuf {
 
 #[test]
 fn python_workers_serve_the_prime_testing_stage_of_a_rust_pipeline() {
+    mixed_pipeline("mixed", "ipc", false);
+}
+
+#[test]
+fn python_workers_serve_the_prime_testing_stage_with_curve_over_tcp() {
+    mixed_pipeline("mixed-curve", "tcp", true);
+}
+
+/// The prime demo as separate processes, its second stage served by two Python worker threads
+/// (examples/python/prime_worker.py), over `scheme` (`ipc` or `tcp`); when `secure`, with a
+/// `[security]` section and keys written by `prime_keygen`.
+fn mixed_pipeline(tag: &str, scheme: &str, secure: bool) {
     let py = python().clone();
-    let dir = temp_dir("mixed");
+    let dir = temp_dir(tag);
     let port = free_port();
     let cfg = dir.join("mixed.toml");
+    let ep = |name: &str| match scheme {
+        "ipc" => format!("ipc://{}/{name}", dir.display()),
+        _ => format!("tcp://127.0.0.1:{}", free_port()),
+    };
+    let keys = |text: &str| {
+        if secure {
+            text.to_string()
+        } else {
+            String::new()
+        }
+    };
+    if secure {
+        let out = Command::new(bin("prime_keygen"))
+            .arg("--dir")
+            .arg(dir.join("keys"))
+            .args([
+                "front",
+                "parse-proxy",
+                "parse-workers",
+                "test-proxy",
+                "test-workers",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
     std::fs::write(
         &cfg,
         format!(
             r#"drain_seconds = 2
 [heartbeat]
 interval_ms = 500
+{}
 [[server]]
 listen = "127.0.0.1:{port}"
-loopback = "ipc://{d}/lb"
-interrupt = "ipc://{d}/int"
+loopback = "{}"
+interrupt = "{}"
+{}
 [[stage]]
 name = "parse"
 work = "prime_parse"
-upstream = "ipc://{d}/parse_in"
-downstream = "ipc://{d}/parse_out"
+upstream = "{}"
+downstream = "{}"
+{}
 [[stage]]
 name = "test"
 work = "prime_test"
-upstream = "ipc://{d}/test_in"
-downstream = "ipc://{d}/test_out"
+upstream = "{}"
+downstream = "{}"
+{}
 "#,
-            d = dir.display()
+            keys("[security]\nkeys = \"keys\""),
+            ep("lb"),
+            ep("int"),
+            keys("key = \"front\""),
+            ep("parse_in"),
+            ep("parse_out"),
+            keys("proxy_key = \"parse-proxy\"\nworker_key = \"parse-workers\""),
+            ep("test_in"),
+            ep("test_out"),
+            keys("proxy_key = \"test-proxy\"\nworker_key = \"test-workers\""),
         ),
     )
     .unwrap();
@@ -151,9 +205,8 @@ fn the_python_package_passes_its_own_tests() {
         .status()
         .is_ok_and(|s| s.success());
     if !pytest_ok {
-        let venv_pip = py.parent().unwrap().join("pip");
-        let out = Command::new(venv_pip)
-            .args(["install", "-q", "pytest"])
+        let out = Command::new(py)
+            .args(["-m", "pip", "install", "-q", "pytest"])
             .output()
             .unwrap();
         assert!(
