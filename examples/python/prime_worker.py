@@ -4,6 +4,9 @@
 
     python3 examples/python/prime_worker.py --config examples/one-host-ipc.toml --stage test
 
+With a `[security]` section in the topology it uses the stage's keys from the topology's key
+folder, as `prime_workerd --config` does.
+
 Stage 1 (Rust or not) forwards the number as 8 little-endian bytes and a frame saying how the
 request came in (b"h" HTTP, b"n" netstring); this stage answers in kind.
 """
@@ -11,11 +14,12 @@ request came in (b"h" HTTP, b"n" netstring); this stage answers in kind.
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
 import tomllib
 
-from prime_server import Failed, Reply, Worker
+from prime_server import Failed, Reply, Worker, WorkerKeys
 from prime_server.http import response
 
 
@@ -55,6 +59,8 @@ def main():
     stages = t["stage"]
     i = next(k for k, s in enumerate(stages) if s["name"] == a.stage)
     hb = t.get("heartbeat", {})
+    # With [security], the stage's worker key pair and its peers' public keys, as prime_workerd.
+    keys = WorkerKeys.from_topology(t, a.stage, os.path.dirname(os.path.abspath(a.config)))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -67,7 +73,8 @@ def main():
                    downstream=stages[i + 1]["upstream"] if i + 1 < len(stages) else None,
                    stage=i + 1,
                    heartbeat_interval=hb.get("interval_ms", 2500) / 1000,
-                   liveness=hb.get("liveness", 3))
+                   liveness=hb.get("liveness", 3),
+                   keys=keys)
         th = threading.Thread(target=w.run, args=(stop,))
         th.start()
         threads.append(th)

@@ -6,15 +6,25 @@ import os
 
 import zmq
 
+from . import security
+
 
 class Client:
-    """`Client("tcp://127.0.0.1:8003").request(b"32416190071")` -> (200, b'{"possible_prime":...}')."""
+    """`Client("tcp://127.0.0.1:8003").request(b"32416190071")` -> (200, b'{"possible_prime":...}').
 
-    def __init__(self, endpoint, context=None):
+    A front with `[security]` admits only the clients listed in `security.clients`: give the
+    client's key pair (:func:`prime_server.security.read_keypair`) and the front's public key,
+    `Client(endpoint, keypair=read_keypair("keys/client.secret"),
+    server_key=read_public("keys/front.public"))`.
+    """
+
+    def __init__(self, endpoint, context=None, keypair=None, server_key=None):
+        if (keypair is None) != (server_key is None):
+            raise ValueError("CURVE needs both the client's key pair and the front's public key")
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        security.connect(self.sock, endpoint, keypair, server_key)
         self._ids = itertools.count(1)
         self._prefix = b"%d-" % os.getpid()
         self._early = {}

@@ -9,7 +9,7 @@ import traceback
 
 import zmq
 
-from . import wire
+from . import security, wire
 from .wire import Header, Kind, WireError
 
 log = logging.getLogger("prime_server.worker")
@@ -64,10 +64,22 @@ class Worker:
 
     `work(job)` returns Forward(frames) or Reply(bytes), or raises Failed(status, reason); any
     other exception becomes a 500 reply and the worker lives on.
+
+    With `keys` (a :class:`prime_server.security.WorkerKeys`), every connection outside the
+    process is CURVE: the worker proves its stage's key pair and checks the proxy's, the next
+    proxy's and each front's public key (`keys.fronts` in the order of `loopbacks`).
     """
 
     def __init__(self, upstream, loopbacks, interrupts, work, downstream=None, stage=1,
-                 heartbeat_interval=2.5, liveness=3, blob=b"", cleanup=None, context=None):
+                 heartbeat_interval=2.5, liveness=3, blob=b"", cleanup=None, context=None,
+                 keys=None):
+        if keys is not None and not len(keys.fronts) == len(loopbacks) == len(interrupts):
+            raise ValueError(f"{len(keys.fronts)} front keys for {len(loopbacks)} loopbacks and "
+                             f"{len(interrupts)} interrupt endpoints: give one per front")
+        if keys is not None and downstream and keys.next_proxy is None \
+                and not downstream.startswith("inproc://"):
+            raise ValueError("a worker with a next stage needs the next proxy's key")
+        self.keys = keys
         self.ctx = context or zmq.Context.instance()
         self.work = work
         self.cleanup = cleanup
@@ -80,23 +92,23 @@ class Worker:
         self.up = self.ctx.socket(zmq.DEALER)
         self.up.setsockopt(zmq.IDENTITY, self.id)
         self.up.setsockopt(zmq.LINGER, 200)
-        self.up.connect(upstream)
+        self._connect(self.up, upstream, keys and keys.proxy)
         self.down = None
         if downstream:
             self.down = self.ctx.socket(zmq.DEALER)
             self.down.setsockopt(zmq.LINGER, 200)
-            self.down.connect(downstream)
+            self._connect(self.down, downstream, keys and keys.next_proxy)
         self.loopback = self.ctx.socket(zmq.ROUTER)
         self.loopback.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.loopback.setsockopt(zmq.LINGER, 200)
-        for ep in loopbacks:
-            self.loopback.connect(ep)
+        for i, ep in enumerate(loopbacks):
+            self._connect(self.loopback, ep, keys and keys.fronts[i])
         self.subs = []
-        for ep in interrupts:
+        for i, ep in enumerate(interrupts):
             s = self.ctx.socket(zmq.SUB)
             s.setsockopt(zmq.SUBSCRIBE, b"")
             s.setsockopt(zmq.LINGER, 0)
-            s.connect(ep)
+            self._connect(s, ep, keys and keys.fronts[i])
             self.subs.append(s)
         self.cancelled = collections.OrderedDict()  # (server_id, request_id) -> time
         self.busy = threading.Event()
@@ -107,10 +119,19 @@ class Worker:
         self._last_drain = 0.0
         self._stop = None
 
+    def _connect(self, sock, endpoint, server_key):
+        """Connects, as a CURVE client checking `server_key` when the worker has keys."""
+        security.connect(sock, endpoint, self.keys and self.keys.keypair, server_key)
+
     # -- sending ---------------------------------------------------------------------------
     def _send_up(self, kind, payload=()):
         h = Header(kind, stage=self.stage)
-        self.up.send_multipart(wire.message(h, payload))
+        try:
+            # Never blocks, as the Rust worker's sends: with no proxy connected (not started yet,
+            # or refusing our key) a blocking send would hang the worker, even its stop.
+            self.up.send_multipart(wire.message(h, payload), zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["unsent"] += 1  # a Ready is said again when the proxy stays quiet
         self.last_sent = time.monotonic()
 
     def _reply(self, header, status, body):
@@ -170,13 +191,16 @@ class Worker:
         hb = self.ctx.socket(zmq.DEALER)
         hb.setsockopt(zmq.IDENTITY, self.id + b"#hb")
         hb.setsockopt(zmq.LINGER, 0)
-        hb.connect(self.upstream_endpoint)
+        self._connect(hb, self.upstream_endpoint, self.keys and self.keys.proxy)
         h = Header(Kind.HEARTBEAT, stage=self.stage, flags=wire.BUSY)
         last = 0.0
         try:
             while not self.stopping.wait(min(self.interval / 4, 0.2)):
                 if self.busy.is_set() and time.monotonic() - last >= self.interval:
-                    hb.send_multipart(wire.message(h, [self.id]))
+                    try:
+                        hb.send_multipart(wire.message(h, [self.id]), zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass  # no proxy to tell
                     last = time.monotonic()
         finally:
             hb.close()

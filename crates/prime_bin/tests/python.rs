@@ -3,85 +3,89 @@
 //! cargo's target directory with the package and pyzmq from PyPI.
 
 mod common;
+use common::python::python;
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
-
-/// The virtual environment's python, with `prime_server` (python/) and pyzmq installed.
-fn python() -> &'static PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
-        let py = venv.join("bin/python");
-        let ready = || {
-            Command::new(&py)
-                .args(["-c", "import zmq, prime_server"])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !ready() {
-            let ok = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .unwrap();
-            assert!(ok.success(), "python3 -m venv failed");
-        }
-        // Install the package from the repository (its dependencies the first time), so the
-        // tests always run the current sources the way a user installs them.
-        let pkg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../python");
-        let pip = |args: &[&str]| {
-            // `python -m pip`, not `bin/pip`: a copied target directory keeps scripts whose
-            // shebang names the venv they were made in.
-            let out = Command::new(&py)
-                .args(["-m", "pip"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "pip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        pip(&["install", "-q", "--force-reinstall", "--no-deps", pkg]);
-        if !ready() {
-            pip(&["install", "-q", pkg]);
-            assert!(ready(), "the python package does not import");
-        }
-        py
-    })
-}
 
 #[test]
 fn python_workers_serve_the_prime_testing_stage_of_a_rust_pipeline() {
+    mixed_pipeline("mixed", "ipc", false);
+}
+
+#[test]
+fn python_workers_serve_the_prime_testing_stage_with_curve_over_tcp() {
+    mixed_pipeline("mixed-curve", "tcp", true);
+}
+
+/// The prime demo as separate processes, its second stage served by two Python worker threads
+/// (examples/python/prime_worker.py), over `scheme` (`ipc` or `tcp`); when `secure`, with a
+/// `[security]` section and keys written by `prime_keygen`.
+fn mixed_pipeline(tag: &str, scheme: &str, secure: bool) {
     let py = python().clone();
-    let dir = temp_dir("mixed");
+    let dir = temp_dir(tag);
     let port = free_port();
     let cfg = dir.join("mixed.toml");
+    let ep = |name: &str| match scheme {
+        "ipc" => format!("ipc://{}/{name}", dir.display()),
+        _ => format!("tcp://127.0.0.1:{}", free_port()),
+    };
+    let keys = |text: &str| {
+        if secure {
+            text.to_string()
+        } else {
+            String::new()
+        }
+    };
+    if secure {
+        let out = Command::new(bin("prime_keygen"))
+            .arg("--dir")
+            .arg(dir.join("keys"))
+            .args([
+                "front",
+                "parse-proxy",
+                "parse-workers",
+                "test-proxy",
+                "test-workers",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
     std::fs::write(
         &cfg,
         format!(
             r#"drain_seconds = 2
 [heartbeat]
 interval_ms = 500
+{}
 [[server]]
 listen = "127.0.0.1:{port}"
-loopback = "ipc://{d}/lb"
-interrupt = "ipc://{d}/int"
+loopback = "{}"
+interrupt = "{}"
+{}
 [[stage]]
 name = "parse"
 work = "prime_parse"
-upstream = "ipc://{d}/parse_in"
-downstream = "ipc://{d}/parse_out"
+upstream = "{}"
+downstream = "{}"
+{}
 [[stage]]
 name = "test"
 work = "prime_test"
-upstream = "ipc://{d}/test_in"
-downstream = "ipc://{d}/test_out"
+upstream = "{}"
+downstream = "{}"
+{}
 "#,
-            d = dir.display()
+            keys("[security]\nkeys = \"keys\""),
+            ep("lb"),
+            ep("int"),
+            keys("key = \"front\""),
+            ep("parse_in"),
+            ep("parse_out"),
+            keys("proxy_key = \"parse-proxy\"\nworker_key = \"parse-workers\""),
+            ep("test_in"),
+            ep("test_out"),
+            keys("proxy_key = \"test-proxy\"\nworker_key = \"test-workers\""),
         ),
     )
     .unwrap();

@@ -6,6 +6,8 @@
 //! [`wait_until`], never for a fixed time, and give every wait the same generous [`LIMIT`].
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
