@@ -515,6 +515,9 @@ pub fn run_pipeline(
     running.shutdown.on_signals(drain)?;
     let metrics = Metrics::new();
     metrics.front(&section.name, running.server.stats());
+    if let Some(ctx) = &running.ctx {
+        metrics.zmq(ctx);
+    }
     for (i, stats) in running.stage_stats.iter().enumerate() {
         metrics.proxy(&(i + 1).to_string(), stats.clone());
     }
@@ -554,6 +557,7 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(t.drain())?;
     let metrics = &Metrics::new();
+    metrics.zmq(ctx);
     let mut listeners = Vec::new();
     for s in &t.servers {
         listeners.extend(metrics_listener(

@@ -88,6 +88,21 @@ impl Metrics {
         }));
     }
 
+    /// Adds the counters of a zmq context: `prime_server_zmq_refused_peers_total`, the peers its
+    /// CURVE sockets refused (unknown keys, wrong server keys, no CURVE).
+    pub fn zmq(&self, ctx: &crate::transport::Context) {
+        let ctx = ctx.clone();
+        self.add(Snapshots::unlabelled("zmq", move || {
+            vec![Field {
+                name: "refused_peers",
+                help: "Peers refused by this process's CURVE sockets: keys not on the allow-list, \
+                       peers expecting another server key, peers without CURVE.",
+                gauge: false,
+                value: ctx.refused_peers(),
+            }]
+        }));
+    }
+
     /// Registers any other collector (a front's HTTP metrics, an application's own).
     pub fn register(&self, collector: Box<dyn Collector>) {
         if let Err(e) = self.registry.register(collector) {
@@ -122,7 +137,8 @@ type Read = dyn Fn() -> (
 /// A collector over a component's counters, read at each scrape.
 struct Snapshots {
     component: &'static str,
-    label: (&'static str, String),
+    /// The one label of every series (`stage="parse"`), if any.
+    label: Option<(&'static str, String)>,
     read: Box<Read>,
     descs: Vec<Desc>,
 }
@@ -139,8 +155,31 @@ impl Snapshots {
             + Sync
             + 'static,
     ) -> Snapshots {
+        Snapshots::with_label(component, Some((label, value.to_string())), read)
+    }
+
+    fn unlabelled(
+        component: &'static str,
+        read: impl Fn() -> Vec<Field> + Send + Sync + 'static,
+    ) -> Snapshots {
+        Snapshots::with_label(component, None, move || (read(), Vec::new()))
+    }
+
+    fn with_label(
+        component: &'static str,
+        label: Option<(&'static str, String)>,
+        read: impl Fn() -> (
+                Vec<Field>,
+                Vec<(&'static str, &'static str, HistogramCounts)>,
+            ) + Send
+            + Sync
+            + 'static,
+    ) -> Snapshots {
         let (fields, histograms) = read();
-        let labels = std::collections::HashMap::from([(label.to_string(), value.to_string())]);
+        let labels: std::collections::HashMap<String, String> = label
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let mut descs = Vec::new();
         for f in &fields {
             let name = metric_name(component, f.name, f.gauge);
@@ -152,17 +191,22 @@ impl Snapshots {
         }
         Snapshots {
             component,
-            label: (label, value.to_string()),
+            label,
             read: Box::new(read),
             descs,
         }
     }
 
     fn label(&self) -> Vec<proto::LabelPair> {
-        let mut l = proto::LabelPair::default();
-        l.set_name(self.label.0.into());
-        l.set_value(self.label.1.clone());
-        vec![l]
+        self.label
+            .iter()
+            .map(|(name, value)| {
+                let mut l = proto::LabelPair::default();
+                l.set_name((*name).into());
+                l.set_value(value.clone());
+                l
+            })
+            .collect()
     }
 }
 
@@ -330,5 +374,11 @@ mod tests {
         );
         assert!(text.contains("prime_server_worker_job_seconds_count{stage=\"parse\"} 2"));
         assert!(text.contains("prime_server_build_info{"), "{text}");
+        m.zmq(&crate::transport::Context::new());
+        let text = m.render();
+        assert!(
+            text.contains("\nprime_server_zmq_refused_peers_total 0\n"),
+            "{text}"
+        );
     }
 }

@@ -219,6 +219,7 @@ fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let metrics = Metrics::new();
+    metrics.zmq(&ctx);
     let listen = args
         .metrics_listen
         .clone()

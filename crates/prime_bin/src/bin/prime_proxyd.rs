@@ -147,6 +147,7 @@ fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let metrics = Metrics::new();
+    metrics.zmq(&ctx);
     let proxy = daemon::start_proxy(
         &ctx,
         &stage,

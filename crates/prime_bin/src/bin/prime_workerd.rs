@@ -189,6 +189,7 @@ fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let metrics = Metrics::new();
+    metrics.zmq(&ctx);
     let threads = daemon::start_workers(&ctx, &pool, &factory, &metrics, &shutdown)?;
     let listener = daemon::metrics_listener(metrics_listen.as_deref(), &metrics, &shutdown)?;
     for t in threads {
