@@ -89,6 +89,9 @@ impl StageQueue {
     }
 
     /// Queues a job; a refused one comes back with the reason.
+    // The job comes back whole so that its answer channel can answer the refusal; the error is
+    // as large as a job (its header carries the trace id inline), and moved only on refusal.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn push(&self, job: MemJob) -> Result<(), (MemJob, Refused)> {
         let mut s = self.lock();
         if s.closed {
