@@ -8,6 +8,7 @@
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
 use crate::server::pump::Command;
 use crate::server::{Dispatch, Shared};
+use crate::wire::TraceId;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,7 @@ enum State {
 pub struct Pending {
     state: State,
     id: u64,
+    trace_id: TraceId,
     shared: Arc<Shared>,
     /// In-memory stages only (the pump keeps the deadlines otherwise).
     deadline: Option<Deadline>,
@@ -44,6 +46,7 @@ impl Pending {
     /// A request on its way: its answer comes on `rx`. `deadline` is for in-memory stages.
     pub(crate) fn waiting(
         id: u64,
+        trace_id: TraceId,
         shared: Arc<Shared>,
         rx: oneshot::Receiver<Answer>,
         deadline: Option<Instant>,
@@ -51,16 +54,23 @@ impl Pending {
         Pending {
             state: State::Waiting(rx),
             id,
+            trace_id,
             shared,
             deadline: deadline.map(Deadline::At),
         }
     }
 
     /// A request answered before it entered the pipeline (limits, shutdown).
-    pub(crate) fn answered(id: u64, shared: Arc<Shared>, answer: Answer) -> Pending {
+    pub(crate) fn answered(
+        id: u64,
+        trace_id: TraceId,
+        shared: Arc<Shared>,
+        answer: Answer,
+    ) -> Pending {
         Pending {
             state: State::Ready(Some(answer)),
             id,
+            trace_id,
             shared,
             deadline: None,
         }
@@ -69,6 +79,11 @@ impl Pending {
     /// The request's id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The request's trace id, as its job carries it.
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
     }
 
     /// In-memory stages: if the request's deadline has passed, its answer (and its workers are
