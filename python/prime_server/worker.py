@@ -43,13 +43,16 @@ class Interrupted(Exception):
 
 
 class Job:
-    """One job as the work function sees it."""
+    """One job as the work function sees it. ``request_id`` is the server's number for the request
+    (unique per server); ``trace_id`` (str, empty if none) is what its client knows it by, the HTTP
+    front's ``X-Request-Id``: put it in your log lines."""
 
     def __init__(self, worker, header, frames):
         self._worker = worker
         self.header = header
         self.frames = frames
         self.request_id = header.request_id
+        self.trace_id = header.trace_id.decode("ascii")
         self.server_id = header.server_id
         self.attempt = header.attempt
         self.heartbeat = None  # set to change the blob this worker advertises
