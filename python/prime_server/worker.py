@@ -286,7 +286,7 @@ class Worker:
             return
         except Exception as e:  # noqa: BLE001 - the work function's failure is the client's 500
             self.stats["failed"] += 1
-            log.error("work function failed:\n%s", traceback.format_exc())
+            log.error("work function failed (request_id=%s):\n%s", job.trace_id, traceback.format_exc())
             self._reply(header, 500, f"the worker failed: {e}".encode())
             return
         finally:
