@@ -1,6 +1,6 @@
 """Python peers for prime_server's ZeroMQ pipeline, written from docs/PROTOCOL.md.
 
-- :mod:`prime_server.wire`: the 48-byte header and the message kinds (protocol v2).
+- :mod:`prime_server.wire`: the header (48 fixed bytes and the trace id) and the message kinds (protocol v2).
 - :mod:`prime_server.http`: the HTTP job and reply encodings the HTTP front uses.
 - :class:`prime_server.worker.Worker`: serves one stage of a pipeline.
 - :class:`prime_server.client.Client`: asks the front server's zmq-native front.

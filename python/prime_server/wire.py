@@ -1,4 +1,5 @@
-"""Wire protocol v2 (docs/PROTOCOL.md §2): one 48-byte little-endian header frame per message."""
+"""Wire protocol v2 (docs/PROTOCOL.md §2): one header frame per message, 48 little-endian bytes
+optionally followed by the request's trace id (up to 64 printable ASCII bytes)."""
 
 import enum
 import struct
@@ -6,7 +7,9 @@ import time
 
 PROTOCOL_VERSION = 2
 MAGIC = b"PS"
-HEADER_LEN = 48
+HEADER_LEN = 48  # the fixed part of the header frame
+MAX_TRACE_LEN = 64
+MAX_HEADER_LEN = HEADER_LEN + MAX_TRACE_LEN
 BUSY = 1  # flags bit: a heartbeat sent for a worker in the middle of a job
 
 TOKEN_LEN = 6
@@ -44,16 +47,25 @@ class WireError(ValueError):
     """Bytes that are not a v2 message."""
 
 
+def _check_trace_id(trace_id):
+    trace_id = bytes(trace_id)
+    if len(trace_id) > MAX_TRACE_LEN or any(b < 0x21 or b > 0x7E for b in trace_id):
+        raise WireError(f"a trace id is at most {MAX_TRACE_LEN} printable ASCII bytes, not {trace_id!r}")
+    return trace_id
+
+
 class Header:
     """The header frame. ``token`` is the request's reply token (bytes 42..48): the server draws it
     per request and takes a reply only if it carries it, so a worker copies it from the job it was
-    handed into the reply and into the jobs it forwards (``with_kind`` keeps it)."""
+    handed into the reply and into the jobs it forwards (``with_kind`` keeps it). ``trace_id`` is
+    the request's trace id (bytes), what its client knows it by (HTTP ``X-Request-Id``): empty, or
+    1 to 64 printable ASCII bytes after the fixed 48; copied the same way."""
 
     __slots__ = ("kind", "attempt", "stage", "flags", "request_id", "server_id", "arrival_us", "deadline_us", "status",
-                 "token")
+                 "token", "trace_id")
 
     def __init__(self, kind, attempt=0, stage=0, flags=0, request_id=0, server_id=0, arrival_us=0, deadline_us=0, status=0,
-                 token=NO_TOKEN):
+                 token=NO_TOKEN, trace_id=b""):
         self.kind = Kind(kind)
         self.attempt = attempt
         self.stage = stage
@@ -67,31 +79,33 @@ class Header:
         if len(token) != TOKEN_LEN:
             raise ValueError(f"a reply token is {TOKEN_LEN} bytes, not {len(token)}")
         self.token = token
+        self.trace_id = _check_trace_id(trace_id)
 
     def encode(self) -> bytes:
         return _LAYOUT.pack(MAGIC, PROTOCOL_VERSION, int(self.kind), self.attempt, self.stage, self.flags,
                             self.request_id, self.server_id, self.arrival_us, self.deadline_us, self.status,
-                            self.token)
+                            self.token) + self.trace_id
 
     @classmethod
     def decode(cls, frame: bytes) -> "Header":
         if len(frame) >= 3 and frame[:2] == MAGIC and frame[2] != PROTOCOL_VERSION:
             raise WireError(f"protocol version {frame[2]} not supported (this side speaks {PROTOCOL_VERSION})")
-        if len(frame) != HEADER_LEN:
-            raise WireError(f"header frame is {len(frame)} bytes, expected {HEADER_LEN}")
-        magic, version, kind, attempt, stage, flags, rid, sid, arr, dl, status, token = _LAYOUT.unpack(frame)
+        if not HEADER_LEN <= len(frame) <= MAX_HEADER_LEN:
+            raise WireError(f"header frame is {len(frame)} bytes, expected {HEADER_LEN} to {MAX_HEADER_LEN}")
+        magic, version, kind, attempt, stage, flags, rid, sid, arr, dl, status, token = _LAYOUT.unpack_from(frame)
         if magic != MAGIC:
             raise WireError(f"bad magic {magic!r}")
         try:
             kind = Kind(kind)
         except ValueError:
             raise WireError(f"unknown message kind {kind}") from None
-        return cls(kind, attempt, stage, flags, rid, sid, arr, dl, status, token)
+        return cls(kind, attempt, stage, flags, rid, sid, arr, dl, status, token, _check_trace_id(frame[HEADER_LEN:]))
 
     def with_kind(self, kind, status=0) -> "Header":
-        """The same request as a message of another kind: flags cleared, the reply token kept."""
+        """The same request as a message of another kind: flags cleared, the reply token and the
+        trace id kept."""
         return Header(kind, self.attempt, self.stage, 0, self.request_id, self.server_id, self.arrival_us, self.deadline_us, status,
-                      self.token)
+                      self.token, self.trace_id)
 
     def expired(self, now_us=None) -> bool:
         if self.deadline_us == 0:

@@ -43,13 +43,16 @@ class Interrupted(Exception):
 
 
 class Job:
-    """One job as the work function sees it."""
+    """One job as the work function sees it. ``request_id`` is the server's number for the request
+    (unique per server); ``trace_id`` (str, empty if none) is what its client knows it by, the HTTP
+    front's ``X-Request-Id``: put it in your log lines."""
 
     def __init__(self, worker, header, frames):
         self._worker = worker
         self.header = header
         self.frames = frames
         self.request_id = header.request_id
+        self.trace_id = header.trace_id.decode("ascii")
         self.server_id = header.server_id
         self.attempt = header.attempt
         self.heartbeat = None  # set to change the blob this worker advertises
@@ -307,7 +310,7 @@ class Worker:
             return
         except Exception as e:  # noqa: BLE001 - the work function's failure is the client's 500
             self.stats["failed"] += 1
-            log.error("work function failed:\n%s", traceback.format_exc())
+            log.error("work function failed (request_id=%s):\n%s", job.trace_id, traceback.format_exc())
             self._reply(header, 500, f"the worker failed: {e}".encode())
             return
         finally:

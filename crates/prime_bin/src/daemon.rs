@@ -328,23 +328,22 @@ pub async fn serve_front(
     let listener = protocol::bind_listener(&section.listen)?;
     let addr = listener.local_addr()?;
     let max_connections = connection_cap(section, 1);
-    tracing::info!(front = %section.name, %addr, max_connections, "front listening");
-    println!(
-        "{} listening on {addr} ({})",
-        section.name,
-        match section.protocol {
-            Protocol::Http => "http",
-            Protocol::Netstring => "netstring",
-        }
-    );
+    let protocol_name = match section.protocol {
+        Protocol::Http => "http",
+        Protocol::Netstring => "netstring",
+    };
+    // The log has it (JSON under --log-format json); stdout keeps the plain lines people and
+    // scripts read.
+    tracing::info!(front = %section.name, %addr, protocol = %protocol_name, max_connections, "front listening");
+    println!("{} listening on {addr} ({protocol_name})", section.name);
     if let Some(h) = hint {
         let shown = display_addr(addr);
-        println!(
-            "try: {}",
-            h.replace("ADDR", &shown.to_string())
-                .replace("HOST", &shown.ip().to_string())
-                .replace("PORT", &shown.port().to_string())
-        );
+        let command = h
+            .replace("ADDR", &shown.to_string())
+            .replace("HOST", &shown.ip().to_string())
+            .replace("PORT", &shown.port().to_string());
+        tracing::info!(front = %section.name, %command, "try");
+        println!("try: {command}");
     }
     std::io::stdout().flush()?;
     if on_drain == OnDrain::FinishAndExit {

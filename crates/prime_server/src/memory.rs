@@ -90,6 +90,9 @@ impl StageQueue {
     }
 
     /// Queues a job; a refused one comes back with the reason.
+    // The job comes back whole so that its answer channel can answer the refusal; the error is
+    // as large as a job (its header carries the trace id inline), and moved only on refusal.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn push(&self, job: MemJob) -> Result<(), (MemJob, Refused)> {
         let mut s = self.lock();
         if s.closed {
@@ -266,11 +269,13 @@ impl MemWorker {
     /// deadline itself; a deadline is also answered here, so that which clock noticed first
     /// does not matter: the first answer wins, and whoever gives it counts the timeout.
     fn dead(&self, header: &Header, reply: oneshot::Sender<Answer>) {
-        if !header.expired_at(wire::now_us()) {
+        // The waiting side closes the channel before it answers a deadline itself: then there
+        // is nothing to count (counting and taking it back would show two timeouts meanwhile).
+        if !header.expired_at(wire::now_us()) || reply.is_closed() {
             return;
         }
         // Counted before it is sent (the receiver may read the stats at once), undone if the
-        // waiting side answered first.
+        // waiting side answered first after all.
         self.server_stats.timeouts.fetch_add(1, Ordering::Relaxed);
         if reply.send(deadline_passed()).is_err() {
             self.server_stats.timeouts.fetch_sub(1, Ordering::Relaxed);

@@ -1,8 +1,10 @@
 //! Wire protocol v2: the frames exchanged by server, proxies and workers.
 //!
-//! Every message starts with one **header frame** of exactly [`HEADER_LEN`] bytes, little-endian,
-//! laid out byte by byte (no compiler-dependent struct layout). Payload frames follow. The full
-//! table per message is in `docs/PROTOCOL.md`; this is the code that encodes and decodes it.
+//! Every message starts with one **header frame**: [`HEADER_LEN`] fixed bytes, little-endian, laid
+//! out byte by byte (no compiler-dependent struct layout), optionally followed by a request's
+//! [`TraceId`] (up to [`MAX_TRACE_LEN`] printable ASCII bytes: the frame is 48..=112 bytes).
+//! Payload frames follow. The full table per message is in `docs/PROTOCOL.md`; this is the code
+//! that encodes and decodes it.
 //!
 //! ```text
 //! offset size field
@@ -19,6 +21,8 @@
 //! 40     2    status       0 = application reply; else a failure status (500, 503, 504…)
 //! 42     6    token        the request's reply token (see [`ReplyToken`]); zero on messages that
 //!                           concern no job this peer was handed
+//! 48     0-64 trace id     the request's trace id (see [`TraceId`]), the rest of the frame;
+//!                           absent on messages that concern no job
 //! ```
 //!
 //! Decoding never panics: anything that is not a well-formed v2 message is a [`WireError`].
@@ -26,8 +30,12 @@
 use crate::transport::Frames;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Length of the header frame.
+/// Length of the fixed part of the header frame (all of it when it carries no trace id).
 pub const HEADER_LEN: usize = 48;
+/// The longest trace id a header carries.
+pub const MAX_TRACE_LEN: usize = 64;
+/// The longest header frame: the fixed part and the longest trace id.
+pub const MAX_HEADER_LEN: usize = HEADER_LEN + MAX_TRACE_LEN;
 /// The first two bytes of every header.
 pub const MAGIC: [u8; 2] = *b"PS";
 /// The protocol version this crate speaks.
@@ -62,6 +70,128 @@ impl ReplyToken {
     /// Whether this is [`ReplyToken::NONE`].
     pub fn is_none(&self) -> bool {
         *self == ReplyToken::NONE
+    }
+}
+
+/// A request's **trace id**: what the client knows its request by (the HTTP front takes it from
+/// `X-Request-Id`, or makes one), carried after the fixed header of every message about the job
+/// so that the workers' log lines for it can name it. 0 to [`MAX_TRACE_LEN`] bytes of printable
+/// ASCII (`0x21..=0x7e`: no spaces, no control bytes), so it can go into a log line or an HTTP
+/// header as it is; empty ([`TraceId::NONE`]) on messages that concern no job.
+///
+/// Stored inline (no allocation), so a [`Header`] stays `Copy`.
+///
+/// ```
+/// use prime_server::wire::TraceId;
+/// let t = TraceId::new(b"req-42").unwrap();
+/// assert_eq!(t.as_str(), "req-42");
+/// assert!(TraceId::new(b"has space").is_none());
+/// assert_eq!(TraceId::from_ids(0xab, 0x1f).as_str(), "00000000000000ab-1f");
+/// ```
+#[derive(Clone, Copy)]
+pub struct TraceId {
+    len: u8,
+    bytes: [u8; MAX_TRACE_LEN],
+}
+
+impl TraceId {
+    /// No trace id: empty.
+    pub const NONE: TraceId = TraceId {
+        len: 0,
+        bytes: [0; MAX_TRACE_LEN],
+    };
+
+    /// A trace id of these bytes, if they are one: 1 to [`MAX_TRACE_LEN`] printable ASCII bytes.
+    pub fn new(bytes: &[u8]) -> Option<TraceId> {
+        if bytes.is_empty() {
+            return None;
+        }
+        TraceId::from_wire(bytes)
+    }
+
+    /// What follows the fixed header: empty or a valid trace id.
+    #[inline]
+    fn from_wire(bytes: &[u8]) -> Option<TraceId> {
+        if bytes.is_empty() {
+            return Some(TraceId::NONE);
+        }
+        // Without an early exit, so the check compiles to a few vector instructions.
+        let printable = bytes
+            .iter()
+            .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x7f - 0x21));
+        if bytes.len() > MAX_TRACE_LEN || !printable {
+            return None;
+        }
+        let mut t = TraceId::NONE;
+        t.bytes[..bytes.len()].copy_from_slice(bytes);
+        t.len = bytes.len() as u8;
+        Some(t)
+    }
+
+    /// The trace id a server makes for a request that brought none: its server id as 16
+    /// lower-case hex digits, `-`, and its request id in hex. Unique as the pair is (a server's
+    /// id names one incarnation of it), short, and it names the request in the server's logs.
+    pub fn from_ids(server_id: u64, request_id: u64) -> TraceId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = TraceId::NONE;
+        for i in 0..16 {
+            t.bytes[i] = HEX[((server_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        t.bytes[16] = b'-';
+        let digits = (16 - request_id.leading_zeros() as usize / 4).max(1);
+        for i in 0..digits {
+            t.bytes[17 + i] = HEX[((request_id >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+        t.len = (17 + digits) as u8;
+        t
+    }
+
+    /// The bytes, printable ASCII.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// The trace id as text (empty for [`TraceId::NONE`]).
+    pub fn as_str(&self) -> &str {
+        // Only printable ASCII gets in.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// Whether this is [`TraceId::NONE`].
+    pub fn is_none(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Default for TraceId {
+    fn default() -> Self {
+        TraceId::NONE
+    }
+}
+
+impl PartialEq for TraceId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for TraceId {}
+
+impl std::hash::Hash for TraceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl std::fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TraceId({:?})", self.as_str())
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -120,9 +250,12 @@ pub enum WireError {
     /// A message read from a ROUTER had no frame after the sender's routing id.
     #[error("no routing envelope")]
     NoEnvelope,
-    /// The header frame is not [`HEADER_LEN`] bytes long.
-    #[error("header frame is {0} bytes, expected {HEADER_LEN}")]
+    /// The header frame is shorter than [`HEADER_LEN`] or longer than [`MAX_HEADER_LEN`] bytes.
+    #[error("header frame is {0} bytes, expected {HEADER_LEN} to {MAX_HEADER_LEN}")]
     HeaderLength(usize),
+    /// The bytes after the fixed header are not a trace id (printable ASCII only).
+    #[error("the header's trace id has a byte outside printable ASCII")]
+    TraceId,
     /// The header does not start with [`MAGIC`].
     #[error("bad magic {0:02x?}")]
     Magic([u8; 2]),
@@ -166,6 +299,36 @@ pub struct Header {
     /// The request's reply token: copied from the job into what is forwarded and replied,
     /// [`ReplyToken::NONE`] elsewhere.
     pub token: ReplyToken,
+    /// The request's trace id: copied like the token, [`TraceId::NONE`] on messages that concern
+    /// no job (interrupts included).
+    pub trace_id: TraceId,
+}
+
+/// An encoded header frame: [`HEADER_LEN`] to [`MAX_HEADER_LEN`] bytes, inline (encoding a
+/// header allocates nothing). Derefs to the bytes.
+#[derive(Clone, Copy)]
+pub struct EncodedHeader {
+    len: u8,
+    bytes: [u8; MAX_HEADER_LEN],
+}
+
+impl std::ops::Deref for EncodedHeader {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl std::ops::DerefMut for EncodedHeader {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for EncodedHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedHeader({:02x?})", &**self)
+    }
 }
 
 impl Header {
@@ -182,12 +345,13 @@ impl Header {
             deadline_us: 0,
             status: 0,
             token: ReplyToken::NONE,
+            trace_id: TraceId::NONE,
         }
     }
 
     /// The same request, as a message of another kind (status and flags cleared, the reply
-    /// token kept: a reply or a forwarded job must carry it). Clear the token before publishing
-    /// a header to peers that were not handed the job.
+    /// token and the trace id kept: a reply or a forwarded job must carry them). Clear the token
+    /// before publishing a header to peers that were not handed the job.
     pub fn with_kind(&self, kind: Kind) -> Header {
         Header {
             kind,
@@ -197,9 +361,15 @@ impl Header {
         }
     }
 
-    /// Encodes the header frame.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut b = [0u8; HEADER_LEN];
+    /// Encodes the header frame: the fixed part, then the trace id if any.
+    pub fn encode(&self) -> EncodedHeader {
+        let mut out = EncodedHeader {
+            len: (HEADER_LEN + self.trace_id.len as usize) as u8,
+            bytes: [0u8; MAX_HEADER_LEN],
+        };
+        // All 64 bytes, a fixed-size copy: those past the trace id's length are zero.
+        out.bytes[HEADER_LEN..].copy_from_slice(&self.trace_id.bytes);
+        let b = &mut out.bytes;
         b[0..2].copy_from_slice(&MAGIC);
         b[2] = VERSION;
         b[3] = self.kind as u8;
@@ -212,12 +382,12 @@ impl Header {
         b[32..40].copy_from_slice(&self.deadline_us.to_le_bytes());
         b[40..42].copy_from_slice(&self.status.to_le_bytes());
         b[42..48].copy_from_slice(&self.token.0);
-        b
+        out
     }
 
     /// Decodes a header frame.
     pub fn decode(b: &[u8]) -> Result<Header, WireError> {
-        if b.len() != HEADER_LEN {
+        if !(HEADER_LEN..=MAX_HEADER_LEN).contains(&b.len()) {
             // Check magic/version first where we can, so a peer of another version gets the
             // more useful error.
             if b.len() >= 3 && b[0..2] == MAGIC && b[2] != VERSION {
@@ -232,6 +402,7 @@ impl Header {
             return Err(WireError::Version(b[2]));
         }
         let kind = Kind::from_u8(b[3]).ok_or(WireError::Kind(b[3]))?;
+        let trace_id = TraceId::from_wire(&b[HEADER_LEN..]).ok_or(WireError::TraceId)?;
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         let u64_at = |i: usize| {
             let mut a = [0u8; 8];
@@ -249,6 +420,7 @@ impl Header {
             deadline_us: u64_at(32),
             status: u16_at(40),
             token: ReplyToken([b[42], b[43], b[44], b[45], b[46], b[47]]),
+            trace_id,
         })
     }
 
@@ -326,14 +498,20 @@ mod tests {
         (1u8..=7).prop_map(|k| Kind::from_u8(k).unwrap())
     }
 
+    /// A trace id: none, or 1 to 64 printable ASCII bytes.
+    fn trace_strategy() -> impl Strategy<Value = TraceId> {
+        proptest::collection::vec(0x21u8..=0x7e, 0..=MAX_TRACE_LEN)
+            .prop_map(|b| TraceId::from_wire(&b).unwrap())
+    }
+
     prop_compose! {
         fn header_strategy()(kind in kind_strategy(), attempt: u8, stage: u8, flags: u16,
             request_id: u64, server_id: u64, arrival_us: u64, deadline_us: u64, status: u16,
-            token: [u8; TOKEN_LEN])
+            token: [u8; TOKEN_LEN], trace_id in trace_strategy())
             -> Header {
             Header {
                 kind, attempt, stage, flags, request_id, server_id, arrival_us, deadline_us, status,
-                token: ReplyToken(token),
+                token: ReplyToken(token), trace_id,
             }
         }
     }
@@ -341,12 +519,30 @@ mod tests {
     proptest! {
         #[test]
         fn header_round_trips(h in header_strategy()) {
-            prop_assert_eq!(Header::decode(&h.encode()), Ok(h));
+            let b = h.encode();
+            prop_assert_eq!(b.len(), HEADER_LEN + h.trace_id.as_bytes().len());
+            prop_assert_eq!(Header::decode(&b), Ok(h));
         }
 
         #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..150)) {
             let _ = Header::decode(&bytes);
+        }
+
+        #[test]
+        fn a_trace_byte_outside_printable_ascii_is_an_error(h in header_strategy(),
+            at in 0usize..MAX_TRACE_LEN, byte in prop_oneof![0u8..=0x20, 0x7fu8..=0xff]) {
+            let mut b = h.encode().to_vec();
+            prop_assume!(at < b.len() - HEADER_LEN);
+            b[HEADER_LEN + at] = byte;
+            prop_assert_eq!(Header::decode(&b), Err(WireError::TraceId));
+        }
+
+        #[test]
+        fn a_made_trace_id_is_valid_and_names_both_ids(server_id: u64, request_id: u64) {
+            let t = TraceId::from_ids(server_id, request_id);
+            prop_assert_eq!(TraceId::new(t.as_bytes()), Some(t));
+            prop_assert_eq!(t.as_str(), format!("{server_id:016x}-{request_id:x}"));
         }
 
         #[test]
@@ -397,8 +593,10 @@ mod tests {
             deadline_us: 3,
             status: 504,
             token: ReplyToken::NONE,
+            trace_id: TraceId::NONE,
         };
         let b = h.encode();
+        assert_eq!(b.len(), HEADER_LEN);
         assert_eq!(&b[0..8], &[b'P', b'S', 2, 1, 1, 2, 0x02, 0x01]);
         assert_eq!(&b[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(b[16], 1);
@@ -421,6 +619,63 @@ mod tests {
         let reply = decoded.with_kind(Kind::Reply);
         assert_eq!(Header::decode(&reply.encode()).unwrap().token, h.token);
         assert!(Header::new(Kind::Interrupt).token.is_none());
+    }
+
+    #[test]
+    fn the_trace_id_follows_the_fixed_header_and_survives_a_change_of_kind() {
+        let mut h = Header::new(Kind::Job);
+        h.token = ReplyToken([9; TOKEN_LEN]);
+        h.trace_id = TraceId::new(b"abc-123").unwrap();
+        let b = h.encode();
+        assert_eq!(&b[HEADER_LEN..], b"abc-123");
+        let decoded = Header::decode(&b).unwrap();
+        assert_eq!(decoded.trace_id.as_str(), "abc-123");
+        for kind in [Kind::Reply, Kind::Job, Kind::Reject] {
+            let copy = Header::decode(&decoded.with_kind(kind).encode()).unwrap();
+            assert_eq!(copy.trace_id, h.trace_id);
+        }
+        assert!(Header::new(Kind::Interrupt).trace_id.is_none());
+        assert_eq!(Header::new(Kind::Heartbeat).encode().len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn trace_ids_are_1_to_64_printable_ascii_bytes() {
+        assert!(TraceId::new(b"").is_none());
+        assert!(TraceId::new(&[b'x'; MAX_TRACE_LEN]).is_some());
+        assert!(TraceId::new(&[b'x'; MAX_TRACE_LEN + 1]).is_none());
+        assert!(TraceId::new(b"!~").is_some());
+        for bad in [&b"a b"[..], b"a\tb", b"caf\xc3\xa9", b"a\x7f", b"\0"] {
+            assert!(TraceId::new(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(TraceId::from_ids(1, 0).as_str(), "0000000000000001-0");
+        assert_eq!(
+            TraceId::from_ids(u64::MAX, u64::MAX).as_str(),
+            "ffffffffffffffff-ffffffffffffffff"
+        );
+    }
+
+    #[test]
+    fn a_header_frame_is_48_to_112_bytes() {
+        let mut h = Header::new(Kind::Job);
+        h.trace_id = TraceId::new(&[b'z'; MAX_TRACE_LEN]).unwrap();
+        let b = h.encode();
+        assert_eq!(b.len(), MAX_HEADER_LEN);
+        assert!(Header::decode(&b).is_ok());
+        let mut longer = b.to_vec();
+        longer.push(b'z');
+        assert_eq!(
+            Header::decode(&longer),
+            Err(WireError::HeaderLength(MAX_HEADER_LEN + 1))
+        );
+        assert_eq!(
+            Header::decode(&b[..HEADER_LEN - 1]),
+            Err(WireError::HeaderLength(HEADER_LEN - 1))
+        );
+        // A header frame with a trace id carries the reply token where it always did.
+        let mut h = Header::new(Kind::Reply);
+        h.token = ReplyToken([1, 2, 3, 4, 5, 6]);
+        h.trace_id = TraceId::new(b"t").unwrap();
+        assert_eq!(&h.encode()[42..], &[1, 2, 3, 4, 5, 6, b't']);
     }
 
     #[test]

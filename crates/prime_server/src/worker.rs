@@ -106,7 +106,7 @@ const MAX_FORWARDED: usize = 4096;
 /// that is gone must cost the worker nothing but this slot).
 struct Undelivered {
     to: Vec<u8>,
-    head: [u8; wire::HEADER_LEN],
+    head: wire::EncodedHeader,
     body: Vec<u8>,
     since: Instant,
 }

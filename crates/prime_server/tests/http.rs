@@ -50,7 +50,8 @@ fn front_with(name: &str, config: HttpConfig) -> Front {
         }
         let resp = Response::new(200)
             .header("content-type", "text/plain")
-            .header("x-request-id", job.request_id().to_string())
+            .header("x-job-id", job.request_id().to_string())
+            .header("x-job-trace-id", job.trace_id())
             .body(echo(&req));
         Ok(Outcome::Reply(resp.encode()))
     });
@@ -213,8 +214,9 @@ fn query_is_split_then_decoded_and_any_method_reaches_the_worker() {
         "no phantom query key: {}",
         resp.text()
     );
-    // The request id is visible to the work function.
-    assert!(resp.header("x-request-id").unwrap().parse::<u64>().unwrap() > 0);
+    // The request's number and trace id are visible to the work function.
+    assert!(resp.header("x-job-id").unwrap().parse::<u64>().unwrap() > 0);
+    assert_eq!(resp.header("x-job-trace-id"), resp.header("x-request-id"));
 }
 
 #[test]
@@ -573,6 +575,99 @@ fn curl_gets_answers() {
         .unwrap();
     let _ = std::fs::remove_file(&path);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+}
+
+/// What curl got: (status, headers in lower case) of the last response.
+fn curl_head(args: &[&str]) -> (u16, Vec<(String, String)>) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-D", "-"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let headers = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn x_request_id_is_returned_made_when_absent_replaced_when_invalid_and_reaches_the_worker() {
+    assert!(
+        have("curl"),
+        "curl is required for this test (apt-get install curl)"
+    );
+    let f = front("request-id");
+    let url = format!("http://{}/r?x=1", f.addr);
+    // Given: returned as sent, and the worker's job carries it.
+    let given = "client-id_1.2:3/~!";
+    let (status, h) = curl_head(&["-H", &format!("X-Request-Id: {given}"), &url]);
+    assert_eq!(status, 200);
+    assert_eq!(header_of(&h, "x-request-id"), Some(given), "{h:?}");
+    assert_eq!(header_of(&h, "x-job-trace-id"), Some(given), "{h:?}");
+    // Absent: made (the server's id and the request's number, in hex), one per request.
+    let made = |h: &[(String, String)]| {
+        let id = header_of(h, "x-request-id")
+            .expect("an x-request-id")
+            .to_string();
+        assert_eq!(header_of(h, "x-job-trace-id"), Some(id.as_str()), "{h:?}");
+        let number: u64 = header_of(h, "x-job-id").unwrap().parse().unwrap();
+        let server = f.running().server.server_id();
+        assert_eq!(id, format!("{server:016x}-{number:x}"));
+        id
+    };
+    let (_, h1) = curl_head(&[&url]);
+    let (_, h2) = curl_head(&[&url]);
+    assert_ne!(made(&h1), made(&h2));
+    // Invalid (a space, 65 bytes, non-ASCII, empty): replaced by a made one.
+    let long = "x".repeat(65);
+    for bad in ["has space", long.as_str(), "caf\u{e9}", ""] {
+        let header = format!("X-Request-Id: {bad}");
+        let header = if bad.is_empty() {
+            "X-Request-Id;".to_string()
+        } else {
+            header
+        };
+        let (status, h) = curl_head(&["-H", &header, &url]);
+        assert_eq!(status, 200);
+        let id = made(&h);
+        assert_ne!(id, bad);
+    }
+    // The longest valid one is kept.
+    let longest = "y".repeat(64);
+    let (_, h) = curl_head(&["-H", &format!("X-Request-Id: {longest}"), &url]);
+    assert_eq!(header_of(&h, "x-request-id"), Some(longest.as_str()));
+    // Answers the front makes itself carry it too: the health path, and a 413 (refused before
+    // its body is read).
+    let health = format!("http://{}/health", f.addr);
+    let (status, h) = curl_head(&["-H", "X-Request-Id: health-1", &health]);
+    assert_eq!(
+        (status, header_of(&h, "x-request-id")),
+        (200, Some("health-1"))
+    );
+    let path = std::env::temp_dir().join(format!("ps-reqid-{}", std::process::id()));
+    std::fs::write(&path, "b".repeat(2_000_000)).unwrap();
+    let data = format!("@{}", path.display());
+    let (status, h) = curl_head(&["-H", "X-Request-Id: big-1", "--data-binary", &data, &url]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        (status, header_of(&h, "x-request-id")),
+        (413, Some("big-1"))
+    );
 }
 
 #[test]

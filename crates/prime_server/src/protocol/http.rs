@@ -5,13 +5,24 @@
 //! and idle timeouts). This module adds what is ours: the request-size limit (413), the body-read
 //! timeout (408), the Host check for HTTP/1.1 (400), the health path answered by the server
 //! itself, the mapping of a request to job frames ([`crate::http_job`]) and of an [`Answer`] to a
-//! response, and the access log. A client that goes away drops its request's future, which
-//! interrupts the workers holding it.
+//! response, request ids and the access log. A client that goes away drops its request's future,
+//! which interrupts the workers holding it.
+//!
+//! **Request ids.** Each request is known by a trace id: the client's `X-Request-Id` if it is
+//! one (1 to 64 printable ASCII bytes), else one the server makes ([`Server::trace_id_for`]).
+//! Its job carries it to every worker ([`crate::Job::trace_id`]), and every answer returns it as
+//! `X-Request-Id`.
+//!
+//! **The access log** ([`HttpConfig::access_log`]) has exactly one line per request that
+//! entered (that hyper parsed a head for), at target `access`: answered, refused before its body
+//! was read (413), or abandoned by its client before the answer (status 499, with the time it
+//! had run): see [`AccessLine`].
 
 use crate::answer::Answer;
 use crate::http_job::{encode_request, ResponseView, Version as WireVersion};
-use crate::server::Server;
+use crate::server::{Pending, Server};
 use crate::shutdown::Shutdown;
+use crate::wire::TraceId;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode, Version};
 use http_body_util::{BodyExt, Full, Limited};
@@ -20,6 +31,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -43,7 +55,9 @@ pub struct HttpConfig {
     pub request_timeout: Option<Duration>,
     /// A path answered by the server itself: 200 `OK`, or 503 while draining.
     pub health_path: Option<String>,
-    /// Log one line per request at target `access` (id, method, path, status, bytes, µs).
+    /// Log one line per request that entered at target `access` (see [`AccessLine`]: request
+    /// id, peer, method, path and query, status, bytes, µs, user agent), those abandoned by
+    /// their client included (status 499).
     pub access_log: bool,
     /// The most client connections served at once; one beyond is answered a 503 with
     /// `Retry-After` and closed (default from the open-file limit,
@@ -90,7 +104,10 @@ pub async fn serve(listener: TcpListener, server: Server, config: HttpConfig, sh
         &shutdown,
         max_connections,
         CONNECTION_REFUSAL,
-        |stream| connection(stream, ctx.clone()),
+        |stream| {
+            let peer = stream.peer_addr().ok();
+            connection(stream, peer, ctx.clone())
+        },
     )
     .await;
 }
@@ -108,7 +125,7 @@ content-length: 21\r\n\
 too many connections\n";
 
 /// Serves HTTP on one connection of any byte stream (a TLS stream, an in-memory pipe in a fuzz
-/// target) until the client closes it or `shutdown` stops.
+/// target) until the client closes it or `shutdown` stops. The access log names no peer.
 pub async fn serve_io<I>(io: I, server: Server, config: HttpConfig, shutdown: Shutdown)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -118,10 +135,10 @@ where
         config,
         shutdown,
     });
-    connection(io, ctx).await
+    connection(io, None, ctx).await
 }
 
-async fn connection<I>(stream: I, ctx: Arc<Ctx>)
+async fn connection<I>(stream: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -136,7 +153,7 @@ where
     let svc_ctx = ctx.clone();
     let conn = builder.serve_connection(
         TokioIo::new(stream),
-        service_fn(move |req| handle(req, svc_ctx.clone())),
+        service_fn(move |req| handle(req, peer, svc_ctx.clone())),
     );
     tokio::pin!(conn);
     tokio::select! {
@@ -229,53 +246,159 @@ fn from_reply(bytes: Vec<u8>, head: bool) -> Resp {
     r
 }
 
-async fn handle(req: http::Request<Incoming>, ctx: Arc<Ctx>) -> Result<Resp, Infallible> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let (id, resp) = respond(req, &ctx).await;
-    if ctx.config.access_log {
-        let bytes = hyper::body::Body::size_hint(resp.body())
-            .exact()
-            .unwrap_or(0);
-        tracing::info!(
-            target: "access",
-            id,
-            method = %method,
-            path = %path,
-            status = resp.status().as_u16(),
-            bytes,
-            us = started.elapsed().as_micros() as u64,
-        );
+/// The header a request's trace id comes in and goes back in.
+pub const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+async fn handle(
+    req: http::Request<Incoming>,
+    peer: Option<SocketAddr>,
+    ctx: Arc<Ctx>,
+) -> Result<Resp, Infallible> {
+    let given = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| TraceId::new(v.as_bytes()));
+    let mut line = AccessLine::new(&ctx, peer, &req, given);
+    let mut resp = respond(req, &ctx, &mut line.ids).await;
+    let (_, trace_id) = line.ids.get(&ctx.server);
+    if let Ok(v) = HeaderValue::from_bytes(trace_id.as_bytes()) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
+    line.answered(&resp);
     Ok(resp)
 }
 
-async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
+/// The ids of one request: its number (unique per server) and its trace id. A request sent into
+/// the pipeline gets them from the server core when it is submitted; one the front answers
+/// itself takes a number then ([`Server::reserve_id`]), so that every line of the access log
+/// names its request (refusals before the body included).
+struct Ids {
+    /// The client's `X-Request-Id`, if it is a valid trace id.
+    given: Option<TraceId>,
+    known: Option<(u64, TraceId)>,
+}
+
+impl Ids {
+    fn submitted(&mut self, pending: &Pending) {
+        self.known = Some((pending.id(), pending.trace_id()));
+    }
+
+    /// The request's ids, taken now if it has none yet.
+    fn get(&mut self, server: &Server) -> (u64, TraceId) {
+        let given = self.given;
+        *self.known.get_or_insert_with(|| {
+            let id = server.reserve_id();
+            (id, given.unwrap_or_else(|| server.trace_id_for(id)))
+        })
+    }
+}
+
+/// One request's line in the access log (target `access`), written exactly once: when its
+/// answer is made, or, if the request ends without one (its client went away and hyper dropped
+/// it), when it is dropped, with status 499 ("client closed request") and the time it had run.
+///
+/// Fields: `request_id` (the trace id returned as `X-Request-Id`, the same field as in the
+/// workers' `job` spans), `id` (the server's number for the request), `peer` (the client's
+/// address, `-` if unknown), `method`, `path` (path and query, as sent), `status`, `bytes` (of
+/// the body), `us` (µs from the head's arrival to the answer), `user_agent` (`-` if none).
+/// Without the access log on, it only keeps the ids.
+struct AccessLine {
+    ids: Ids,
+    /// Only with the access log on.
+    fields: Option<LineFields>,
+    server: Server,
+}
+
+struct LineFields {
+    started: Instant,
+    peer: Option<SocketAddr>,
+    method: http::Method,
+    target: String,
+    user_agent: String,
+}
+
+impl AccessLine {
+    fn new(
+        ctx: &Ctx,
+        peer: Option<SocketAddr>,
+        req: &http::Request<Incoming>,
+        given: Option<TraceId>,
+    ) -> AccessLine {
+        let fields = ctx.config.access_log.then(|| LineFields {
+            started: Instant::now(),
+            peer,
+            method: req.method().clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_string()),
+            user_agent: req.headers().get(header::USER_AGENT).map_or_else(
+                || "-".into(),
+                |v| String::from_utf8_lossy(v.as_bytes()).into(),
+            ),
+        });
+        AccessLine {
+            ids: Ids { given, known: None },
+            fields,
+            server: ctx.server.clone(),
+        }
+    }
+
+    /// The request is answered with `resp`: its line, now.
+    fn answered(mut self, resp: &Resp) {
+        let bytes = hyper::body::Body::size_hint(resp.body())
+            .exact()
+            .unwrap_or(0);
+        self.write(resp.status().as_u16(), bytes);
+    }
+
+    fn write(&mut self, status: u16, bytes: u64) {
+        let Some(f) = self.fields.take() else {
+            return;
+        };
+        let (id, request_id) = self.ids.get(&self.server);
+        let peer = f.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        tracing::info!(
+            target: "access",
+            request_id = %request_id,
+            id,
+            peer = %peer,
+            method = %f.method,
+            path = %f.target,
+            status,
+            bytes,
+            us = f.started.elapsed().as_micros() as u64,
+            user_agent = %f.user_agent,
+        );
+    }
+}
+
+impl Drop for AccessLine {
+    fn drop(&mut self) {
+        // Not answered: hyper dropped the request because its client went away.
+        self.write(499, 0);
+    }
+}
+
+/// The answer to a request. A request sent into the pipeline records its ids in `ids` as soon
+/// as it is submitted (its line in the access log names it even if its client leaves before the
+/// answer).
+async fn respond(req: http::Request<Incoming>, ctx: &Ctx, ids: &mut Ids) -> Resp {
     let config = &ctx.config;
     let version = match req.version() {
         Version::HTTP_10 => WireVersion::Http10,
         Version::HTTP_11 => WireVersion::Http11,
-        _ => {
-            return (
-                0,
-                text(505, "only HTTP/1.0 and HTTP/1.1 are served", After::Close),
-            )
-        }
+        _ => return text(505, "only HTTP/1.0 and HTTP/1.1 are served", After::Close),
     };
     if version == WireVersion::Http11 && !req.headers().contains_key(header::HOST) {
-        return (
-            0,
-            text(400, "an HTTP/1.1 request needs a Host header", After::Close),
-        );
+        return text(400, "an HTTP/1.1 request needs a Host header", After::Close);
     }
     if let Some(health) = &config.health_path {
         if req.uri().path() == health {
-            let id = ctx.server.reserve_id();
             return if ctx.shutdown.is_draining() {
-                (id, text(503, "draining", After::Close))
+                text(503, "draining", After::Close)
             } else {
-                (id, text(200, "OK", After::KeepAlive))
+                text(200, "OK", After::KeepAlive)
             };
         }
     }
@@ -285,7 +408,7 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > config.max_body as u64) {
-        return (0, text(413, "the request body is too large", After::Close));
+        return text(413, "the request body is too large", After::Close);
     }
     let (parts, body) = req.into_parts();
     let head = parts.method == http::Method::HEAD;
@@ -300,20 +423,17 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
         {
             Ok(Ok(collected)) => collected.to_bytes().to_vec(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return (0, text(413, "the request body is too large", After::Close))
+                return text(413, "the request body is too large", After::Close)
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "bad request body");
-                return (0, text(400, "the request body is malformed", After::Close));
+                return text(400, "the request body is malformed", After::Close);
             }
             Err(_) => {
-                return (
-                    0,
-                    text(
-                        408,
-                        "the request body took too long to arrive",
-                        After::Close,
-                    ),
+                return text(
+                    408,
+                    "the request body took too long to arrive",
+                    After::Close,
                 )
             }
         }
@@ -333,8 +453,11 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
         body,
     );
-    let pending = ctx.server.submit(frames, config.request_timeout);
-    let id = pending.id();
+    let trace_id = ids.given.unwrap_or(TraceId::NONE);
+    let pending = ctx
+        .server
+        .submit_traced(frames, config.request_timeout, trace_id);
+    ids.submitted(&pending);
     let mut resp = match pending.await {
         Answer::Reply(bytes) => from_reply(bytes, head),
         Answer::Failed(f) => text(f.status, &f.reason, After::KeepAlive),
@@ -344,7 +467,7 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx) -> (u64, Resp) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    (id, resp)
+    resp
 }
 
 #[cfg(test)]

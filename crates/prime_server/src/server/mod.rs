@@ -29,7 +29,7 @@ use crate::security::FrontKeys;
 use crate::shutdown::Shutdown;
 pub use crate::stats::ServerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, SocketEvents};
-use crate::wire::{self, Header, Kind};
+use crate::wire::{self, Header, Kind, TraceId};
 use crate::Error;
 use in_flight::InFlight;
 use pump::{Command, Pump};
@@ -326,16 +326,42 @@ impl Server {
         self.shared.in_flight.idle().await
     }
 
+    /// The trace id this server makes for request `id` when its client gave none (see
+    /// [`TraceId::from_ids`]): for the requests a front answers itself, with an id from
+    /// [`Server::reserve_id`].
+    pub fn trace_id_for(&self, id: u64) -> TraceId {
+        TraceId::from_ids(self.shared.limits.server_id, id)
+    }
+
     /// Sends a request into the pipeline. The returned future resolves to its one answer;
     /// dropping it before then cancels the request (workers holding it are interrupted).
-    /// `timeout` overrides the configured one.
+    /// `timeout` overrides the configured one. The job carries a trace id made from the
+    /// server's and the request's ids ([`Server::trace_id_for`]).
     pub fn submit(&self, frames: Frames, timeout: Option<Duration>) -> Pending {
+        self.submit_traced(frames, timeout, TraceId::NONE)
+    }
+
+    /// [`Server::submit`] with the trace id the client knows its request by (an HTTP
+    /// `X-Request-Id`); [`TraceId::NONE`] makes one ([`Server::trace_id_for`]). The job carries
+    /// it to every worker (see [`Job::trace_id`](crate::Job::trace_id)); the returned
+    /// [`Pending`] tells it.
+    pub fn submit_traced(
+        &self,
+        frames: Frames,
+        timeout: Option<Duration>,
+        trace_id: TraceId,
+    ) -> Pending {
         let shared = &self.shared;
         shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let trace_id = if trace_id.is_none() {
+            TraceId::from_ids(shared.limits.server_id, id)
+        } else {
+            trace_id
+        };
         let overloaded = |answer: Answer| {
             shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-            Pending::answered(id, shared.clone(), answer)
+            Pending::answered(id, trace_id, shared.clone(), answer)
         };
         if !shared.in_flight.try_enter(shared.limits.max_in_flight) {
             shared
@@ -361,6 +387,7 @@ impl Server {
         header.deadline_us = timeout.map_or(0, |t| {
             arrival_us.saturating_add(t.as_micros() as u64).max(1)
         });
+        header.trace_id = trace_id;
         let (tx, rx) = oneshot::channel();
         match &shared.dispatch {
             Dispatch::Memory { first, .. } => {
@@ -370,7 +397,7 @@ impl Server {
                     reply: tx,
                 };
                 match first.push(job) {
-                    Ok(()) => Pending::waiting(id, shared.clone(), rx, deadline),
+                    Ok(()) => Pending::waiting(id, trace_id, shared.clone(), rx, deadline),
                     Err((_, refused)) => {
                         if refused == crate::memory::Refused::Full {
                             shared.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -389,7 +416,7 @@ impl Server {
                 if commands.send(cmd).is_err() {
                     return refuse(crate::answer::shutting_down());
                 }
-                Pending::waiting(id, shared.clone(), rx, None)
+                Pending::waiting(id, trace_id, shared.clone(), rx, None)
             }
         }
     }

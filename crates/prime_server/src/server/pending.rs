@@ -8,6 +8,7 @@
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
 use crate::server::pump::Command;
 use crate::server::{Dispatch, Shared};
+use crate::wire::TraceId;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -28,6 +29,7 @@ enum State {
 pub struct Pending {
     state: State,
     id: u64,
+    trace_id: TraceId,
     shared: Arc<Shared>,
     /// In-memory stages only (the pump keeps the deadlines otherwise).
     deadline: Option<Deadline>,
@@ -46,6 +48,7 @@ impl Pending {
     /// A request on its way: its answer comes on `rx`. `deadline` is for in-memory stages.
     pub(crate) fn waiting(
         id: u64,
+        trace_id: TraceId,
         shared: Arc<Shared>,
         rx: oneshot::Receiver<Answer>,
         deadline: Option<Instant>,
@@ -54,6 +57,7 @@ impl Pending {
         Pending {
             state: State::Waiting(rx),
             id,
+            trace_id,
             shared,
             deadline: deadline.map(Deadline::At),
             since: memory.then(std::time::Instant::now),
@@ -61,10 +65,16 @@ impl Pending {
     }
 
     /// A request answered before it entered the pipeline (limits, shutdown).
-    pub(crate) fn answered(id: u64, shared: Arc<Shared>, answer: Answer) -> Pending {
+    pub(crate) fn answered(
+        id: u64,
+        trace_id: TraceId,
+        shared: Arc<Shared>,
+        answer: Answer,
+    ) -> Pending {
         Pending {
             state: State::Ready(Some(answer)),
             id,
+            trace_id,
             shared,
             deadline: None,
             since: None,
@@ -76,21 +86,45 @@ impl Pending {
         self.id
     }
 
-    /// In-memory stages: the request's deadline, if it has passed (then it is answered 504 here
-    /// and its workers are told to stop).
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// The request's trace id, as its job carries it.
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    /// In-memory stages: if the request's deadline has passed, its answer (and its workers are
+    /// told to stop). A worker meets the same deadline at about the same instant and answers
+    /// 504 too, counting it unless its answer finds the channel closed; so the channel is
+    /// closed before this side counts: an answer already in it is the one (counted by its
+    /// sender), otherwise this side's 504 is, and the worker's send fails and it takes its count
+    /// back. Counting first would let both count one timeout.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<Answer> {
         let mut timer = match self.deadline.take() {
-            None => return false,
+            None => return None,
             Some(Deadline::At(at)) => Box::pin(tokio::time::sleep_until(at.into())),
             Some(Deadline::Timer(t)) => t,
         };
         if timer.as_mut().poll(cx).is_pending() {
             self.deadline = Some(Deadline::Timer(timer));
-            return false;
+            return None;
         }
-        self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        let State::Waiting(rx) = &mut self.state else {
+            return None;
+        };
+        rx.close();
+        let answer = match rx.try_recv() {
+            Ok(answer) => {
+                if matches!(answer, Answer::Reply(_)) {
+                    self.shared.stats.replied.fetch_add(1, Ordering::Relaxed);
+                }
+                answer
+            }
+            Err(_) => {
+                self.shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                deadline_passed()
+            }
+        };
         self.end_in_memory();
-        true
+        Some(answer)
     }
 
     /// In-memory stages: the request is over for this side (answered, timed out or cancelled);
@@ -120,7 +154,10 @@ impl Future for Pending {
                     }
                     answer
                 }
-                Poll::Pending if memory && self.expired(cx) => deadline_passed(),
+                Poll::Pending if memory => match self.expired(cx) {
+                    Some(answer) => answer,
+                    None => return Poll::Pending,
+                },
                 Poll::Pending => return Poll::Pending,
             },
             State::Ready(a) => a

@@ -20,7 +20,7 @@ use crate::rate_limit::DropWarnings;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
 use crate::transport::{Frames, Sent, Socket, SocketEvents};
-use crate::wire::{self, Header, Kind, ReplyToken};
+use crate::wire::{self, Header, Kind, ReplyToken, TraceId};
 use crate::Error;
 use rand::rngs::{StdRng, SysRng};
 use rand::{Rng, SeedableRng};
@@ -432,6 +432,7 @@ impl Pump {
             let mut h = entry.header.with_kind(Kind::Interrupt);
             // Every subscriber reads it, not only the workers that hold the job.
             h.token = ReplyToken::NONE;
+            h.trace_id = TraceId::NONE;
             // libzmq applies new subscriptions when the publisher next looks at its commands,
             // which a send does only if it has not looked within about a millisecond: a worker
             // that subscribed just after a heartbeat went out would miss this interrupt. Asking
