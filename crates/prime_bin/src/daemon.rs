@@ -3,7 +3,7 @@
 
 use crate::work::Factory;
 use prime_server::endpoint::{Endpoint, InvalidEndpoint};
-use prime_server::metrics::Metrics;
+use prime_server::metrics::{HttpMetrics, Metrics};
 use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::security::{self, FrontKeys, ProxyKeys, WorkerKeys};
@@ -323,6 +323,7 @@ pub async fn serve_front(
     on_drain: OnDrain,
     hint: Option<&str>,
     zmq_security: Option<Admission>,
+    metrics: &Metrics,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let listener = protocol::bind_listener(&section.listen)?;
@@ -387,6 +388,10 @@ pub async fn serve_front(
                 access_log: section.access_log,
                 request_timeout: section.timeout(),
                 max_connections,
+                metrics_path: (!section.metrics_path.is_empty())
+                    .then(|| section.metrics_path.clone()),
+                metrics: Some(metrics.clone()),
+                requests: Some(HttpMetrics::new(metrics, &section.name)),
                 ..HttpConfig::default()
             };
             protocol::http::serve(listener, server.clone(), config, shutdown.clone()).await;
@@ -541,6 +546,7 @@ pub fn run_pipeline(
         OnDrain::ServeUntilStop,
         hint,
         None,
+        &metrics,
     ));
     running.shutdown.stop();
     running.join();
@@ -622,6 +628,7 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
                     OnDrain::ServeUntilStop,
                     None,
                     admission,
+                    metrics,
                 )
             },
         );

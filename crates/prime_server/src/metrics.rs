@@ -125,6 +125,70 @@ impl Metrics {
     }
 }
 
+/// What an HTTP request was for, as the metrics tell routes apart (a bounded set: a label per
+/// path would grow without end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Anything sent into the pipeline.
+    App,
+    /// The health path.
+    Health,
+    /// The metrics path.
+    Metrics,
+}
+
+const ROUTES: [&str; 3] = ["app", "health", "metrics"];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other",
+];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// An HTTP front's answers: `prime_server_http_requests_total{front, route, method, code}`
+/// (`code` is the status class, `2xx`…). The counters are made when the front starts, so
+/// counting one answer is one atomic addition.
+pub struct HttpMetrics {
+    counters: Vec<prometheus::IntCounter>,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpMetrics")
+    }
+}
+
+impl HttpMetrics {
+    /// The counters of front `front`, registered in `metrics`.
+    pub fn new(metrics: &Metrics, front: &str) -> Arc<HttpMetrics> {
+        let opts = prometheus::Opts::new(
+            format!("{PREFIX}_http_requests_total"),
+            "HTTP requests answered, by route (app, health, metrics), method and status class.",
+        )
+        .const_label("front", front);
+        let vec = prometheus::IntCounterVec::new(opts, &["route", "method", "code"])
+            .expect("valid metric");
+        let mut counters = Vec::with_capacity(ROUTES.len() * METHODS.len() * CLASSES.len());
+        for route in ROUTES {
+            for method in METHODS {
+                for class in CLASSES {
+                    counters.push(vec.with_label_values(&[route, method, class]));
+                }
+            }
+        }
+        metrics.register(Box::new(vec));
+        Arc::new(HttpMetrics { counters })
+    }
+
+    /// Counts one answer.
+    pub fn count(&self, route: Route, method: &http::Method, status: u16) {
+        let m = METHODS
+            .iter()
+            .position(|m| *m == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        let c = usize::from(status / 100).clamp(1, 5) - 1;
+        self.counters[(route as usize * METHODS.len() + m) * CLASSES.len() + c].inc();
+    }
+}
+
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -378,6 +442,28 @@ mod tests {
         let text = m.render();
         assert!(
             text.contains("\nprime_server_zmq_refused_peers_total 0\n"),
+            "{text}"
+        );
+        let http = HttpMetrics::new(&m, "front");
+        http.count(Route::App, &http::Method::GET, 200);
+        http.count(Route::App, &http::Method::GET, 204);
+        http.count(
+            Route::Health,
+            &http::Method::from_bytes(b"BREW").unwrap(),
+            503,
+        );
+        let text = m.render();
+        let line = |s: &str| text.lines().any(|l| l == s);
+        assert!(
+            line(
+                r#"prime_server_http_requests_total{code="2xx",front="front",method="GET",route="app"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            line(
+                r#"prime_server_http_requests_total{code="5xx",front="front",method="other",route="health"} 1"#
+            ),
             "{text}"
         );
     }

@@ -201,8 +201,6 @@ counters! {
         in_flight_refused,
         /// Requests answered 503 because a stage's queue was full (its proxy refused the job).
         queue_full,
-        /// Requests answered 503 because the front was draining.
-        draining_refused,
         /// Client connections open now.
         connections,
         /// Client connections refused because `max_connections` were open.

@@ -248,6 +248,7 @@ fn main() -> anyhow::Result<()> {
             OnDrain::FinishAndExit,
             None,
             zmq_clients,
+            &metrics,
         )
         .await
     });

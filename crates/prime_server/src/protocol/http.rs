@@ -20,6 +20,7 @@
 
 use crate::answer::Answer;
 use crate::http_job::{encode_request, ResponseView, Version as WireVersion};
+use crate::metrics::{HttpMetrics, Metrics, Route, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use crate::server::{Pending, Server};
 use crate::shutdown::Shutdown;
 use crate::wire::TraceId;
@@ -63,6 +64,12 @@ pub struct HttpConfig {
     /// `Retry-After` and closed (default from the open-file limit,
     /// [`crate::fd_limit::default_max_connections`]).
     pub max_connections: usize,
+    /// A path answered by the server itself with `metrics` in Prometheus's text format.
+    pub metrics_path: Option<String>,
+    /// The process's metrics, for `metrics_path`.
+    pub metrics: Option<Metrics>,
+    /// Where answers are counted by route, method and status class.
+    pub requests: Option<Arc<HttpMetrics>>,
 }
 
 impl Default for HttpConfig {
@@ -77,6 +84,9 @@ impl Default for HttpConfig {
             health_path: None,
             access_log: false,
             max_connections: crate::fd_limit::default_max_connections(),
+            metrics_path: None,
+            metrics: None,
+            requests: None,
         }
     }
 }
@@ -104,6 +114,7 @@ pub async fn serve(listener: TcpListener, server: Server, config: HttpConfig, sh
         &shutdown,
         max_connections,
         CONNECTION_REFUSAL,
+        ctx.server.stats(),
         |stream| {
             let peer = stream.peer_addr().ok();
             connection(stream, peer, ctx.clone())
@@ -246,6 +257,17 @@ fn from_reply(bytes: Vec<u8>, head: bool) -> Resp {
     r
 }
 
+/// Which route a path is, for the request counters.
+fn route(config: &HttpConfig, path: &str) -> Route {
+    if config.health_path.as_deref() == Some(path) {
+        Route::Health
+    } else if config.metrics_path.as_deref() == Some(path) && config.metrics.is_some() {
+        Route::Metrics
+    } else {
+        Route::App
+    }
+}
+
 /// The header a request's trace id comes in and goes back in.
 pub const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
@@ -259,7 +281,12 @@ async fn handle(
         .get(&X_REQUEST_ID)
         .and_then(|v| TraceId::new(v.as_bytes()));
     let mut line = AccessLine::new(&ctx, peer, &req, given);
+    let route = route(&ctx.config, req.uri().path());
+    let method = ctx.config.requests.is_some().then(|| req.method().clone());
     let mut resp = respond(req, &ctx, &mut line.ids).await;
+    if let (Some(requests), Some(method)) = (&ctx.config.requests, method) {
+        requests.count(route, &method, resp.status().as_u16());
+    }
     let (_, trace_id) = line.ids.get(&ctx.server);
     if let Ok(v) = HeaderValue::from_bytes(trace_id.as_bytes()) {
         resp.headers_mut().insert(X_REQUEST_ID, v);
@@ -400,6 +427,21 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx, ids: &mut Ids) -> Resp
             } else {
                 text(200, "OK", After::KeepAlive)
             };
+        }
+    }
+    if let (Some(path), Some(metrics)) = (&config.metrics_path, &config.metrics) {
+        if req.uri().path() == path {
+            let body = if req.method() == http::Method::HEAD {
+                Bytes::new()
+            } else {
+                Bytes::from(metrics.render())
+            };
+            let mut r = http::Response::new(Full::new(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(METRICS_CONTENT_TYPE),
+            );
+            return r;
         }
     }
     let declared = req

@@ -13,11 +13,13 @@ pub mod zmq_front;
 use crate::answer::{Answer, Failure};
 use crate::server::Server;
 use crate::shutdown::Shutdown;
+use crate::stats::ServerStats;
 use crate::transport::Frames;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -115,9 +117,15 @@ pub async fn serve<P: StreamProtocol>(
 ) {
     let refusal = protocol.answer(Answer::Failed(Failure::new(503, TOO_MANY_CONNECTIONS)));
     let protocol = Arc::new(protocol);
-    accept_until_drain(listener, &shutdown, max_connections, &refusal, |stream| {
-        connection(stream, server.clone(), protocol.clone(), shutdown.clone())
-    })
+    let stats = server.stats();
+    accept_until_drain(
+        listener,
+        &shutdown,
+        max_connections,
+        &refusal,
+        stats,
+        |stream| connection(stream, server.clone(), protocol.clone(), shutdown.clone()),
+    )
     .await;
 }
 
@@ -139,6 +147,7 @@ pub async fn accept_until_drain<F, Fut>(
     shutdown: &Shutdown,
     max_connections: usize,
     refusal: &[u8],
+    stats: Arc<ServerStats>,
     mut serve_one: F,
 ) where
     F: FnMut(TcpStream) -> Fut,
@@ -150,10 +159,15 @@ pub async fn accept_until_drain<F, Fut>(
         if let Some((stream, permit)) = door.admit(stream) {
             let _ = stream.set_nodelay(true);
             let serving = serve_one(stream);
+            let stats = stats.clone();
+            stats.connections.fetch_add(1, Ordering::Relaxed);
             connections.spawn(async move {
                 serving.await;
+                stats.connections.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
+        } else {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
         }
     };
     loop {
