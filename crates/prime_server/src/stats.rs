@@ -89,6 +89,12 @@ counters! {
         /// never held. Dropped (the request stays open for its real answer); not counted
         /// `malformed`.
         forged,
+        /// Connections of peers (workers) to the loopback and interrupt sockets, counted once
+        /// they have lasted half a second (a peer refused at its handshake is counted as a
+        /// refused peer instead).
+        peers_connected,
+        /// Those connections that closed since.
+        peers_disconnected,
     }
 }
 
