@@ -6,8 +6,11 @@
 //! the context's monitor thread turns them into [`PeerEvent`]s for a callback of the caller's
 //! (which logs and counts them). The same thread reads the handshake failures of CURVE server
 //! sockets and answers ZAP requests (see `curve.rs`): whatever a context needs read in the
-//! background, one thread reads. It starts with the first socket that needs it and ends once
-//! the context and every socket of it are gone.
+//! background, one thread reads. It starts with the first socket that needs it and is stopped
+//! and joined when the context and every socket of it are gone, so that the context ends (and
+//! libzmq's shutdown runs) on the thread that dropped it, before the process exits: libzmq
+//! ending a context on a thread of its own while the process runs its exit handlers can abort
+//! the process.
 //!
 //! The monitor speaks of connections, not of peers' ids: libzmq says which descriptor a
 //! connection came on, never which routing id it carries. The thread asks the descriptor who is
@@ -21,9 +24,11 @@ use super::curve::Refusals;
 use super::{zerr, Result, TransportError};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::io::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long a connection must last before it is reported connected (see the
@@ -212,7 +217,9 @@ pub(crate) struct Monitor {
 
 struct Running {
     sources: mpsc::Sender<Box<dyn Source>>,
-    stop: Arc<AtomicBool>,
+    /// An eventfd the thread polls: written to, it stops the thread at once.
+    stop: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Monitor {
@@ -261,45 +268,68 @@ impl Monitor {
 }
 
 impl Drop for Monitor {
+    /// Stops the thread and waits for it: it closes its sockets, so the context can end here.
     fn drop(&mut self) {
-        if let Some(r) = self.running.get_mut().unwrap_or_else(|e| e.into_inner()) {
-            r.stop.store(true, Ordering::Relaxed);
+        let running = self.running.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut r) = running.take() {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: an 8-byte write from a live buffer to the eventfd this value owns.
+            let n = unsafe { libc::write(r.stop.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            if let (8, Some(thread)) = (n, r.thread.take()) {
+                let _ = thread.join();
+            }
         }
     }
 }
 
 fn start() -> Result<Running> {
     let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
+    // SAFETY: plain system call; the descriptor it returns is owned from here on.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(TransportError::Os {
+            op: "eventfd",
+            cause: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
     let s = stop.clone();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("zmq-monitor".into())
         .spawn(move || run(rx, &s))
         .map_err(|cause| TransportError::Os {
             op: "spawn the zmq monitor thread",
             cause,
         })?;
-    Ok(Running { sources: tx, stop })
+    Ok(Running {
+        sources: tx,
+        stop,
+        thread: Some(thread),
+    })
 }
 
-fn run(new: mpsc::Receiver<Box<dyn Source>>, stop: &AtomicBool) {
+/// The monitor thread: reads its sources until `stop` is written to; dropping the sources on
+/// the way out closes their sockets.
+fn run(new: mpsc::Receiver<Box<dyn Source>>, stop: &OwnedFd) {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     let timeout = ROUND.as_millis() as i64;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         sources.extend(new.try_iter());
         let ready = {
-            let mut items: Vec<_> = sources
-                .iter()
-                .map(|s| s.socket().as_poll_item(zmq::POLLIN))
-                .collect();
+            let mut items = vec![zmq::PollItem::from_fd(stop.as_raw_fd(), zmq::POLLIN)];
+            items.extend(sources.iter().map(|s| s.socket().as_poll_item(zmq::POLLIN)));
             match zmq::poll(&mut items, timeout) {
                 Ok(_) => items.iter().map(|i| i.is_readable()).collect::<Vec<_>>(),
                 Err(zmq::Error::ETERM) => return,
                 Err(_) => continue,
             }
         };
+        if ready[0] {
+            return;
+        }
         let now = Instant::now();
-        let mut ready = ready.into_iter();
+        let mut ready = ready.into_iter().skip(1);
         sources.retain_mut(|s| !ready.next().unwrap_or(false) || s.read(now));
         for s in &mut sources {
             s.tick(now);
