@@ -31,8 +31,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long a connection must last before it is reported connected (see the
-/// [module docs](self)).
+/// How long a connection must last before it is reported connected: one that ends sooner (a peer
+/// refused at its CURVE handshake, a port probe, a peer that connects in a loop) is logged at
+/// debug level only, so that no peer can write two info lines per connection it opens.
 pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// How often the monitor thread looks at its sources when nothing happens (new sources, stops,
