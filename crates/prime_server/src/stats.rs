@@ -205,6 +205,12 @@ counters! {
         connections,
         /// Client connections refused because `max_connections` were open.
         connections_refused,
+        /// Connections of peers (workers) to the loopback and interrupt sockets, counted once
+        /// they have lasted half a second (a peer refused at its handshake is counted as a
+        /// refused peer instead).
+        peers_connected,
+        /// Those connections that closed since.
+        peers_disconnected,
     }
     gauges = [connections];
     histograms {
@@ -225,7 +231,14 @@ counters! {
         rejected,
         /// Messages that were not valid protocol messages, dropped.
         malformed,
-        /// Workers dropped for silence or because they could not be reached.
+        /// Workers the proxy heard of for the first time (a Ready or a heartbeat from a worker it
+        /// did not know, which includes every worker again after the proxy restarts).
+        joined,
+        /// Workers that left: said Disconnect, went silent or could not be reached. `joined`
+        /// less `left` is the number of workers the proxy knows now.
+        left,
+        /// Workers dropped for silence or because they could not be reached (counted in `left`
+        /// too).
         expired,
         /// Jobs handed to another worker after theirs died.
         redelivered,
@@ -235,6 +248,11 @@ counters! {
         queued,
         /// Idle workers now.
         idle,
+        /// Connections of senders (fronts, the previous stage's workers) to the proxy's
+        /// upstream socket, counted once they have lasted half a second.
+        upstream_connected,
+        /// Those connections that closed since.
+        upstream_disconnected,
     }
     gauges = [queued, idle];
 }

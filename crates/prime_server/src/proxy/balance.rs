@@ -4,7 +4,9 @@
 //! the choose function and the proxy's counters. The socket loop in [`super`] feeds it what
 //! arrives (a job, a worker's Ready, Heartbeat or Disconnect, a send that found no worker) and
 //! the passing of time (a tick, with the current `Instant` as an argument), and performs what it
-//! returns ([`Action`]s: answers to a job's sender, heartbeats to workers). Keeping it free of
+//! returns ([`Action`]s: answers to a job's sender, heartbeats to workers). Workers joining and
+//! leaving are [`Membership`] events the loop takes with [`Balancer::take_events`] and logs
+//! (it knows where a worker's messages come from; the balancer does not). Keeping it free of
 //! sockets and of `Instant::now()` is what lets the tests below drive every rule of
 //! `docs/PROTOCOL.md` §3 step by step and deterministically.
 //!
@@ -52,6 +54,47 @@ pub(crate) enum Action {
     Acknowledge {
         /// The worker's routing id.
         worker: Vec<u8>,
+    },
+}
+
+/// Why a worker left the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leave {
+    /// It said Disconnect and its last job is done: a clean leave (its process drains).
+    Disconnect,
+    /// Nothing heard from it for longer than the heartbeat expiry.
+    Silent,
+    /// A send to it found no such peer: its connection is gone.
+    Unreachable,
+}
+
+impl Leave {
+    /// The reason as a log field says it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Leave::Disconnect => "disconnect",
+            Leave::Silent => "silent",
+            Leave::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// A worker joining the stage (the proxy heard it for the first time) or leaving it (the proxy
+/// forgot it), for the socket loop to log. Each is counted in [`StageStats`] (`joined`, `left`)
+/// as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Membership {
+    /// A Ready or a heartbeat from a worker the proxy did not know.
+    Joined {
+        /// Its id (the routing id of its jobs' socket).
+        worker: Vec<u8>,
+    },
+    /// The proxy forgot a worker.
+    Left {
+        /// Its id.
+        worker: Vec<u8>,
+        /// Why.
+        why: Leave,
     },
 }
 
@@ -139,6 +182,8 @@ pub(crate) struct Balancer {
     /// Idle workers, the one idle longest first.
     idle: VecDeque<Vec<u8>>,
     queue: JobQueue,
+    /// Workers joined and left since the socket loop last took them.
+    events: Vec<Membership>,
 }
 
 impl Balancer {
@@ -154,7 +199,23 @@ impl Balancer {
             workers: HashMap::new(),
             idle: VecDeque::new(),
             queue: JobQueue::default(),
+            events: Vec::new(),
         }
+    }
+
+    /// Whether workers joined or left since [`Balancer::take_events`].
+    pub(crate) fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The workers that joined and left since the last call, in order.
+    pub(crate) fn take_events(&mut self) -> Vec<Membership> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// How many workers the balancer knows now.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// Sets the function that picks a worker for each job.
@@ -211,6 +272,7 @@ impl Balancer {
                 }
             }
             None => {
+                self.joined(&worker);
                 self.workers.insert(
                     worker.clone(),
                     WorkerEntry {
@@ -234,6 +296,7 @@ impl Balancer {
             // Ready; a busy one will say Ready when its job is done.
             None if !busy => self.ready(worker, Vec::new(), now),
             None => {
+                self.joined(&worker);
                 self.workers.insert(
                     worker,
                     WorkerEntry {
@@ -265,8 +328,8 @@ impl Balancer {
             if let Some(entry) = self.workers.get_mut(worker) {
                 entry.idle = false;
             }
-        } else {
-            self.forget(worker);
+        } else if self.forget(worker).is_some() {
+            self.left(worker, Leave::Disconnect);
         }
         self.publish_gauges();
         Action::Acknowledge {
@@ -279,7 +342,7 @@ impl Balancer {
     /// worker's is.
     pub(crate) fn unreachable(&mut self, worker: &[u8]) -> Option<Action> {
         let entry = self.forget(worker)?;
-        self.stats.expired.fetch_add(1, Ordering::Relaxed);
+        self.left(worker, Leave::Unreachable);
         let action = entry.job.and_then(|job| self.hand_on(job, worker));
         self.publish_gauges();
         action
@@ -304,12 +367,9 @@ impl Balancer {
                 continue;
             };
             self.idle.retain(|x| x != &w);
-            self.stats.expired.fetch_add(1, Ordering::Relaxed);
-            match entry.job {
-                None => {
-                    tracing::warn!(worker = %String::from_utf8_lossy(&w), idle = entry.idle, "worker went silent, dropped")
-                }
-                Some(job) => actions.extend(self.hand_on(job, &w)),
+            self.left(&w, Leave::Silent);
+            if let Some(job) = entry.job {
+                actions.extend(self.hand_on(job, &w));
             }
         }
         actions.extend(
@@ -378,8 +438,9 @@ impl Balancer {
                 Sent::Unreachable => {
                     tracing::warn!(worker = %String::from_utf8_lossy(&worker), "worker unreachable, job goes to another");
                     job.header.attempt -= 1;
-                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                    self.workers.remove(&worker);
+                    if self.workers.remove(&worker).is_some() {
+                        self.left(&worker, Leave::Unreachable);
+                    }
                     self.queue.push_front(job);
                 }
             }
@@ -396,6 +457,26 @@ impl Balancer {
         self.stats
             .idle
             .store(self.idle.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A worker the balancer did not know was heard: counted, and an event.
+    fn joined(&mut self, worker: &[u8]) {
+        self.stats.joined.fetch_add(1, Ordering::Relaxed);
+        self.events.push(Membership::Joined {
+            worker: worker.to_vec(),
+        });
+    }
+
+    /// A worker was forgotten: counted (as expired too unless it left cleanly), and an event.
+    fn left(&mut self, worker: &[u8], why: Leave) {
+        self.stats.left.fetch_add(1, Ordering::Relaxed);
+        if why != Leave::Disconnect {
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        self.events.push(Membership::Left {
+            worker: worker.to_vec(),
+            why,
+        });
     }
 
     /// Removes a worker from the table and the idle FIFO; returns what the table held.
@@ -560,6 +641,121 @@ mod tests {
                 Action::Answer { .. } | Action::Acknowledge { .. } => None,
             })
             .collect()
+    }
+
+    /// The workers that joined and left since the last look: (worker, `joined` or the reason).
+    fn members(b: &mut Balancer) -> Vec<(String, &'static str)> {
+        b.take_events()
+            .into_iter()
+            .map(|e| match e {
+                Membership::Joined { worker } => {
+                    (String::from_utf8_lossy(&worker).into_owned(), "joined")
+                }
+                Membership::Left { worker, why } => {
+                    (String::from_utf8_lossy(&worker).into_owned(), why.as_str())
+                }
+            })
+            .collect()
+    }
+
+    fn member(worker: &str, what: &'static str) -> (String, &'static str) {
+        (worker.to_string(), what)
+    }
+
+    #[test]
+    fn a_worker_joins_when_first_heard_by_ready_or_heartbeat_and_only_then() {
+        let (mut b, stats) = balancer();
+        let t = Instant::now();
+        ready(&mut b, "w1", t);
+        b.heartbeat(b"w2".to_vec(), false, t);
+        b.heartbeat(b"w3".to_vec(), true, t);
+        assert_eq!(
+            members(&mut b),
+            [
+                member("w1", "joined"),
+                member("w2", "joined"),
+                member("w3", "joined")
+            ]
+        );
+        // Known workers join nothing, whatever they say.
+        ready(&mut b, "w1", t);
+        b.heartbeat(b"w1".to_vec(), false, t);
+        b.heartbeat(b"w3".to_vec(), true, t);
+        ready(&mut b, "w3", t);
+        arrive(&mut b, 1);
+        dispatch(&mut b, t);
+        ready(&mut b, "w2", t);
+        b.tick(t + INTERVAL);
+        assert!(!b.has_events());
+        assert_eq!(members(&mut b), []);
+        assert_eq!((count(&stats.joined), count(&stats.left)), (3, 0));
+        assert_eq!(b.workers(), 3);
+    }
+
+    #[test]
+    fn a_worker_leaves_once_by_disconnect_silence_or_unreachability_and_each_is_counted() {
+        let (mut b, stats) = balancer();
+        let t = Instant::now();
+        for w in ["w1", "w2", "w3", "w4"] {
+            ready(&mut b, w, t);
+        }
+        assert_eq!(members(&mut b).len(), 4);
+        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
+        assert_eq!(b.unreachable(b"w2"), None);
+        // w3 is heard from; w4 stays silent past the expiry.
+        b.heartbeat(b"w3".to_vec(), false, t + DEAD);
+        b.tick(t + DEAD);
+        assert_eq!(
+            members(&mut b),
+            [
+                member("w1", "disconnect"),
+                member("w2", "unreachable"),
+                member("w4", "silent")
+            ]
+        );
+        // A hand-off that finds no worker.
+        arrive(&mut b, 1);
+        assert_eq!(dispatch_with(&mut b, t + DEAD, &["w3"]), [sent("w3", 1, 1)]);
+        assert_eq!(members(&mut b), [member("w3", "unreachable")]);
+        // Workers already gone, and strangers, leave nothing more.
+        b.disconnect(b"w1", (0, 0));
+        b.disconnect(b"stranger", (0, 0));
+        assert_eq!(b.unreachable(b"w2"), None);
+        b.tick(t + 2 * DEAD);
+        assert_eq!(members(&mut b), []);
+        assert_eq!(
+            (
+                count(&stats.joined),
+                count(&stats.left),
+                count(&stats.expired)
+            ),
+            (4, 4, 3),
+            "a clean leave is not expired"
+        );
+        assert_eq!(b.workers(), 0);
+    }
+
+    /// The drain race (see `a_job_on_its_way_when_its_worker_leaves_is_left_to_it`): a worker
+    /// whose Disconnect crossed a job stays until it is done with it, or dies.
+    #[test]
+    fn a_worker_leaving_with_a_job_on_its_way_leaves_once_done_or_dead() {
+        let (mut b, stats) = balancer();
+        let t = Instant::now();
+        for (id, w) in [(1, "w1"), (2, "w2")] {
+            arrive(&mut b, id);
+            ready(&mut b, w, t);
+            assert_eq!(dispatch(&mut b, t), [sent(w, id, 1)]);
+            assert_eq!(b.disconnect(w.as_bytes(), (0, 0)), ack(w));
+        }
+        assert_eq!(
+            members(&mut b),
+            [member("w1", "joined"), member("w2", "joined")]
+        );
+        assert_eq!(b.disconnect(b"w1", (0, 1)), ack("w1"));
+        assert_eq!(members(&mut b), [member("w1", "disconnect")]);
+        b.tick(t + DEAD);
+        assert_eq!(members(&mut b), [member("w2", "silent")]);
+        assert_eq!((count(&stats.joined), count(&stats.left)), (2, 2));
     }
 
     #[test]

@@ -20,6 +20,13 @@
 //!
 //! Sockets: upstream ROUTER (bind; the server or the previous stage's workers connect DEALERs),
 //! downstream ROUTER (bind; this stage's workers connect DEALERs).
+//!
+//! **Who comes and goes** is logged at info and counted in [`StageStats`]: a worker joins when
+//! the proxy first hears it (`worker joined`, with its id and where its message came from: a tcp
+//! peer's IP address, an ipc peer's process id) and leaves by Disconnect, silence or a send that
+//! finds it gone (`worker left`, with the reason; a warning unless it left cleanly). The
+//! upstream's connections (fronts, the previous stage's workers) come from libzmq's socket
+//! monitor, which knows connections, not ids.
 
 mod balance;
 
@@ -29,10 +36,13 @@ use crate::rate_limit::DropWarnings;
 use crate::security::ProxyKeys;
 use crate::shutdown::{OnDrain, Shutdown, POLL_INTERVAL};
 use crate::stats::StageStats;
-use crate::transport::{Context, Kind as SocketKind, Sent, Socket, Waiter};
+use crate::transport::{
+    Context, Kind as SocketKind, Origin, PeerAddress, PeerEvent, PeerWatch, Sent, Socket, Waiter,
+};
 use crate::wire::{self, Header, Kind};
 use crate::Error;
-use balance::{Action, Balancer};
+use balance::{Action, Balancer, Leave, Membership};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -115,32 +125,42 @@ pub struct Proxy {
     incarnation: u64,
     upstream: Socket,
     downstream: Socket,
+    /// The downstream endpoint as bound, for the lines about workers.
+    downstream_endpoint: Endpoint,
     stats: Arc<StageStats>,
     balancer: Balancer,
+    /// Where each known worker's first message came from, for the line that says it left.
+    peers: HashMap<Vec<u8>, PeerAddress>,
     warnings: DropWarnings,
 }
 
 impl Proxy {
     /// Binds both sockets. Fails with the endpoint's name if either cannot be bound.
     pub fn bind(ctx: &Context, config: ProxyConfig) -> Result<Proxy, Error> {
+        let stats = Arc::<StageStats>::default();
         let upstream = ctx.socket(SocketKind::Router)?;
         upstream.set_router_mandatory(true)?;
         let keys = config.security.as_ref();
         let admit = keys.map(|k| k.upstream(&config.stage));
-        upstream.bind_admitting(&config.upstream, admit.as_ref())?;
+        let senders = watch_senders(&config.stage, stats.clone());
+        upstream.bind_watching(&config.upstream, admit.as_ref(), Some(senders))?;
+        // Workers are seen joining and leaving by the protocol, with their ids: their
+        // connections (two per worker) would only say it again without them.
         let downstream = ctx.socket(SocketKind::Router)?;
         downstream.set_router_mandatory(true)?;
         let admit = keys.map(|k| k.downstream(&config.stage));
         downstream.bind_admitting(&config.downstream, admit.as_ref())?;
-        let stats = Arc::<StageStats>::default();
+        let downstream_endpoint = downstream.last_endpoint()?;
         let balancer = Balancer::new(&config, stats.clone());
         Ok(Proxy {
             config,
             incarnation: crate::server::random_id(),
             upstream,
             downstream,
+            downstream_endpoint,
             stats,
             balancer,
+            peers: HashMap::new(),
             warnings: DropWarnings::new("proxy"),
         })
     }
@@ -210,6 +230,9 @@ impl Proxy {
             if now >= next_expiry {
                 let actions = self.balancer.tick(now);
                 self.perform(actions)?;
+                if self.balancer.has_events() {
+                    self.report_members(None);
+                }
                 self.warnings.flush(now);
                 next_expiry = Instant::now() + self.config.heartbeat.interval;
             }
@@ -245,43 +268,86 @@ impl Proxy {
     fn drain_downstream(&mut self) -> Result<bool, Error> {
         // Bounded batches keep one busy side from starving the other.
         for _ in 0..1024 {
-            let Some(frames) = self.downstream.try_recv()? else {
+            let Some((frames, mut origin)) = self.downstream.try_recv_from()? else {
                 return Ok(true);
             };
-            match wire::decode_routed(frames) {
-                Ok((worker, _, _)) if worker.len() > MAX_ROUTING_ID => {
-                    self.malformed("downstream", "routing id over 255 bytes")
-                }
-                Ok((worker, h, mut payload)) => match h.kind {
-                    Kind::Ready => {
-                        let blob = payload.pop().unwrap_or_default();
-                        if blob.len() > MAX_BLOB {
-                            self.malformed("downstream", "Ready blob over 64 KiB");
-                            continue;
-                        }
-                        self.balancer.ready(worker, blob, Instant::now());
-                    }
-                    // A worker's heartbeat thread speaks for it, named in the payload.
-                    Kind::Heartbeat => {
-                        let who = payload.pop().unwrap_or(worker);
-                        if who.len() > MAX_ROUTING_ID {
-                            self.malformed("downstream", "worker id over 255 bytes");
-                            continue;
-                        }
-                        let busy = h.flags & wire::flags::BUSY != 0;
-                        self.balancer.heartbeat(who, busy, Instant::now());
-                    }
-                    Kind::Disconnect => {
-                        let last = (h.server_id, h.request_id);
-                        let action = self.balancer.disconnect(&worker, last);
-                        self.perform([action])?;
-                    }
-                    other => self.malformed("downstream", &format!("unexpected {other:?}")),
-                },
-                Err(e) => self.malformed("downstream", &e.to_string()),
+            self.worker_message(frames)?;
+            if self.balancer.has_events() {
+                self.report_members(Some(&mut origin));
             }
         }
         Ok(false)
+    }
+
+    /// Feeds the balancer one message from a worker.
+    fn worker_message(&mut self, frames: crate::transport::Frames) -> Result<(), Error> {
+        match wire::decode_routed(frames) {
+            Ok((worker, _, _)) if worker.len() > MAX_ROUTING_ID => {
+                self.malformed("downstream", "routing id over 255 bytes")
+            }
+            Ok((worker, h, mut payload)) => match h.kind {
+                Kind::Ready => {
+                    let blob = payload.pop().unwrap_or_default();
+                    if blob.len() > MAX_BLOB {
+                        self.malformed("downstream", "Ready blob over 64 KiB");
+                        return Ok(());
+                    }
+                    self.balancer.ready(worker, blob, Instant::now());
+                }
+                // A worker's heartbeat thread speaks for it, named in the payload.
+                Kind::Heartbeat => {
+                    let who = payload.pop().unwrap_or(worker);
+                    if who.len() > MAX_ROUTING_ID {
+                        self.malformed("downstream", "worker id over 255 bytes");
+                        return Ok(());
+                    }
+                    let busy = h.flags & wire::flags::BUSY != 0;
+                    self.balancer.heartbeat(who, busy, Instant::now());
+                }
+                Kind::Disconnect => {
+                    let last = (h.server_id, h.request_id);
+                    let action = self.balancer.disconnect(&worker, last);
+                    self.perform([action])?;
+                }
+                other => self.malformed("downstream", &format!("unexpected {other:?}")),
+            },
+            Err(e) => self.malformed("downstream", &e.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Logs the workers that joined and left. `origin` is that of the message being handled,
+    /// the only one that can make a worker join: the address a joining worker is logged with,
+    /// and again when it leaves. Asked only then, so the many messages of workers already known
+    /// cost no look-up.
+    fn report_members(&mut self, mut origin: Option<&mut Origin>) {
+        for event in self.balancer.take_events() {
+            match event {
+                Membership::Joined { worker } => {
+                    let peer = origin.as_mut().map_or(PeerAddress::Unknown, |o| o.peer());
+                    tracing::info!(
+                        worker = %String::from_utf8_lossy(&worker),
+                        %peer,
+                        endpoint = %self.downstream_endpoint,
+                        workers = self.balancer.workers(),
+                        "worker joined"
+                    );
+                    self.peers.insert(worker, peer);
+                }
+                Membership::Left { worker, why } => {
+                    let peer = self.peers.remove(&worker).unwrap_or(PeerAddress::Unknown);
+                    let worker = String::from_utf8_lossy(&worker);
+                    let (workers, reason) = (self.balancer.workers(), why.as_str());
+                    let endpoint = &self.downstream_endpoint;
+                    // A worker that did not say goodbye died, or its host or network did.
+                    if why == Leave::Disconnect {
+                        tracing::info!(%worker, %peer, %endpoint, workers, reason, "worker left");
+                    } else {
+                        tracing::warn!(%worker, %peer, %endpoint, workers, reason, "worker left");
+                    }
+                }
+            }
+        }
     }
 
     /// Reads jobs, at most a batch; returns whether the socket is now empty.
@@ -328,6 +394,10 @@ impl Proxy {
                 .chain(h.payload.iter().map(Vec::as_slice));
             downstream.send(frames)
         })?;
+        // A hand-off that found its worker gone.
+        if self.balancer.has_events() {
+            self.report_members(None);
+        }
         Ok(())
     }
 
@@ -377,4 +447,37 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Counts and logs the connections of senders (fronts, the previous stage's workers) to the
+/// upstream socket of the proxy of `stage`, as libzmq's monitor reports them (on its thread,
+/// outside the proxy's span: the stage is a field).
+fn watch_senders(stage: &str, stats: Arc<StageStats>) -> PeerWatch {
+    let stage = stage.to_string();
+    Arc::new(move |event| match event {
+        PeerEvent::Connected { endpoint, peer } => {
+            stats.upstream_connected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                %stage,
+                %endpoint,
+                %peer,
+                "sender connected to the proxy's upstream (a front or a worker of the previous \
+                 stage: a connection, libzmq does not say whose)"
+            );
+        }
+        PeerEvent::Disconnected {
+            endpoint,
+            peer,
+            lasted,
+        } => {
+            stats.upstream_disconnected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                %stage,
+                %endpoint,
+                %peer,
+                lasted_ms = lasted.as_millis() as u64,
+                "sender disconnected from the proxy's upstream"
+            );
+        }
+    })
 }

@@ -28,7 +28,7 @@ use crate::memory::{MemJob, StageQueue};
 use crate::security::FrontKeys;
 use crate::shutdown::Shutdown;
 pub use crate::stats::ServerStats;
-use crate::transport::{Context, Frames, Kind as SocketKind, SocketEvents};
+use crate::transport::{Context, Frames, Kind as SocketKind, PeerEvent, PeerWatch, SocketEvents};
 use crate::wire::{self, Header, Kind, TraceId};
 use crate::Error;
 use in_flight::InFlight;
@@ -111,6 +111,38 @@ impl Default for Limits {
     }
 }
 
+/// Counts and logs the connections of workers to the front's `socket` (`loopback` or
+/// `interrupt`), as libzmq's monitor reports them: connections with their addresses, not worker
+/// ids, which libzmq does not give (the proxies log workers by id). Called on the monitor's
+/// thread, outside the server's span.
+fn watch_workers(socket: &'static str, stats: Arc<ServerStats>) -> PeerWatch {
+    Arc::new(move |event| match event {
+        PeerEvent::Connected { endpoint, peer } => {
+            stats.peers_connected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                socket,
+                %endpoint,
+                %peer,
+                "peer connected (a worker's connection: libzmq does not say which worker)"
+            );
+        }
+        PeerEvent::Disconnected {
+            endpoint,
+            peer,
+            lasted,
+        } => {
+            stats.peers_disconnected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                socket,
+                %endpoint,
+                %peer,
+                lasted_ms = lasted.as_millis() as u64,
+                "peer disconnected (a worker's connection closed)"
+            );
+        }
+    })
+}
+
 /// A server id that is unlikely to collide: time, pid and a counter, mixed.
 pub fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -180,14 +212,22 @@ impl Server {
         dealer.set_high_water_marks(hwm, 0)?;
         let keys = config.security.as_ref();
         dealer.connect_presenting(&config.proxy, keys.map(FrontKeys::to_proxy).as_ref())?;
+        let stats = Arc::new(ServerStats::default());
         let loopback = ctx.socket(SocketKind::Router)?;
         loopback.set_routing_id(&wire::server_routing_id(config.server_id))?;
-        loopback.bind_admitting(&config.loopback, keys.map(FrontKeys::loopback).as_ref())?;
+        loopback.bind_watching(
+            &config.loopback,
+            keys.map(FrontKeys::loopback).as_ref(),
+            Some(watch_workers("loopback", stats.clone())),
+        )?;
         let publisher = ctx.socket(SocketKind::Pub)?;
-        publisher.bind_admitting(&config.interrupt, keys.map(FrontKeys::interrupt).as_ref())?;
+        publisher.bind_watching(
+            &config.interrupt,
+            keys.map(FrontKeys::interrupt).as_ref(),
+            Some(watch_workers("interrupt", stats.clone())),
+        )?;
         let loopback_endpoint = loopback.last_endpoint()?;
         let interrupt_endpoint = publisher.last_endpoint()?;
-        let stats = Arc::new(ServerStats::default());
         let in_flight = Arc::new(InFlight::default());
         let (done_tx, done) = watch::channel(());
         let (commands, rx) = mpsc::unbounded_channel();

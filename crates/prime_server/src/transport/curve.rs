@@ -6,18 +6,19 @@
 //! server's (a server holding another key gets nothing from it). `inproc://` endpoints carry no
 //! handshake (messages never leave the process), so keys are not applied there.
 //!
-//! Admission is decided by a ZAP handler (zmq's RFC 27): a thread per [`Context`](super::Context)
-//! that libzmq asks, for each CURVE handshake, whether the key may connect to that socket (its
-//! ZAP domain). The same thread watches each CURVE server socket's handshake failures (a peer
-//! without CURVE, or one that expects another server key), which never reach ZAP. Every refusal
-//! is counted and logged, at most one line every ten seconds, with the peer's address and key
-//! where libzmq gives them. The thread runs as long as the context or any of its sockets.
+//! Admission is decided by a ZAP handler (zmq's RFC 27) that libzmq asks, for each CURVE
+//! handshake, whether the key may connect to that socket (its ZAP domain); it runs on the
+//! context's monitor thread (`monitor.rs`), which also reads each CURVE server socket's
+//! handshake failures (a peer without CURVE, or one that expects another server key), which
+//! never reach ZAP. Every refusal is counted and logged, at most one line every ten seconds, with
+//! the peer's address and key where libzmq gives them.
 
+use super::monitor::{Monitor, Source};
 use super::{zerr, Result, TransportError};
 use crate::rate_limit::DropWarnings;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Length of a CURVE key in bytes (40 characters in Z85 text).
@@ -185,66 +186,54 @@ pub struct Credentials {
 /// libzmq's ZAP endpoint: a handler binds it in each context that checks keys.
 const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
 
-/// The admission state of one context, shared by the context and every socket it opened: the
-/// ZAP thread runs until the last of them is dropped.
+/// The admission state of one context, shared by the context and every socket it opened. The
+/// ZAP handler is a source of the context's monitor thread (see `monitor.rs`), started with the
+/// first CURVE server socket.
 pub(crate) struct Security {
     ctx: zmq::Context,
-    running: Mutex<Option<Running>>,
-    refused: Arc<AtomicU64>,
-    monitors: AtomicU64,
+    monitor: Arc<Monitor>,
+    /// The allow-list of each ZAP domain; `None` until the ZAP handler runs.
+    policies: Mutex<Option<Arc<Mutex<Policies>>>>,
+    refusals: Refusals,
 }
 
-struct Running {
-    policies: Arc<Mutex<HashMap<String, HashSet<PublicKey>>>>,
-    monitors: mpsc::Sender<(String, zmq::Socket)>,
-    stop: Arc<AtomicBool>,
-}
+type Policies = HashMap<String, HashSet<PublicKey>>;
 
 impl Security {
-    pub(crate) fn new(ctx: zmq::Context) -> Security {
+    pub(crate) fn new(ctx: zmq::Context, monitor: Arc<Monitor>) -> Security {
         Security {
             ctx,
-            running: Mutex::new(None),
-            refused: Arc::new(AtomicU64::new(0)),
-            monitors: AtomicU64::new(0),
+            monitor,
+            policies: Mutex::new(None),
+            refusals: Refusals::new(),
         }
     }
 
     /// Peers refused so far on this context's CURVE sockets: unknown keys, wrong server keys,
     /// no CURVE at all.
     pub(crate) fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refusals.count.load(Ordering::Relaxed)
     }
 
     /// Makes `socket` a CURVE server admitting `admission.allow` under the ZAP domain `domain`,
-    /// starting the ZAP thread if this is the context's first. Call before binding.
+    /// starting the ZAP handler if this is the context's first. Call before binding. Returns
+    /// where the socket's monitor reports the handshakes that fail before ZAP is asked (a peer
+    /// without CURVE, or one that expects another server key).
     pub(crate) fn serve(
         &self,
         socket: &zmq::Socket,
         admission: &Admission,
         domain: &str,
-    ) -> Result<()> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if running.is_none() {
-            *running = Some(self.start()?);
+    ) -> Result<Refusals> {
+        let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        if policies.is_none() {
+            *policies = Some(self.start()?);
         }
-        let r = running.as_ref().expect("started above");
-        r.policies.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        let p = policies.as_ref().expect("started above");
+        p.lock().unwrap_or_else(|e| e.into_inner()).insert(
             domain.to_string(),
             admission.allow.iter().copied().collect(),
         );
-        // Handshake failures that never reach ZAP (no CURVE, another server key) are seen by a
-        // monitor of the socket, connected before the socket binds so that no event is lost.
-        let n = self.monitors.fetch_add(1, Ordering::Relaxed);
-        let monitor_ep = format!("inproc://prime-server-curve-monitor-{n}");
-        let events = zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32
-            | zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32;
-        socket
-            .monitor(&monitor_ep, events)
-            .map_err(zerr("monitor"))?;
-        let pair = self.ctx.socket(zmq::PAIR).map_err(zerr("socket"))?;
-        pair.connect(&monitor_ep).map_err(zerr("connect monitor"))?;
-        let _ = r.monitors.send((domain.to_string(), pair));
         socket
             .set_zap_domain(domain)
             .map_err(zerr("set zap domain"))?;
@@ -253,10 +242,11 @@ impl Security {
             .map_err(zerr("set curve server"))?;
         socket
             .set_curve_secretkey(&admission.keypair.secret.0)
-            .map_err(zerr("set curve secret key"))
+            .map_err(zerr("set curve secret key"))?;
+        Ok(self.refusals.clone())
     }
 
-    fn start(&self) -> Result<Running> {
+    fn start(&self) -> Result<Arc<Mutex<Policies>>> {
         let rep = self.ctx.socket(zmq::REP).map_err(zerr("socket"))?;
         rep.set_linger(0).map_err(zerr("set linger"))?;
         rep.bind(ZAP_ENDPOINT)
@@ -265,37 +255,12 @@ impl Security {
                 cause,
             })?;
         let policies = Arc::new(Mutex::new(HashMap::new()));
-        let (tx, rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handler = ZapHandler {
+        self.monitor.add(Box::new(ZapHandler {
             rep,
             policies: policies.clone(),
-            monitors: Vec::new(),
-            new_monitors: rx,
-            stop: stop.clone(),
-            refused: self.refused.clone(),
-            warnings: DropWarnings::with_message("zmq", "refused peers"),
-        };
-        std::thread::Builder::new()
-            .name("zap".into())
-            .spawn(move || handler.run())
-            .map_err(|cause| TransportError::Os {
-                op: "spawn the ZAP thread",
-                cause,
-            })?;
-        Ok(Running {
-            policies,
-            monitors: tx,
-            stop,
-        })
-    }
-}
-
-impl Drop for Security {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.get_mut().unwrap_or_else(|e| e.into_inner()) {
-            r.stop.store(true, Ordering::Relaxed);
-        }
+            refusals: self.refusals.clone(),
+        }))?;
+        Ok(policies)
     }
 }
 
@@ -313,48 +278,90 @@ pub(crate) fn client(socket: &zmq::Socket, credentials: &Credentials) -> Result<
         .map_err(zerr("set curve secret key"))
 }
 
-struct ZapHandler {
-    rep: zmq::Socket,
-    policies: Arc<Mutex<HashMap<String, HashSet<PublicKey>>>>,
-    monitors: Vec<(String, zmq::Socket)>,
-    new_monitors: mpsc::Receiver<(String, zmq::Socket)>,
-    stop: Arc<AtomicBool>,
-    refused: Arc<AtomicU64>,
-    warnings: DropWarnings,
+/// The refusals of one context's CURVE sockets: counted, and logged at most one line every ten
+/// seconds (shared by the ZAP handler and the sockets' monitors).
+#[derive(Clone)]
+pub(crate) struct Refusals {
+    count: Arc<AtomicU64>,
+    warnings: Arc<Mutex<DropWarnings>>,
 }
 
-impl ZapHandler {
-    fn run(mut self) {
-        while !self.stop.load(Ordering::Relaxed) {
-            self.monitors.extend(self.new_monitors.try_iter());
-            let ready = {
-                let mut items = vec![self.rep.as_poll_item(zmq::POLLIN)];
-                items.extend(
-                    self.monitors
-                        .iter()
-                        .map(|(_, s)| s.as_poll_item(zmq::POLLIN)),
-                );
-                match zmq::poll(&mut items, 100) {
-                    Ok(_) => items.iter().map(|i| i.is_readable()).collect::<Vec<_>>(),
-                    Err(zmq::Error::ETERM) => return,
-                    Err(_) => continue,
-                }
-            };
-            if ready[0] {
-                self.answer();
-            }
-            for (i, _) in ready.iter().enumerate().skip(1).filter(|(_, r)| **r) {
-                self.handshake_failed(i - 1);
-            }
-            self.warnings.flush(Instant::now());
+impl Refusals {
+    fn new() -> Refusals {
+        Refusals {
+            count: Arc::new(AtomicU64::new(0)),
+            warnings: Arc::new(Mutex::new(DropWarnings::with_message(
+                "zmq",
+                "refused peers",
+            ))),
         }
     }
 
-    /// Answers one ZAP request (RFC 27): 200 if the key is on the domain's allow-list, else 400.
-    fn answer(&mut self) {
-        let Ok(request) = self.rep.recv_multipart(zmq::DONTWAIT) else {
-            return;
+    fn refused(&self, side: &'static str, why: std::fmt::Arguments<'_>, now: Instant) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        w.dropped(side, why, now);
+    }
+
+    /// Writes what was held back, once its interval has passed.
+    pub(crate) fn flush(&self, now: Instant) {
+        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        if w.has_unreported() {
+            w.flush(now);
+        }
+    }
+
+    /// A monitor event of the socket `domain`: a handshake failed before ZAP was asked (`kind`
+    /// and `value` as libzmq reports them).
+    pub(crate) fn handshake_failed(
+        &self,
+        domain: &str,
+        kind: zmq::SocketEvent,
+        value: u32,
+        now: Instant,
+    ) {
+        let why = match kind {
+            zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => protocol_error(value),
+            zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL => {
+                "the handshake failed (no CURVE, or a connection cut short)"
+            }
+            _ => return,
         };
+        self.refused(
+            "handshake",
+            format_args!("{domain}: a peer was refused: {why}"),
+            now,
+        );
+    }
+}
+
+/// Answers libzmq's ZAP requests (RFC 27) on the monitor thread.
+struct ZapHandler {
+    rep: zmq::Socket,
+    policies: Arc<Mutex<Policies>>,
+    refusals: Refusals,
+}
+
+impl Source for ZapHandler {
+    fn socket(&self) -> &zmq::Socket {
+        &self.rep
+    }
+
+    fn read(&mut self, now: Instant) -> bool {
+        while let Ok(request) = self.rep.recv_multipart(zmq::DONTWAIT) {
+            self.answer(&request, now);
+        }
+        true
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.refusals.flush(now);
+    }
+}
+
+impl ZapHandler {
+    /// Answers one ZAP request: 200 if the key is on the domain's allow-list, else 400.
+    fn answer(&mut self, request: &[Vec<u8>], now: Instant) {
         // version, request id, domain, address, routing id, mechanism, credentials…
         let frame = |i: usize| request.get(i).map(Vec::as_slice).unwrap_or_default();
         let domain = String::from_utf8_lossy(frame(2)).into_owned();
@@ -371,40 +378,17 @@ impl ZapHandler {
         let (status, text): (&[u8], &[u8]) = if admitted {
             (b"200", b"OK")
         } else {
-            self.refused.fetch_add(1, Ordering::Relaxed);
             let who = key.map_or_else(|| "no key".to_string(), |k| k.to_z85());
-            self.warnings.dropped(
+            self.refusals.refused(
                 "admission",
                 format_args!("{domain}: key {who} from {address} is not on the allow-list"),
-                Instant::now(),
+                now,
             );
             (b"400", b"key not allowed")
         };
         let user = key.map(|k| k.to_z85()).unwrap_or_default();
         let reply: [&[u8]; 6] = [b"1.0", frame(1), status, text, user.as_bytes(), b""];
         let _ = self.rep.send_multipart(reply, zmq::DONTWAIT);
-    }
-
-    /// Reads one monitor event of socket `i`: a handshake failed before ZAP was asked.
-    fn handshake_failed(&mut self, i: usize) {
-        let (domain, socket) = &self.monitors[i];
-        while let Ok(event) = socket.recv_multipart(zmq::DONTWAIT) {
-            let Some(head) = event.first().filter(|h| h.len() >= 6) else {
-                continue;
-            };
-            let kind = zmq::SocketEvent::from_raw(u16::from_le_bytes([head[0], head[1]]));
-            let value = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
-            let why = match kind {
-                zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL => protocol_error(value),
-                _ => "the handshake failed (no CURVE, or a connection cut short)",
-            };
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            self.warnings.dropped(
-                "handshake",
-                format_args!("{domain}: a peer was refused: {why}"),
-                Instant::now(),
-            );
-        }
     }
 }
 
@@ -467,14 +451,27 @@ mod tests {
         (s, ep, keypair)
     }
 
-    /// Sends from `client` for up to `wait`; returns what reached `server`.
+    /// A client socket of `ctx` named `id`, so that what reaches a server can be told apart from
+    /// what an earlier client sent.
+    fn client_socket(ctx: &Context, id: &str) -> Socket {
+        let s = ctx.socket(Kind::Dealer).unwrap();
+        s.set_routing_id(id.as_bytes()).unwrap();
+        s
+    }
+
+    /// Sends from `client` for up to `wait`; returns what of `client`'s reached `server`. (An
+    /// earlier client's messages may still arrive: each client resends until one gets through.)
     fn reaches(client: &Socket, server: &Socket, wait: Duration) -> Option<Vec<Vec<u8>>> {
+        let id = client.inner.get_identity().unwrap();
+        assert!(!id.is_empty(), "name the client");
         let t = Instant::now();
         while t.elapsed() < wait {
             let _ = client.send([b"hello"]);
             std::thread::sleep(Duration::from_millis(20));
-            if let Some(m) = server.try_recv().unwrap() {
-                return Some(m);
+            while let Some(m) = server.try_recv().unwrap() {
+                if m[0] == id {
+                    return Some(m);
+                }
             }
         }
         None
@@ -495,7 +492,7 @@ mod tests {
         let (srv, ep, srv_keys) = server(&ctx, vec![good.public()]);
         let other = Context::new();
 
-        let admitted = other.socket(Kind::Dealer).unwrap();
+        let admitted = client_socket(&other, "admitted");
         let creds = Credentials {
             keypair: good.clone(),
             server: srv_keys.public(),
@@ -505,7 +502,7 @@ mod tests {
         assert_eq!(got[1], b"hello");
         assert_eq!(ctx.refused_peers(), 0);
 
-        let unknown = other.socket(Kind::Dealer).unwrap();
+        let unknown = client_socket(&other, "unknown");
         let stranger = Credentials {
             keypair: Keypair::generate().unwrap(),
             server: srv_keys.public(),
@@ -514,7 +511,7 @@ mod tests {
         assert_eq!(reaches(&unknown, &srv, Duration::from_millis(500)), None);
         assert_eq!(refusals_reach(&ctx, 1), 1, "an unknown key");
 
-        let wrong_server = other.socket(Kind::Dealer).unwrap();
+        let wrong_server = client_socket(&other, "wrong_server");
         let misled = Credentials {
             keypair: good.clone(),
             server: Keypair::generate().unwrap().public(),
@@ -527,9 +524,66 @@ mod tests {
         assert!(refusals_reach(&ctx, 2) >= 2, "a wrong server key");
 
         let before = ctx.refused_peers();
-        let plain = other.socket(Kind::Dealer).unwrap();
+        let plain = client_socket(&other, "plain");
         plain.connect(&ep).unwrap();
         assert_eq!(reaches(&plain, &srv, Duration::from_millis(500)), None);
         assert!(refusals_reach(&ctx, before + 1) > before, "no CURVE");
+    }
+
+    /// Connections that end at their handshake (refused peers, however many) are counted as
+    /// refusals, never reported as peers connecting and going away; an admitted peer is.
+    #[test]
+    fn refused_peers_are_not_reported_connected_and_an_admitted_one_is() {
+        use crate::transport::PeerEvent;
+        let ctx = Context::new();
+        let good = Keypair::generate().unwrap();
+        let keypair = Keypair::generate().unwrap();
+        let admission = Admission {
+            keypair: keypair.clone(),
+            allow: vec![good.public()],
+            role: "test".into(),
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let srv = ctx.socket(Kind::Router).unwrap();
+        srv.bind_watching(
+            &"tcp://127.0.0.1:*".parse().unwrap(),
+            Some(&admission),
+            Some(Arc::new(move |e: &PeerEvent| {
+                s.lock().unwrap().push(e.clone())
+            })),
+        )
+        .unwrap();
+        let ep = srv.last_endpoint().unwrap();
+        let other = Context::new();
+        // libzmq gives up after a refused handshake: a peer that insists comes back anew.
+        for k in 0..5 {
+            let stranger = client_socket(&other, &format!("stranger-{k}"));
+            let creds = Credentials {
+                keypair: Keypair::generate().unwrap(),
+                server: keypair.public(),
+            };
+            stranger.connect_presenting(&ep, Some(&creds)).unwrap();
+            assert_eq!(reaches(&stranger, &srv, Duration::from_millis(200)), None);
+        }
+        assert_eq!(refusals_reach(&ctx, 5), 5);
+        let admitted = client_socket(&other, "admitted");
+        let creds = Credentials {
+            keypair: good,
+            server: keypair.public(),
+        };
+        admitted.connect_presenting(&ep, Some(&creds)).unwrap();
+        assert!(reaches(&admitted, &srv, Duration::from_secs(10)).is_some());
+        let t = Instant::now();
+        while seen.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Anything the strangers' connections would have made is in by now (they ended before
+        // the admitted one began).
+        let seen = seen.lock().unwrap();
+        assert!(
+            matches!(seen.as_slice(), [PeerEvent::Connected { .. }]),
+            "{seen:?}"
+        );
     }
 }

@@ -1,15 +1,16 @@
 //! The one module that talks to libzmq.
 //!
-//! Everything else in the crate speaks in [`Context`], [`Socket`], [`Frames`], [`Waiter`] and
-//! [`SocketEvents`], so the
-//! rest of the code never names `zmq::`. Endpoints are zmq's: `inproc://name` (threads of one
+//! Everything else in the crate speaks in [`Context`], [`Socket`], [`Frames`], [`Waiter`],
+//! [`SocketEvents`] and [`PeerEvent`], so the rest of the code never names `zmq::`. Endpoints are zmq's: `inproc://name` (threads of one
 //! process sharing one [`Context`]), `ipc:///path` (processes on one host) and `tcp://host:port`
 //! (processes on many hosts). A bind or connect that fails is an error naming the endpoint.
 
 mod curve;
+mod monitor;
 
 pub use crate::endpoint::{Endpoint, InvalidEndpoint, Scheme};
 pub use curve::{Admission, Credentials, KeyError, Keypair, PublicKey, SecretKey, KEY_LEN};
+pub use monitor::{PeerAddress, PeerEvent, PeerWatch, SETTLE};
 use std::os::unix::io::RawFd;
 use std::sync::Arc;
 // libzmq is built with CURVE on libsodium's NaCl functions (see .cargo/config.toml); this crate
@@ -145,6 +146,7 @@ pub struct Context {
     inner: zmq::Context,
     max_message_bytes: usize,
     security: Arc<curve::Security>,
+    monitor: Arc<monitor::Monitor>,
 }
 
 impl Default for Context {
@@ -169,8 +171,10 @@ impl Context {
     /// A new context whose sockets take in no frame over `bytes`.
     pub fn with_max_message_bytes(bytes: usize) -> Self {
         let inner = zmq::Context::new();
+        let monitor = Arc::new(monitor::Monitor::new(inner.clone()));
         Context {
-            security: Arc::new(curve::Security::new(inner.clone())),
+            security: Arc::new(curve::Security::new(inner.clone(), monitor.clone())),
+            monitor,
             inner,
             max_message_bytes: bytes,
         }
@@ -203,6 +207,7 @@ impl Context {
             inner,
             kind,
             security: self.security.clone(),
+            monitor: self.monitor.clone(),
         })
     }
 }
@@ -213,6 +218,8 @@ pub struct Socket {
     kind: Kind,
     /// Keeps the context's ZAP handler running while the socket lives.
     security: Arc<curve::Security>,
+    /// Keeps the context's monitor thread running while the socket lives.
+    monitor: Arc<monitor::Monitor>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -257,9 +264,29 @@ impl Socket {
     /// not `inproc://`), as a CURVE server that admits only the peers whose keys it lists. The
     /// ZAP domain is the admission's role and the endpoint.
     pub fn bind_admitting(&self, endpoint: &Endpoint, admission: Option<&Admission>) -> Result<()> {
-        if let Some(a) = admission.filter(|_| endpoint.scheme() != Scheme::Inproc) {
+        self.bind_watching(endpoint, admission, None)
+    }
+
+    /// Binds as [`Socket::bind_admitting`] does, and tells `peers` of each peer that connects
+    /// or goes away ([`PeerEvent`]), from libzmq's socket monitor, read by a thread of the
+    /// context: a connection's address, never the peer's routing id (libzmq does not say which
+    /// connection carries which). `inproc://` has no connections: nothing is reported there.
+    pub fn bind_watching(
+        &self,
+        endpoint: &Endpoint,
+        admission: Option<&Admission>,
+        peers: Option<PeerWatch>,
+    ) -> Result<()> {
+        let remote = endpoint.scheme() != Scheme::Inproc;
+        let mut watch = monitor::Watch {
+            label: endpoint.to_string(),
+            refusals: None,
+            peers: peers.filter(|_| remote),
+        };
+        if let Some(a) = admission.filter(|_| remote) {
             let domain = format!("{} {}", a.role, endpoint);
-            self.security.serve(&self.inner, a, &domain)?;
+            watch.refusals = Some(self.security.serve(&self.inner, a, &domain)?);
+            watch.label = domain;
         } else if admission.is_none() && endpoint.scheme() == Scheme::Tcp {
             tracing::warn!(
                 %endpoint,
@@ -268,6 +295,9 @@ impl Socket {
                  keys ([security] in the topology, or the daemons' key flags) or keep the port \
                  closed to all but trusted hosts"
             );
+        }
+        if watch.refusals.is_some() || watch.peers.is_some() {
+            self.monitor.watch(&self.inner, watch)?;
         }
         self.bind(endpoint)
     }
@@ -388,6 +418,57 @@ impl Socket {
             Ok(frames) => Ok(Some(frames)),
             Err(zmq::Error::EAGAIN) => Ok(None),
             Err(e) => Err(zerr("recv")(e)),
+        }
+    }
+
+    /// Like [`Socket::try_recv`], with the message's [`Origin`], which can say who sent it.
+    ///
+    /// Costs what [`Socket::try_recv`] costs: the same receive calls (it reads the "more" flag
+    /// from each frame, `zmq_msg_more`, instead of asking the socket, `zmq_getsockopt`: both are
+    /// reads of memory), and
+    /// the first frame's zmq message, which the copy into [`Frames`] would have closed at once,
+    /// is closed when the origin is dropped. The sender's address is looked up only when
+    /// [`Origin::peer`] is asked.
+    pub fn try_recv_from(&self) -> Result<Option<(Frames, Origin)>> {
+        let mut first = zmq::Message::new();
+        match self.inner.recv(&mut first, zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) => return Ok(None),
+            Err(e) => return Err(zerr("recv")(e)),
+        }
+        let mut frames = vec![first.to_vec()];
+        let mut more = first.get_more();
+        let mut part = zmq::Message::new();
+        while more {
+            // The rest of a message is there once its first frame is: zmq delivers whole
+            // messages.
+            self.inner
+                .recv(&mut part, zmq::DONTWAIT)
+                .map_err(zerr("recv"))?;
+            frames.push(part.to_vec());
+            more = part.get_more();
+        }
+        Ok(Some((frames, Origin(first))))
+    }
+}
+
+/// Where a message received with [`Socket::try_recv_from`] came from.
+pub struct Origin(zmq::Message);
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Origin")
+    }
+}
+
+impl Origin {
+    /// The sender's address, as libzmq recorded it for the connection the message came on (its
+    /// `Peer-Address` property): a tcp peer's IP address (libzmq keeps no port), an ipc peer's
+    /// process id; [`PeerAddress::Unknown`] over `inproc://`.
+    pub fn peer(&mut self) -> PeerAddress {
+        match self.0.gets("Peer-Address") {
+            Some(text) => PeerAddress::from_property(text),
+            None => PeerAddress::Unknown,
         }
     }
 }
@@ -721,6 +802,113 @@ mod tests {
         };
         assert_eq!(after[1], b"after");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_message_says_which_peer_sent_it_over_tcp_and_ipc_but_not_inproc() {
+        let dir = temp_dir("origin");
+        let ipc = Endpoint::ipc(&dir.join("s")).unwrap();
+        let cases = [
+            (
+                "tcp://127.0.0.1:*".parse().unwrap(),
+                "tcp://127.0.0.1".to_string(),
+            ),
+            (ipc, format!("pid:{}", std::process::id())),
+            ("inproc://t-origin".parse().unwrap(), "unknown".to_string()),
+        ];
+        let ctx = Context::new();
+        for (ep, want) in cases {
+            let server = ctx.socket(Kind::Router).unwrap();
+            server.bind(&ep).unwrap();
+            let client = ctx.socket(Kind::Dealer).unwrap();
+            client.connect(&server.last_endpoint().unwrap()).unwrap();
+            send_within(&client, &[b"hello", b"world"]);
+            let t = std::time::Instant::now();
+            let (frames, mut origin) = loop {
+                if let Some(m) = server.try_recv_from().unwrap() {
+                    break m;
+                }
+                assert!(t.elapsed() < Duration::from_secs(10), "nothing arrived");
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            assert_eq!(frames[1..], [b"hello".to_vec(), b"world".to_vec()]);
+            assert_eq!(origin.peer().to_string(), want, "{ep}");
+            assert_eq!(server.try_recv_from().unwrap().map(|(f, _)| f), None);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Collects what a watched socket reports.
+    fn watcher() -> (PeerWatch, Arc<std::sync::Mutex<Vec<PeerEvent>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        (
+            Arc::new(move |e: &PeerEvent| s.lock().unwrap().push(e.clone())),
+            seen,
+        )
+    }
+
+    fn wait_for_events(seen: &std::sync::Mutex<Vec<PeerEvent>>, n: usize) -> Vec<PeerEvent> {
+        let t = std::time::Instant::now();
+        while seen.lock().unwrap().len() < n {
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", seen.lock());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        seen.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_watched_socket_reports_each_peer_connecting_and_going_away_with_its_address() {
+        let dir = temp_dir("watch");
+        let ipc = Endpoint::ipc(&dir.join("s")).unwrap();
+        for ep in ["tcp://127.0.0.1:*".parse().unwrap(), ipc] {
+            let ctx = Context::new();
+            let server = ctx.socket(Kind::Router).unwrap();
+            let (watch, seen) = watcher();
+            server.bind_watching(&ep, None, Some(watch)).unwrap();
+            let bound = server.last_endpoint().unwrap();
+            let client = Context::new().socket(Kind::Dealer).unwrap();
+            client.connect(&bound).unwrap();
+            send_within(&client, &[b"hello"]);
+            let events = wait_for_events(&seen, 1);
+            let PeerEvent::Connected { endpoint, peer } = &events[0] else {
+                panic!("{events:?}");
+            };
+            assert_eq!(endpoint, bound.as_str());
+            match (bound.scheme(), peer) {
+                (Scheme::Tcp, PeerAddress::Tcp(a)) => {
+                    assert_eq!(a.ip().to_string(), "127.0.0.1");
+                    assert_ne!(a.port(), 0);
+                }
+                (Scheme::Ipc, PeerAddress::Local { pid, .. }) => {
+                    assert_eq!(*pid, std::process::id())
+                }
+                _ => panic!("{bound}: {peer:?}"),
+            }
+            let connected = *peer;
+            drop(client);
+            let events = wait_for_events(&seen, 2);
+            let PeerEvent::Disconnected { peer, lasted, .. } = &events[1] else {
+                panic!("{events:?}");
+            };
+            assert_eq!((*peer, *lasted >= SETTLE), (connected, true));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_connection_that_ends_at_once_is_not_reported() {
+        let ctx = Context::new();
+        let server = ctx.socket(Kind::Router).unwrap();
+        let (watch, seen) = watcher();
+        let ep = "tcp://127.0.0.1:*".parse().unwrap();
+        server.bind_watching(&ep, None, Some(watch)).unwrap();
+        let addr = server.last_endpoint().unwrap();
+        let port = addr.as_str().rsplit(':').next().unwrap();
+        // A port probe: connects and closes before saying anything.
+        drop(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap());
+        std::thread::sleep(SETTLE * 3);
+        assert_eq!(*seen.lock().unwrap(), []);
     }
 
     #[test]
