@@ -315,6 +315,7 @@ fn display_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 /// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try. The zmq front, if
 /// the section has one, opens its socket in `ctx`, admitting the clients of `zmq_security`
 /// (`None`: plain zmq).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_front(
     ctx: &Context,
     section: &ServerSection,
