@@ -273,3 +273,92 @@ fn a_topology_with_security_names_the_role_whose_key_is_missing() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A worker whose key its proxy did not admit yet (the operator forgot it in the list) is
+/// refused; libzmq never tries a refused CURVE connection again, so once the proxy is restarted
+/// with the key listed, the worker must try again by itself and serve, without a restart.
+#[test]
+fn a_refused_worker_is_served_once_its_proxy_admits_its_key() {
+    let dir = temp_dir("late-admission");
+    assert!(keygen(&dir, &["front", "proxy", "workers", "other"])
+        .status
+        .success());
+    let k = |name: &str| dir.join("keys").join(name).to_str().unwrap().to_string();
+    let ep = |name: &str| format!("ipc://{}/{name}", dir.display());
+    let (up, down, lb, int) = (ep("in"), ep("out"), ep("lb"), ep("int"));
+    let proxy = |allowed: &str| {
+        Proc::start(
+            "prime_proxyd",
+            &[
+                &up,
+                &down,
+                "--heartbeat-ms",
+                "200",
+                "--curve-secret",
+                &k("proxy.secret"),
+                "--allow-upstream",
+                &k("front.public"),
+                "--allow-downstream",
+                &k(allowed),
+            ],
+        )
+    };
+    let mut p = proxy("other.public");
+    let w = Proc::start(
+        "prime_workerd",
+        &[
+            &down,
+            "-",
+            &lb,
+            &int,
+            "--work",
+            "echo",
+            "--heartbeat-ms",
+            "200",
+            "--curve-secret",
+            &k("workers.secret"),
+            "--proxy-key",
+            &k("proxy.public"),
+            "--front-key",
+            &k("front.public"),
+        ],
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut front = Proc::start(
+        "prime_httpd",
+        &[
+            &listen,
+            &up,
+            &lb,
+            &int,
+            "--timeout",
+            "2",
+            "--heartbeat-ms",
+            "200",
+            "--curve-secret",
+            &k("front.secret"),
+            "--proxy-key",
+            &k("proxy.public"),
+            "--allow-worker",
+            &k("workers.public"),
+        ],
+    );
+    let addr = front.listening();
+    // Refused: no worker, so the request waits at the proxy until its deadline.
+    let mut s = connect(addr);
+    let (status, _, _) = http(&mut s, &get("/refused")).unwrap();
+    assert_eq!(status, 504);
+    // The operator fixes the list and restarts the proxy; the worker is not restarted.
+    p.signal("-KILL");
+    p.wait_exit(LIMIT);
+    let p = proxy("workers.public");
+    wait_until("the worker served after its proxy admitted it", || {
+        let mut s = connect(addr);
+        matches!(http(&mut s, &get("/admitted")), Some((200, _, _)))
+    });
+    for proc in [front, w, p] {
+        proc.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -384,6 +384,13 @@ impl Worker {
                     // which registers us with whichever proxy is there now.
                     tracing::warn!("proxy silent: registering again");
                     self.last_heard = Instant::now();
+                    if let Some(keys) = &self.config.security {
+                        // A refused CURVE handshake (our key not admitted yet, the proxy
+                        // restarted with another allow-list) is never tried again by libzmq.
+                        let creds = keys.presenting(keys.proxy);
+                        self.upstream
+                            .reconnect(&self.config.upstream, Some(&creds))?;
+                    }
                     self.say_ready()?;
                 } else {
                     self.send_up(Kind::Heartbeat, None)?;

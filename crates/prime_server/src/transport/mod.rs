@@ -317,6 +317,16 @@ impl Socket {
         self.connect(endpoint)
     }
 
+    /// Drops the connection to `endpoint` made by an earlier connect, and connects to it anew
+    /// (with `credentials`, as [`Socket::connect_presenting`]). libzmq gives up on a connection
+    /// whose CURVE handshake failed (a key not admitted yet, a server restarted with another
+    /// key) and never tries it again by itself; this is how a peer tries again.
+    pub fn reconnect(&self, endpoint: &Endpoint, credentials: Option<&Credentials>) -> Result<()> {
+        // Not connected (any more): nothing to drop.
+        let _ = self.inner.disconnect(endpoint.as_str());
+        self.connect_presenting(endpoint, credentials)
+    }
+
     /// Connects to `endpoint`. zmq connects in the background and reconnects after failures; an
     /// error here means the endpoint itself is unusable.
     pub fn connect(&self, endpoint: &Endpoint) -> Result<()> {
