@@ -274,19 +274,38 @@ fn a_topology_with_security_names_the_role_whose_key_is_missing() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A worker whose key its proxy did not admit yet (the operator forgot it in the list) is
-/// refused; libzmq never tries a refused CURVE connection again, so once the proxy is restarted
-/// with the key listed, the worker must try again by itself and serve, without a restart.
+/// A worker (or a front) whose key its proxy did not admit yet (the operator forgot it in the
+/// list) is refused; libzmq never tries a refused CURVE connection again, so once the proxy is
+/// restarted with the key listed, the refused peer must try again by itself and serve, without
+/// a restart.
 #[test]
 fn a_refused_worker_is_served_once_its_proxy_admits_its_key() {
-    let dir = temp_dir("late-admission");
+    refused_then_admitted("workers");
+}
+
+#[test]
+fn a_refused_front_is_served_once_its_proxy_admits_its_key() {
+    refused_then_admitted("front");
+}
+
+/// Starts a proxy that admits `other` in place of `refused` (`workers` or `front`), checks that
+/// requests fail, restarts the proxy with the right lists and waits for an answer.
+fn refused_then_admitted(refused: &str) {
+    let dir = temp_dir(&format!("late-admission-{refused}"));
     assert!(keygen(&dir, &["front", "proxy", "workers", "other"])
         .status
         .success());
     let k = |name: &str| dir.join("keys").join(name).to_str().unwrap().to_string();
     let ep = |name: &str| format!("ipc://{}/{name}", dir.display());
     let (up, down, lb, int) = (ep("in"), ep("out"), ep("lb"), ep("int"));
-    let proxy = |allowed: &str| {
+    let proxy = |fixed: bool| {
+        let wrong = |role: &'static str| -> &'static str {
+            if !fixed && role == refused {
+                "other"
+            } else {
+                role
+            }
+        };
         Proc::start(
             "prime_proxyd",
             &[
@@ -297,13 +316,13 @@ fn a_refused_worker_is_served_once_its_proxy_admits_its_key() {
                 "--curve-secret",
                 &k("proxy.secret"),
                 "--allow-upstream",
-                &k("front.public"),
+                &k(&format!("{}.public", wrong("front"))),
                 "--allow-downstream",
-                &k(allowed),
+                &k(&format!("{}.public", wrong("workers"))),
             ],
         )
     };
-    let mut p = proxy("other.public");
+    let mut p = proxy(false);
     let w = Proc::start(
         "prime_workerd",
         &[
@@ -348,12 +367,12 @@ fn a_refused_worker_is_served_once_its_proxy_admits_its_key() {
     // Refused: no worker, so the request waits at the proxy until its deadline.
     let mut s = connect(addr);
     let (status, _, _) = http(&mut s, &get("/refused")).unwrap();
-    assert_eq!(status, 504);
-    // The operator fixes the list and restarts the proxy; the worker is not restarted.
+    assert!(status == 504 || status == 503, "{status}");
+    // The operator fixes the list and restarts the proxy; nothing else is restarted.
     p.signal("-KILL");
     p.wait_exit(LIMIT);
-    let p = proxy("workers.public");
-    wait_until("the worker served after its proxy admitted it", || {
+    let p = proxy(true);
+    wait_until("an answer once the proxy admitted the key", || {
         let mut s = connect(addr);
         matches!(http(&mut s, &get("/admitted")), Some((200, _, _)))
     });

@@ -256,6 +256,7 @@ impl Server {
                 server_id: config.server_id,
                 heartbeat: config.heartbeat,
                 _done: done_tx,
+                proxy_credentials: keys.map(|k| (config.proxy.clone(), k.to_proxy())),
             })?
         };
         let span = tracing::info_span!("pump", server_id = config.server_id);

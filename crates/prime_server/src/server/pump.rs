@@ -14,11 +14,13 @@
 
 use super::in_flight::InFlight;
 use crate::answer::{deadline_passed, shutting_down, Answer, Failure};
+use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
 use crate::proxy_watch::ProxyWatch;
 use crate::rate_limit::DropWarnings;
 use crate::shutdown::{Shutdown, POLL_INTERVAL};
 use crate::stats::ServerStats;
+use crate::transport::Credentials;
 use crate::transport::{Frames, Sent, Socket, SocketEvents};
 use crate::wire::{self, Header, Kind, ReplyToken, TraceId};
 use crate::Error;
@@ -71,6 +73,8 @@ pub(crate) struct Pump {
     parts: Parts,
     /// The first stage's proxy, watched.
     proxy: ProxyWatch,
+    /// When the first proxy was last heard, or its connection last made anew.
+    proxy_contact: Instant,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     warnings: DropWarnings,
@@ -96,6 +100,9 @@ pub(crate) struct Parts {
     pub(crate) heartbeat: Heartbeat,
     /// Closed when the pump is dropped.
     pub(crate) _done: watch::Sender<()>,
+    /// With CURVE: the first proxy's endpoint and what the dealer presents to it, to connect
+    /// anew when it stays silent (libzmq never retries a refused handshake by itself).
+    pub(crate) proxy_credentials: Option<(Endpoint, Credentials)>,
 }
 
 impl std::ops::Deref for Pump {
@@ -114,6 +121,7 @@ impl Pump {
         })?;
         Ok(Pump {
             proxy: ProxyWatch::new(parts.heartbeat.expiry()),
+            proxy_contact: Instant::now(),
             parts,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -224,14 +232,28 @@ impl Pump {
         h.server_id = self.server_id;
         // Queued while no proxy is connected: harmless, they are tiny and few.
         self.dealer.socket().send([&h.encode()[..]])?;
-        if let Some(alive_at) = self.proxy.silent(Instant::now()) {
+        let now = Instant::now();
+        if let Some(alive_at) = self.proxy.silent(now) {
             self.orphan_sent_before(alive_at);
+        }
+        if now.saturating_duration_since(self.proxy_contact) > self.heartbeat.expiry() {
+            if let Some((endpoint, credentials)) = &self.parts.proxy_credentials {
+                // Silent since start or for a while: perhaps our key was refused (not
+                // admitted yet, or the proxy restarted with another list). Try again.
+                tracing::warn!(%endpoint, "the first proxy is silent: connecting to it anew");
+                self.parts
+                    .dealer
+                    .socket()
+                    .reconnect(endpoint, Some(credentials))?;
+            }
+            self.proxy_contact = now;
         }
         Ok(())
     }
 
     /// A Heartbeat from the first stage's proxy: alive, and which incarnation.
     fn proxy_heard(&mut self, id: u64) {
+        self.proxy_contact = Instant::now();
         if let Some(alive_at) = self.proxy.heard(id, Instant::now()) {
             self.orphan_sent_before(alive_at);
         }
