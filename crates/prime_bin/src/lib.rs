@@ -7,4 +7,5 @@ pub mod daemon;
 pub mod files;
 pub mod prime;
 pub mod scrape;
+pub mod top;
 pub mod work;

@@ -10,6 +10,7 @@ use common::*;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::Command;
 
 /// One echo stage (`echo`: its proxy, one worker process of one thread) behind some fronts,
 /// every socket over ipc in a directory of its own, every process with a metrics listener.
@@ -391,4 +392,157 @@ fn refusals_are_counted_by_reason_and_gone_clients_as_cancelled() {
     assert!(d.worker("failed_total") + d.worker("skipped_total") >= 1.0);
     assert_eq!(d.front("wide", "timeouts_total"), 0.0);
     d.stop();
+}
+
+/// The prime demo (stages `parse` and `test`) as separate processes over ipc, every process
+/// with a metrics listener named in the topology; `test` has a second worker process whose
+/// listener only `--metrics-listen` names. Returns the deployment's processes (front first),
+/// the front's address, the topology, and every metrics listener (that second one last).
+fn prime_deployment(dir: &std::path::Path) -> (Vec<Proc>, SocketAddr, String, Vec<String>) {
+    let d = dir.display();
+    let mut listeners = vec![metrics_addr()];
+    let mut text = format!(
+        "drain_seconds = 1\n[heartbeat]\ninterval_ms = 200\nliveness = 3\n[[server]]\nname = \"web\"\nlisten = \"127.0.0.1:{}\"\nloopback = \"ipc://{d}/lb\"\ninterrupt = \"ipc://{d}/int\"\nmetrics_listen = \"{}\"\n",
+        free_port(),
+        listeners[0]
+    );
+    for (stage, work) in [("parse", "prime_parse"), ("test", "prime_test")] {
+        let (proxy, workers) = (metrics_addr(), metrics_addr());
+        text += &format!(
+            "[[stage]]\nname = \"{stage}\"\nwork = \"{work}\"\nupstream = \"ipc://{d}/{stage}_in\"\ndownstream = \"ipc://{d}/{stage}_out\"\nworkers = 1\nproxy_metrics_listen = \"{proxy}\"\nworkers_metrics_listen = \"{workers}\"\n",
+        );
+        listeners.extend([proxy, workers]);
+    }
+    let path = dir.join("prime.toml");
+    std::fs::write(&path, text).unwrap();
+    let c = path.to_str().unwrap().to_string();
+    let second = metrics_addr();
+    let mut front = Proc::start("prime_httpd", &["--config", &c]);
+    let addr = front.listening();
+    let procs = vec![
+        front,
+        Proc::start("prime_proxyd", &["--config", &c, "--stage", "parse"]),
+        Proc::start("prime_proxyd", &["--config", &c, "--stage", "test"]),
+        Proc::start("prime_workerd", &["--config", &c, "--stage", "parse"]),
+        Proc::start("prime_workerd", &["--config", &c, "--stage", "test"]),
+        Proc::start(
+            "prime_workerd",
+            &[
+                "--config",
+                &c,
+                "--stage",
+                "test",
+                "--metrics-listen",
+                &second,
+            ],
+        ),
+    ];
+    listeners.push(second);
+    (procs, addr, c, listeners)
+}
+
+#[test]
+fn prime_top_once_prints_a_row_per_front_stage_and_process_with_numbers() {
+    let dir = temp_dir("m-top");
+    let (procs, addr, config, listeners) = prime_deployment(&dir);
+    for l in &listeners {
+        wait_until(&format!("no metrics at {l}"), || {
+            prime_bin::scrape::fetch(l, LIMIT).is_ok()
+        });
+    }
+    let second = listeners.last().unwrap().clone();
+    wait_until("the demo never answered", || {
+        let mut s = connect(addr);
+        http(&mut s, &get("/is_prime?possible_prime=7")).is_some_and(|r| r.0 == 200)
+    });
+    // Load while prime_top looks: one client, one request after another.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut s = connect(addr);
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let (status, _, _) =
+                    http(&mut s, &get("/is_prime?possible_prime=1000003")).unwrap();
+                assert_eq!(status, 200);
+            }
+        })
+    };
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(bin("prime_top"))
+        .args([
+            "--config",
+            &config,
+            "--scrape",
+            &second,
+            "--scrape",
+            &nobody,
+            "--once",
+            "--interval",
+            "0.5",
+        ])
+        .output()
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not a terminal: no escape codes.
+    assert!(!text.contains('\x1b'), "{text}");
+    let row = |first: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no {first} row in\n{text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let rate = |cell: &str| {
+        cell.parse::<f64>()
+            .unwrap_or_else(|_| panic!("{cell:?} in\n{text}"))
+    };
+    // FRONT REQ/S OK/S P50 P99 …
+    let web = row("web");
+    assert!(rate(&web[1]) > 0.0 && rate(&web[2]) > 0.0, "{text}");
+    assert!(web[3].ends_with('s') && web[4].ends_with('s'), "{text}");
+    // STAGE JOBS/S QUEUED IDLE BUSY JOB-P50 JOB-P99 …: test's row adds both worker processes.
+    for stage in ["parse", "test"] {
+        let r = row(stage);
+        assert!(rate(&r[1]) > 0.0, "{stage}: {text}");
+        for level in &r[2..5] {
+            rate(level);
+        }
+        assert!(
+            r[5].ends_with('s') && r[6].ends_with('s'),
+            "{stage}: {text}"
+        );
+    }
+    for what in [
+        "front web",
+        "proxy parse",
+        "proxy test",
+        "workers parse",
+        "workers test",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} in\n{text}"));
+        assert!(line.ends_with(" up"), "{line}");
+    }
+    let extra = text.lines().find(|l| l.contains(&second)).unwrap();
+    assert!(
+        extra.starts_with("workers test") && extra.ends_with(" up"),
+        "{extra}"
+    );
+    let dead = text.lines().find(|l| l.contains(&nobody)).unwrap();
+    assert!(dead.contains("unreachable"), "{dead}");
+    for p in procs {
+        p.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
