@@ -546,3 +546,147 @@ fn prime_top_once_prints_a_row_per_front_stage_and_process_with_numbers() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every family a deployment exposes: one `prime_serverd --config` running a whole topology
+/// (a front, the proxies and workers of two stages: one registry), scraped after a request.
+fn every_family() -> prime_bin::scrape::Exposition {
+    let dir = temp_dir("m-all");
+    let d = dir.display();
+    let metrics = metrics_addr();
+    let mut text = format!(
+        "drain_seconds = 1\n[[server]]\nlisten = \"127.0.0.1:{}\"\nloopback = \"ipc://{d}/lb\"\ninterrupt = \"ipc://{d}/int\"\nmetrics_listen = \"{metrics}\"\n",
+        free_port()
+    );
+    for (stage, work) in [("parse", "prime_parse"), ("test", "prime_test")] {
+        text += &format!(
+            "[[stage]]\nname = \"{stage}\"\nwork = \"{work}\"\nupstream = \"ipc://{d}/{stage}_in\"\ndownstream = \"ipc://{d}/{stage}_out\"\nworkers = 1\n"
+        );
+    }
+    let path = dir.join("all.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut p = Proc::start("prime_serverd", &["--config", path.to_str().unwrap()]);
+    let addr = p.listening();
+    let mut s = connect(addr);
+    assert_eq!(
+        http(&mut s, &get("/is_prime?possible_prime=7")).unwrap().0,
+        200
+    );
+    let e = scrape(&metrics);
+    p.stop();
+    let _ = std::fs::remove_dir_all(dir);
+    e
+}
+
+/// The metric names in a PromQL expression: ours and the process collector's.
+fn metric_names(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("prime_server_") || w.starts_with("process_"))
+        .collect()
+}
+
+fn repo_file(path: &str) -> String {
+    let p = format!("{}/../../{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_a_deployment_exposes() {
+    let text = repo_file("examples/grafana/prime_server.json");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is not JSON");
+    for key in ["title", "uid", "schemaVersion", "panels", "templating"] {
+        assert!(dash.get(key).is_some(), "no {key}");
+    }
+    let exposed = every_family();
+    let known = |name: &str| {
+        exposed.family(name).is_some() || exposed.samples.iter().any(|s| s.name == name)
+    };
+    let mut exprs: Vec<String> = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        let title = p["title"].as_str().unwrap();
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "{title}: id twice");
+        assert!(p["gridPos"]["w"].as_u64().is_some(), "{title}: no gridPos");
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no queries");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            if expr.contains("histogram_quantile") {
+                assert!(expr.contains("_bucket") && expr.contains(" le)"), "{expr}");
+            }
+            exprs.push(expr.to_string());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    let mut used = std::collections::HashSet::new();
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "no metric in {expr}");
+        for name in names {
+            assert!(known(name), "{name} (in {expr}) is not exposed");
+            used.insert(name.to_string());
+        }
+    }
+    // The panels an operator scaling a stage needs.
+    for needed in [
+        "prime_server_front_submitted_total",
+        "prime_server_front_request_seconds_bucket",
+        "prime_server_proxy_queued",
+        "prime_server_proxy_idle",
+        "prime_server_worker_job_seconds_bucket",
+        "prime_server_proxy_redelivered_total",
+        "prime_server_proxy_expired_total",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
+}
+
+#[test]
+fn prometheus_yml_scrapes_every_metrics_listener_of_the_one_host_example() {
+    let dir = format!("{}/../../examples", env!("CARGO_MANIFEST_DIR"));
+    let t = prime_server::topology::Topology::load(&format!("{dir}/one-host-ipc.toml")).unwrap();
+    let mut listeners: Vec<String> = prime_bin::top::targets(&t)
+        .into_iter()
+        .map(|t| t.addr)
+        .collect();
+    assert_eq!(listeners.len(), 5, "{listeners:?}");
+    let yml = repo_file("examples/prometheus.yml");
+    let mut scraped: Vec<String> = yml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split('"').skip(1).step_by(2))
+        .filter(|w| w.starts_with("127.0.0.1:"))
+        .map(str::to_string)
+        .collect();
+    listeners.sort();
+    scraped.sort();
+    assert_eq!(scraped, listeners);
+}
+
+#[test]
+fn the_readme_lists_every_metric() {
+    let readme = repo_file("README.md");
+    let start = readme
+        .find("\n## Observability")
+        .expect("no Observability section");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    for f in every_family().families {
+        assert!(
+            section.contains(&format!("`{}`", f.name)),
+            "README's Observability section does not list `{}` ({})",
+            f.name,
+            f.help.unwrap_or_default()
+        );
+    }
+}
