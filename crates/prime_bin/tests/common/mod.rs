@@ -6,6 +6,7 @@
 //! [`wait_until`], never for a fixed time, and give every wait the same generous [`LIMIT`].
 #![allow(dead_code)]
 
+pub mod exposition;
 pub mod python;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -84,15 +85,23 @@ impl Proc {
         }
     }
 
-    /// Waits for the "listening on ADDR" line of a front server.
+    /// Waits for the "listening on ADDR" line of a front server (skipping lines before it,
+    /// such as "metrics on http://ADDR/metrics").
     pub fn listening(&mut self) -> SocketAddr {
         let out = self.child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
-        let line = lines.next().unwrap().unwrap();
+        let mut skipped = Vec::new();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("{}: no address in {skipped:?}", self.name);
+            };
+            if let Some(addr) = line.split_whitespace().find_map(|w| w.parse().ok()) {
+                break addr;
+            }
+            skipped.push(line);
+        };
         std::thread::spawn(move || for _ in lines {});
-        line.split_whitespace()
-            .find_map(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+        addr
     }
 
     pub fn signal(&self, sig: &str) {
