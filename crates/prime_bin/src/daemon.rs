@@ -297,7 +297,7 @@ pub fn start_server(
     cfg.heartbeat = heartbeat;
     cfg.security = security;
     let server = Server::start(ctx, cfg, shutdown.clone())?;
-    metrics.front(&section.name, server.stats());
+    metrics.front(&section.name, &server);
     Ok(server)
 }
 
@@ -519,7 +519,7 @@ pub fn run_pipeline(
     let running = p.start_in(&rt)?;
     running.shutdown.on_signals(drain)?;
     let metrics = Metrics::new();
-    metrics.front(&section.name, running.server.stats());
+    metrics.front(&section.name, &running.server);
     if let Some(ctx) = &running.ctx {
         metrics.zmq(ctx);
     }

@@ -72,6 +72,11 @@ pub(crate) struct StageQueue {
 }
 
 impl StageQueue {
+    /// The stage's counters.
+    pub(crate) fn stats(&self) -> &StageStats {
+        &self.stats
+    }
+
     pub(crate) fn new(limit: usize, stats: Arc<StageStats>) -> Arc<StageQueue> {
         Arc::new(StageQueue {
             state: Mutex::new(QueueState {

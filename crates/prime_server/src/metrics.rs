@@ -10,7 +10,7 @@
 //! and a `front` or `stage` label. See the README's "Observability" section for the list.
 
 use crate::shutdown::Shutdown;
-use crate::stats::{Field, HistogramCounts, ServerStats, StageStats, WorkerStats, BUCKETS_US};
+use crate::stats::{Field, HistogramCounts, StageStats, WorkerStats, BUCKETS_US};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -60,11 +60,19 @@ impl Metrics {
         Metrics { registry }
     }
 
-    /// Adds a front server's counters, labelled `front="NAME"`.
-    pub fn front(&self, name: &str, stats: Arc<ServerStats>) {
+    /// Adds a front server's counters, labelled `front="NAME"`, and its requests in flight.
+    pub fn front(&self, name: &str, server: &crate::server::Server) {
+        let server = server.clone();
         self.add(Snapshots::new("front", "front", name, move || {
-            let s = stats.snapshot();
-            (s.fields(), s.histograms())
+            let s = server.stats().snapshot();
+            let mut fields = s.fields();
+            fields.push(Field {
+                name: "in_flight",
+                help: "Requests in flight now (submitted, not answered yet).",
+                gauge: true,
+                value: server.in_flight() as u64,
+            });
+            (fields, s.histograms())
         }));
     }
 

@@ -233,6 +233,10 @@ impl Pipeline {
         let mut worker_stats = Vec::new();
         for (i, spec) in self.stages.iter().enumerate() {
             let mut stats = Vec::new();
+            queues[i]
+                .stats()
+                .workers
+                .store(spec.workers as u64, std::sync::atomic::Ordering::Relaxed);
             for w in 0..spec.workers {
                 let worker = MemWorker {
                     stage: (i + 1) as u8,

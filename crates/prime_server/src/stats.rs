@@ -248,13 +248,15 @@ counters! {
         queued,
         /// Idle workers now.
         idle,
+        /// Workers known now, idle or busy (busy = workers − idle).
+        workers,
         /// Connections of senders (fronts, the previous stage's workers) to the proxy's
         /// upstream socket, counted once they have lasted half a second.
         upstream_connected,
         /// Those connections that closed since.
         upstream_disconnected,
     }
-    gauges = [queued, idle];
+    gauges = [queued, idle, workers];
 }
 
 #[cfg(test)]

@@ -457,6 +457,9 @@ impl Balancer {
         self.stats
             .idle
             .store(self.idle.len() as u64, Ordering::Relaxed);
+        self.stats
+            .workers
+            .store(self.workers.len() as u64, Ordering::Relaxed);
     }
 
     /// A worker the balancer did not know was heard: counted, and an event.
