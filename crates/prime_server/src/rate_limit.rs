@@ -19,7 +19,6 @@ pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct DropWarnings {
     component: &'static str,
-    message: &'static str,
     interval: Duration,
     sides: Vec<Side>,
 }
@@ -39,19 +38,9 @@ impl DropWarnings {
         DropWarnings::with_interval(component, WARN_INTERVAL)
     }
 
-    /// Like [`DropWarnings::new`], with lines that say `message` (what was dropped) instead of
-    /// "dropped malformed messages".
-    pub(crate) fn with_message(component: &'static str, message: &'static str) -> DropWarnings {
-        DropWarnings {
-            message,
-            ..DropWarnings::new(component)
-        }
-    }
-
     fn with_interval(component: &'static str, interval: Duration) -> DropWarnings {
         DropWarnings {
             component,
-            message: "dropped malformed messages",
             interval,
             sides: Vec::new(),
         }
@@ -116,8 +105,7 @@ impl DropWarnings {
             side = s.name,
             dropped,
             reason = %s.reason,
-            "{} (at most one line per side every {} s)",
-            self.message,
+            "dropped malformed messages (at most one line per side every {} s)",
             self.interval.as_secs()
         );
         dropped

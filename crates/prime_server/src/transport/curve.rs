@@ -15,7 +15,6 @@
 
 use super::monitor::{Monitor, Source};
 use super::{zerr, Result, TransportError};
-use crate::rate_limit::DropWarnings;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -278,36 +277,80 @@ pub(crate) fn client(socket: &zmq::Socket, credentials: &Credentials) -> Result<
         .map_err(zerr("set curve secret key"))
 }
 
-/// The refusals of one context's CURVE sockets: counted, and logged at most one line every ten
-/// seconds (shared by the ZAP handler and the sockets' monitors).
+/// The refusals of one context's CURVE sockets (shared by the ZAP handler and the sockets'
+/// monitors): every one counted, and logged once per refused peer per ten seconds, so each key
+/// that knocks shows up by name at once, while one peer retrying in a loop writes a line every
+/// ten seconds with how many times it was refused since.
 #[derive(Clone)]
 pub(crate) struct Refusals {
     count: Arc<AtomicU64>,
-    warnings: Arc<Mutex<DropWarnings>>,
+    log: Arc<Mutex<RefusalLog>>,
 }
+
+/// The refused peers logged lately: `(endpoint's domain, peer)` → when last logged, and how
+/// many refusals of it since.
+#[derive(Default)]
+struct RefusalLog {
+    peers: std::collections::HashMap<(String, String), (Instant, u64)>,
+}
+
+/// The shortest time between two lines about one refused peer.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most refused peers remembered; beyond, the oldest lines are forgotten (a flood of
+/// distinct keys is still counted, and logged a line each at most once per interval).
+const REFUSAL_LOG_PEERS: usize = 1024;
 
 impl Refusals {
     fn new() -> Refusals {
         Refusals {
             count: Arc::new(AtomicU64::new(0)),
-            warnings: Arc::new(Mutex::new(DropWarnings::with_message(
-                "zmq",
-                "refused peers",
-            ))),
+            log: Arc::default(),
         }
     }
 
-    fn refused(&self, side: &'static str, why: std::fmt::Arguments<'_>, now: Instant) {
+    /// Peer `peer` (its key, or what the handshake said when there is none) was refused on the
+    /// socket `domain` for `why`.
+    fn refused(&self, domain: &str, peer: &str, address: &str, why: &str, now: Instant) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
-        w.dropped(side, why, now);
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.peers.len() >= REFUSAL_LOG_PEERS {
+            log.peers
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < REFUSAL_LOG_INTERVAL);
+        }
+        let entry = log
+            .peers
+            .entry((domain.to_string(), peer.to_string()))
+            .or_insert((now, 0));
+        entry.1 += 1;
+        if entry.1 == 1 || now.saturating_duration_since(entry.0) >= REFUSAL_LOG_INTERVAL {
+            tracing::warn!(
+                endpoint = domain,
+                peer,
+                address,
+                refusals = entry.1,
+                "refused peers: {why} (one line per peer every {} s at most)",
+                REFUSAL_LOG_INTERVAL.as_secs()
+            );
+            *entry = (now, 0);
+        }
     }
 
-    /// Writes what was held back, once its interval has passed.
+    /// Writes the lines held back for peers refused again within their interval, once it has
+    /// passed.
     pub(crate) fn flush(&self, now: Instant) {
-        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
-        if w.has_unreported() {
-            w.flush(now);
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        for ((domain, peer), (at, held)) in log.peers.iter_mut() {
+            if *held > 0 && now.saturating_duration_since(*at) >= REFUSAL_LOG_INTERVAL {
+                tracing::warn!(
+                    endpoint = %domain,
+                    peer = %peer,
+                    refusals = *held,
+                    "refused peers: refused again (one line per peer every {} s at most)",
+                    REFUSAL_LOG_INTERVAL.as_secs()
+                );
+                *at = now;
+                *held = 0;
+            }
         }
     }
 
@@ -327,11 +370,7 @@ impl Refusals {
             }
             _ => return,
         };
-        self.refused(
-            "handshake",
-            format_args!("{domain}: a peer was refused: {why}"),
-            now,
-        );
+        self.refused(domain, "(no key: the handshake failed)", "-", why, now);
     }
 }
 
@@ -378,12 +417,9 @@ impl ZapHandler {
         let (status, text): (&[u8], &[u8]) = if admitted {
             (b"200", b"OK")
         } else {
-            let who = key.map_or_else(|| "no key".to_string(), |k| k.to_z85());
-            self.refusals.refused(
-                "admission",
-                format_args!("{domain}: key {who} from {address} is not on the allow-list"),
-                now,
-            );
+            let who = key.map_or_else(|| "(no key)".to_string(), |k| k.to_z85());
+            let why = "its key is not on the allow-list";
+            self.refusals.refused(&domain, &who, &address, why, now);
             (b"400", b"key not allowed")
         };
         let user = key.map(|k| k.to_z85()).unwrap_or_default();
