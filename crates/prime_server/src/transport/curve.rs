@@ -10,7 +10,7 @@
 //! handshake, whether the key may connect to that socket (its ZAP domain); it runs on the
 //! context's monitor thread (`monitor.rs`), which also reads each CURVE server socket's
 //! handshake failures (a peer without CURVE, or one that expects another server key), which
-//! never reach ZAP. Every refusal is counted and logged, at most one line every ten seconds, with
+//! never reach ZAP. Every refusal is counted and logged, one line per refused peer at once then at most one per peer every ten seconds, with
 //! the peer's address and key where libzmq gives them.
 
 use super::monitor::{Monitor, Source};
