@@ -153,8 +153,13 @@ counters! {
         replied,
         /// Jobs forwarded to the next stage.
         forwarded,
-        /// Work functions that failed, panicked or were interrupted.
+        /// Work functions that failed, panicked or were interrupted (all three).
         failed,
+        /// Of `failed`: work functions stopped by an interrupt (client gone, deadline, server
+        /// gone, shutdown).
+        interrupted,
+        /// Of `failed`: work functions that panicked (answered 500).
+        panicked,
         /// Jobs skipped because they were already cancelled or past their deadline on arrival.
         skipped,
         /// Messages that were not valid protocol messages, dropped.

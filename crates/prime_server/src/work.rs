@@ -143,6 +143,7 @@ pub(crate) fn perform(
         }
         Ok(Err(WorkError::Interrupted(why))) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
+            stats.interrupted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%why, "work interrupted");
             match why {
                 // The server has answered (or will, at the deadline), or is gone.
@@ -156,6 +157,7 @@ pub(crate) fn perform(
         }
         Err(panic) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
+            stats.panicked.fetch_add(1, Ordering::Relaxed);
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())

@@ -536,6 +536,11 @@ fn a_panicking_work_function_yields_a_500_and_the_worker_lives_on() {
             other => panic!("{other:?}"),
         }
         assert_eq!(ask(&running, b"ok"), Answer::Reply(b"fine".to_vec()));
+        let counts = running.worker_stats[0][0].snapshot();
+        assert_eq!(
+            (counts.failed, counts.panicked, counts.interrupted),
+            (1, 1, 0)
+        );
         running.stop();
     }
 }
