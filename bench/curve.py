@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""What CURVE costs (issue 11): the two-stage prime demo as a multi-process deployment over tcp on
+127.0.0.1 (prime_proxyd x2, prime_workerd x2, prime_httpd, all `--config` from a topology made
+here), once plain and once with `[security]` (the same ports, keys fresh from prime_keygen), under
+wrk in interleaved rounds (plain, curve, plain, curve, ...).
+
+    bench/curve.sh [--rounds 5] [--duration 10] [--warmup 2] [--connections 64] [--workers 2]
+                   [--keep]
+
+Each round starts a fresh deployment per mode and measures the time from starting its daemons to
+the first 200 (the connect cost: with CURVE every zmq connection makes its handshake then), checks
+three answers with curl, warms up on the cheap request, then runs wrk (-t2, keep-alive) for
+--duration on the cheap request (`possible_prime=7`, the one that matters) and on the seed's
+(`possible_prime=32416190071`), reading meanwhile the CPU time each daemon spent per cheap request
+(from /proc). Reports medians per mode and the ratio curve / plain; writes the table to
+bench/results/curve.md. Fails (exit 1) if any wrk run saw a non-2xx answer or a socket error, an
+answer was wrong, a daemon died, or the logs say a mode was not what it claims (a plain tcp bind
+in the curve mode, or a refused peer). Traffic goes to 127.0.0.1 only; every run is bounded in
+time; every process started here is stopped at the end, also on Ctrl-C or an error (and dies with
+this script even on SIGKILL, where setpriv can arrange it). Daemon logs stay in a temporary
+directory on failure or with --keep.
+"""
+
+import argparse
+import http.client
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from http_load import CHEAP, SEED, fmt_us, free_port, threads, wrk
+from multihost import DIE_WITH_US
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The release binaries cargo builds: under $CARGO_TARGET_DIR when it is set (relative to the
+# repository, where curve.sh runs cargo), else target/.
+BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", "release")
+MODES = ("plain", "curve")
+ROLES = ("front", "parse-proxy", "parse-workers", "test-proxy", "test-workers")
+# Started in this order, each waiting until its log says it has bound (a bind logged with the
+# line given), so that no zmq connect comes before its bind: libzmq would retry it only after
+# its 100 ms reconnect interval, and that wait, not CURVE, would be measured.
+# (name in the tables, daemon, its arguments after --config, the log line of its binds)
+DAEMONS = (
+    ("parse proxy", "prime_proxyd", ["--stage", "parse"], "proxy bound"),
+    ("test proxy", "prime_proxyd", ["--stage", "test"], "proxy bound"),
+    ("front", "prime_httpd", [], "front listening"),
+    ("parse workers", "prime_workerd", ["--stage", "parse"], None),
+    ("test workers", "prime_workerd", ["--stage", "test"], None),
+)
+ANSWERS = ((7, True), (32416190071, True), (1000, False))
+START_LIMIT = 30.0
+
+
+class Failed(Exception):
+    """The run cannot be trusted: a wrong answer, a dead daemon, a mode that is not what it says."""
+
+
+def topology(path, ports, workers, secure):
+    """The two-stage prime demo over tcp on 127.0.0.1; `secure` adds `[security]` and the keys of
+    every role (in `keys/` beside the file). Both modes use the same ports."""
+    key = lambda line: line if secure else ""
+    ep = lambda name: f"tcp://127.0.0.1:{ports[name]}"
+    text = f"""drain_seconds = 0
+{key('[security]')}
+{key('keys = "keys"')}
+[[server]]
+listen = "127.0.0.1:{ports['http']}"
+loopback = "{ep('loopback')}"
+interrupt = "{ep('interrupt')}"
+{key('key = "front"')}
+[[stage]]
+name = "parse"
+work = "prime_parse"
+upstream = "{ep('parse_in')}"
+downstream = "{ep('parse_out')}"
+workers = {workers}
+{key('proxy_key = "parse-proxy"')}
+{key('worker_key = "parse-workers"')}
+[[stage]]
+name = "test"
+work = "prime_test"
+upstream = "{ep('test_in')}"
+downstream = "{ep('test_out')}"
+workers = {workers}
+{key('proxy_key = "test-proxy"')}
+{key('worker_key = "test-workers"')}
+"""
+    with open(path, "w") as f:
+        f.write(text)
+
+
+class Deployment:
+    """The five daemons of one mode, each binder started once the ones before it have bound;
+    `stop` ends them (SIGTERM, then SIGKILL after 5 s)."""
+
+    def __init__(self, config, logdir, tag):
+        self.procs = {}
+        self.logs = []
+        self.started = time.monotonic()
+        try:
+            for name, daemon, args, bound in DAEMONS:
+                self.start(config, logdir, tag, name, daemon, args, bound)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self, config, logdir, tag, name, daemon, args, bound):
+        log = os.path.join(logdir, f"{tag}-{name.replace(' ', '-')}.log")
+        self.logs.append(log)
+        with open(log, "w") as out:
+            # setpriv execs the daemon: the pid is the daemon's.
+            self.procs[name] = subprocess.Popen(
+                DIE_WITH_US + [os.path.join(BIN, daemon), "--config", config] + args,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        while bound:
+            with open(log, errors="replace") as f:
+                if bound in f.read():
+                    break
+            if self.dead():
+                raise Failed(f"died while starting: {', '.join(self.dead())}")
+            if time.monotonic() > self.started + START_LIMIT:
+                raise Failed(f"{name}: no '{bound}' within {START_LIMIT:.0f} s")
+            time.sleep(0.001)
+
+    def dead(self):
+        return [f"{name} (exit {p.returncode})" for name, p in self.procs.items() if p.poll() is not None]
+
+    def first_answer(self, port):
+        """Seconds from starting the daemons to the first 200 on the cheap request, and its body."""
+        until = self.started + START_LIMIT
+        while time.monotonic() < until:
+            if self.dead():
+                raise Failed(f"died while starting: {', '.join(self.dead())}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", CHEAP)
+                r = c.getresponse()
+                body = r.read()
+                c.close()
+                if r.status == 200:
+                    return time.monotonic() - self.started, body.decode()
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.002)
+        raise Failed(f"no 200 within {START_LIMIT:.0f} s of starting the daemons")
+
+    def cpu(self):
+        """CPU seconds each daemon has used so far (all its threads)."""
+        return {name: sum(v[0] for v in threads(p.pid).values()) for name, p in self.procs.items()}
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        until = time.monotonic() + 5
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.0, until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def log_text(self):
+        text = ""
+        for log in self.logs:
+            with open(log, errors="replace") as f:
+                text += f.read()
+        return text
+
+
+def check_answers(port):
+    """One curl per number, against the answer it must get."""
+    for n, prime in ANSWERS:
+        want = f'{{"possible_prime":{n},"is_prime":{"true" if prime else "false"}}}'
+        r = subprocess.run(
+            ["curl", "-s", "--max-time", "10", "-w", "\n%{http_code}",
+             f"http://127.0.0.1:{port}/is_prime?possible_prime={n}"],
+            capture_output=True, text=True)
+        body, _, status = r.stdout.rpartition("\n")
+        if r.returncode != 0 or status != "200" or body.strip() != want:
+            raise Failed(f"curl {n}: exit {r.returncode}, {status} {body!r}, want 200 {want}")
+
+
+def check_wrk(r, what, problems):
+    if r["non2xx"] or r["errors"]:
+        problems.append(f"{what}: {r['non2xx']} non-2xx, socket errors: {r['errors'] or 'none'}")
+
+
+def one_round(mode, config, port, a, logdir, i, problems):
+    dep = Deployment(config, logdir, f"{i}-{mode}")
+    try:
+        connect, body = dep.first_answer(port)
+        if body.strip() != '{"possible_prime":7,"is_prime":true}':
+            raise Failed(f"{mode}: the first answer was {body!r}")
+        check_answers(port)
+        check_wrk(wrk(port, CHEAP, a.connections, a.warmup), f"round {i} {mode} warm-up", problems)
+        before = dep.cpu()
+        cheap = wrk(port, CHEAP, a.connections, a.duration)
+        after = dep.cpu()
+        check_wrk(cheap, f"round {i} {mode} cheap", problems)
+        n = max(cheap["count"], 1)
+        cheap["cpu"] = {name: (after[name] - before[name]) * 1e6 / n for name in after}
+        seed = wrk(port, SEED, a.connections, a.duration)
+        check_wrk(seed, f"round {i} {mode} seed", problems)
+        if dep.dead():
+            raise Failed(f"round {i} {mode}: died under load: {', '.join(dep.dead())}")
+    finally:
+        dep.stop()
+    logs = dep.log_text()
+    # Each mode must be what it says: plain binds tcp without keys (and says so loudly), curve
+    # never does; nobody may be refused in either.
+    if mode == "curve" and "WITHOUT CURVE" in logs:
+        raise Failed(f"round {i} curve: a socket was bound without CURVE")
+    if mode == "plain" and "WITHOUT CURVE" not in logs:
+        raise Failed(f"round {i} plain: no plain tcp bind reported; is it plain?")
+    if "refused peers" in logs:
+        raise Failed(f"round {i} {mode}: peers were refused")
+    return {"connect": connect, "cheap": cheap, "seed": seed}
+
+
+def med(runs, key):
+    return statistics.median(key(r) for r in runs)
+
+
+def report(a, runs, problems):
+    cmd = (f"bench/curve.sh --rounds {a.rounds} --duration {a.duration} --warmup {a.warmup} "
+           f"--connections {a.connections} --workers {a.workers}")
+    lines = [
+        f"`{cmd}`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t2 -c{a.connections} "
+        f"(keep-alive) and every daemon on the same cores, tcp on 127.0.0.1. The prime demo as five "
+        f"processes (prime_httpd; prime_proxyd and prime_workerd with {a.workers} workers for each of "
+        f"the stages parse and test), plain and with `[security]` (CURVE on every zmq socket), "
+        f"{a.rounds} interleaved rounds (plain, curve, ...) of {a.duration} s per request after a "
+        f"{a.warmup} s warm-up, each round on fresh daemons; medians.",
+        "",
+        "| mode | cheap req/s | cheap p50 | cheap p99 | seed req/s | seed p50 | seed p99 | first 200 after start |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    m = {mode: {
+        "cheap": med(runs[mode], lambda r: r["cheap"]["rps"]),
+        "cheap p50": med(runs[mode], lambda r: r["cheap"]["p50"]),
+        "cheap p99": med(runs[mode], lambda r: r["cheap"]["p99"]),
+        "seed": med(runs[mode], lambda r: r["seed"]["rps"]),
+        "seed p50": med(runs[mode], lambda r: r["seed"]["p50"]),
+        "seed p99": med(runs[mode], lambda r: r["seed"]["p99"]),
+        "connect": med(runs[mode], lambda r: r["connect"] * 1e6),
+    } for mode in MODES}
+    for mode in MODES:
+        x = m[mode]
+        lines.append(f"| {mode} | {x['cheap']:,.0f} | {fmt_us(x['cheap p50'])} | {fmt_us(x['cheap p99'])} | "
+                     f"{x['seed']:,.0f} | {fmt_us(x['seed p50'])} | {fmt_us(x['seed p99'])} | "
+                     f"{fmt_us(x['connect'])} |")
+    p, c = m["plain"], m["curve"]
+    ratio = lambda k: f"**{c[k] / p[k]:.3f}**" if k == "cheap" else f"{c[k] / p[k]:.3f}"
+    lines.append("| **curve / plain** | " + " | ".join(
+        ratio(k) for k in ("cheap", "cheap p50", "cheap p99", "seed", "seed p50", "seed p99", "connect")) + " |")
+    later = c["connect"] - p["connect"]
+    lines += [
+        "",
+        f"Cheap requests cost CURVE **{1 - c['cheap'] / p['cheap']:.1%}** of their throughput "
+        f"(target: at most 15%); with it the first 200 came {fmt_us(abs(later))} "
+        f"{'later' if later >= 0 else 'earlier'} (medians).",
+        "",
+        "Every run (req/s, in round order):",
+        "",
+        "| mode | cheap | seed | first 200 after start |",
+        "|---|---|---|---|",
+    ]
+    for mode in MODES:
+        cells = (" ".join(f"{r[k]['rps']:,.0f}" for r in runs[mode]) for k in ("cheap", "seed"))
+        lines.append(f"| {mode} | " + " | ".join(cells) + " | "
+                     + " ".join(fmt_us(r["connect"] * 1e6) for r in runs[mode]) + " |")
+    names = [name for name, _, _, _ in DAEMONS]
+    lines += [
+        "",
+        "CPU time per cheap request by process (µs, from /proc around each cheap run; medians; wrk "
+        "used the rest of the cores):",
+        "",
+        "| mode | " + " | ".join(names) + " | all five |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    cpu = {mode: {name: med(runs[mode], lambda r: r["cheap"]["cpu"][name]) for name in names} for mode in MODES}
+    for mode in MODES:
+        total = med(runs[mode], lambda r: sum(r["cheap"]["cpu"].values()))
+        lines.append(f"| {mode} | " + " | ".join(f"{cpu[mode][n]:.1f}" for n in names) + f" | {total:.1f} |")
+    lines.append("| curve − plain | " + " | ".join(f"{cpu['curve'][n] - cpu['plain'][n]:+.1f}" for n in names)
+                 + f" | {sum(cpu['curve'].values()) - sum(cpu['plain'].values()):+.1f} |")
+    lines += ["", "Checks: three answers right by curl per deployment; wrk saw "
+              + ("no non-2xx answer and no socket error in any run." if not problems else
+                 "PROBLEMS: " + "; ".join(problems))]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of cheap load before measuring")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2, help="workers per stage (one process each)")
+    ap.add_argument("--keep", action="store_true", help="keep the daemons' logs and the topologies")
+    a = ap.parse_args()
+    for tool in ("wrk", "curl"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} missing: run bench/curve.sh, which installs it")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins"], cwd=ROOT, check=True)
+
+    # SIGTERM/SIGHUP unwind like Ctrl-C through the `finally`s, which stop the daemons.
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, lambda signum, _: sys.exit(128 + signum))
+    d = tempfile.mkdtemp(prefix="prime-curve-")
+    keep = True  # until the run has gone through: the logs say what went wrong
+    try:
+        subprocess.run([os.path.join(BIN, "prime_keygen"), "--dir", os.path.join(d, "keys"), *ROLES],
+                       check=True, stdout=subprocess.DEVNULL)
+        ports = {name: free_port() for name in
+                 ("http", "loopback", "interrupt", "parse_in", "parse_out", "test_in", "test_out")}
+        configs = {mode: os.path.join(d, f"{mode}.toml") for mode in MODES}
+        for mode in MODES:
+            topology(configs[mode], ports, a.workers, mode == "curve")
+        runs = {mode: [] for mode in MODES}
+        problems = []
+        for i in range(1, a.rounds + 1):
+            for mode in MODES:
+                r = one_round(mode, configs[mode], ports["http"], a, d, i, problems)
+                runs[mode].append(r)
+                print(f"round {i} {mode}: cheap {r['cheap']['rps']:,.0f} req/s (p99 {fmt_us(r['cheap']['p99'])}), "
+                      f"seed {r['seed']['rps']:,.0f} req/s, first 200 after {fmt_us(r['connect'] * 1e6)}",
+                      file=sys.stderr)
+        text = report(a, runs, problems)
+        os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench/results/curve.md"), "w") as f:
+            f.write(text)
+        print(text)
+        if problems:
+            sys.exit(1)
+        keep = a.keep
+    except Failed as e:
+        sys.exit(f"FAILED: {e}")
+    finally:
+        if keep:
+            print(f"daemon logs and topologies kept in {d}", file=sys.stderr)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
