@@ -5,25 +5,33 @@ here), once plain and once with `[security]` (the same ports, keys fresh from pr
 wrk in interleaved rounds (plain, curve, plain, curve, ...).
 
     bench/curve.sh [--rounds 5] [--duration 10] [--warmup 2] [--connections 64] [--workers 2]
-                   [--keep]
+                   [--settle 30] [--keep]
 
-Each round starts a fresh deployment per mode and measures the time from starting its daemons to
-the first 200 (the connect cost: with CURVE every zmq connection makes its handshake then), checks
-three answers with curl, warms up on the cheap request, then runs wrk (-t2, keep-alive) for
---duration on the cheap request (`possible_prime=7`, the one that matters) and on the seed's
-(`possible_prime=32416190071`), reading meanwhile the CPU time each daemon spent per cheap request
-(from /proc). Reports medians per mode and the ratio curve / plain; writes the table to
-bench/results/curve.md. Fails (exit 1) if any wrk run saw a non-2xx answer or a socket error, an
-answer was wrong, a daemon died, or the logs say a mode was not what it claims (a plain tcp bind
-in the curve mode, or a refused peer). Traffic goes to 127.0.0.1 only; every run is bounded in
-time; every process started here is stopped at the end, also on Ctrl-C or an error (and dies with
-this script even on SIGKILL, where setpriv can arrange it). Daemon logs stay in a temporary
+Each round starts a fresh deployment per mode (daemons that bind first, each once it has bound, so
+that no zmq connect waits for libzmq's 100 ms retry) and measures the time from starting its
+daemons to the first 200 (the connect cost: with CURVE every zmq connection makes its handshake
+then), checks three answers with curl, warms up on the cheap request, then runs wrk (-t2,
+keep-alive) for --duration on the cheap request (`possible_prime=7`, the one that matters) and on
+the seed's (`possible_prime=32416190071`), reading meanwhile the CPU time each daemon spent per
+cheap request (from /proc). Reports medians per mode, the ratio curve / plain and the median of
+the per-round ratios; writes the tables to bench/results/curve.md.
+
+This machine is shared: before each run the script waits (at most --settle seconds) for a second
+in which the machine kept less than 10% of its cores busy, and it reports, per run, the share of
+the cores that anything else took during the cheap run.
+
+Fails (exit 1) if any wrk run saw a non-2xx answer or a socket error, an answer was wrong, a
+daemon died, or the logs say a mode was not what it claims (a plain tcp bind in the curve mode,
+none in the plain one, or a refused peer). Traffic goes to 127.0.0.1 only; every run is bounded
+in time; every process started here is stopped at the end, also on Ctrl-C or an error (and dies
+with this script even on SIGKILL, where setpriv can arrange it). Daemon logs stay in a temporary
 directory on failure or with --keep.
 """
 
 import argparse
 import http.client
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -173,6 +181,32 @@ class Deployment:
         return text
 
 
+def machine_busy():
+    """CPU seconds the machine has been busy, all cores (from /proc/stat; steal counts as busy:
+    the cores were not ours)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu():
+    """CPU seconds of this script and its waited-for children (wrk, once it has exited)."""
+    return sum(r.ru_utime + r.ru_stime for r in
+               (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def settle(within, quiet=0.10):
+    """Waits, at most `within` seconds, for a second in which the machine (nothing of ours is
+    running) kept less than `quiet` of its cores busy; returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        busy = machine_busy()
+        time.sleep(1)
+        if (machine_busy() - busy) / os.cpu_count() < quiet:
+            break
+    return time.monotonic() - t0
+
+
 def check_answers(port):
     """One curl per number, against the answer it must get."""
     for n, prime in ANSWERS:
@@ -192,6 +226,7 @@ def check_wrk(r, what, problems):
 
 
 def one_round(mode, config, port, a, logdir, i, problems):
+    waited = settle(a.settle) if a.settle else 0.0
     dep = Deployment(config, logdir, f"{i}-{mode}")
     try:
         connect, body = dep.first_answer(port)
@@ -199,12 +234,16 @@ def one_round(mode, config, port, a, logdir, i, problems):
             raise Failed(f"{mode}: the first answer was {body!r}")
         check_answers(port)
         check_wrk(wrk(port, CHEAP, a.connections, a.warmup), f"round {i} {mode} warm-up", problems)
-        before = dep.cpu()
+        before, busy, own, t = dep.cpu(), machine_busy(), own_cpu(), time.monotonic()
         cheap = wrk(port, CHEAP, a.connections, a.duration)
-        after = dep.cpu()
+        after, busy, own, t = dep.cpu(), machine_busy() - busy, own_cpu() - own, time.monotonic() - t
         check_wrk(cheap, f"round {i} {mode} cheap", problems)
         n = max(cheap["count"], 1)
         cheap["cpu"] = {name: (after[name] - before[name]) * 1e6 / n for name in after}
+        # What the rest of the machine took meanwhile (other processes, a hypervisor's steal):
+        # on a shared machine, the noise.
+        others = busy - own - sum(after.values()) + sum(before.values())
+        cheap["others"] = max(0.0, others) / (t * os.cpu_count())
         seed = wrk(port, SEED, a.connections, a.duration)
         check_wrk(seed, f"round {i} {mode} seed", problems)
         if dep.dead():
@@ -220,7 +259,7 @@ def one_round(mode, config, port, a, logdir, i, problems):
         raise Failed(f"round {i} plain: no plain tcp bind reported; is it plain?")
     if "refused peers" in logs:
         raise Failed(f"round {i} {mode}: peers were refused")
-    return {"connect": connect, "cheap": cheap, "seed": seed}
+    return {"connect": connect, "cheap": cheap, "seed": seed, "waited": waited}
 
 
 def med(runs, key):
@@ -229,14 +268,15 @@ def med(runs, key):
 
 def report(a, runs, problems):
     cmd = (f"bench/curve.sh --rounds {a.rounds} --duration {a.duration} --warmup {a.warmup} "
-           f"--connections {a.connections} --workers {a.workers}")
+           f"--connections {a.connections} --workers {a.workers} --settle {a.settle:g}")
     lines = [
         f"`{cmd}`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t2 -c{a.connections} "
         f"(keep-alive) and every daemon on the same cores, tcp on 127.0.0.1. The prime demo as five "
         f"processes (prime_httpd; prime_proxyd and prime_workerd with {a.workers} workers for each of "
         f"the stages parse and test), plain and with `[security]` (CURVE on every zmq socket), "
         f"{a.rounds} interleaved rounds (plain, curve, ...) of {a.duration} s per request after a "
-        f"{a.warmup} s warm-up, each round on fresh daemons; medians.",
+        f"{a.warmup} s warm-up, each run on fresh daemons started after waiting (at most {a.settle:g} s) "
+        f"for a second in which the machine kept less than 10% of its cores busy; medians.",
         "",
         "| mode | cheap req/s | cheap p50 | cheap p99 | seed req/s | seed p50 | seed p99 | first 200 after start |",
         "|---|---|---|---|---|---|---|---|",
@@ -260,21 +300,28 @@ def report(a, runs, problems):
     lines.append("| **curve / plain** | " + " | ".join(
         ratio(k) for k in ("cheap", "cheap p50", "cheap p99", "seed", "seed p50", "seed p99", "connect")) + " |")
     later = c["connect"] - p["connect"]
+    paired = [cr["cheap"]["rps"] / pr["cheap"]["rps"] for pr, cr in zip(runs["plain"], runs["curve"])]
     lines += [
         "",
         f"Cheap requests cost CURVE **{1 - c['cheap'] / p['cheap']:.1%}** of their throughput "
         f"(target: at most 15%); with it the first 200 came {fmt_us(abs(later))} "
         f"{'later' if later >= 0 else 'earlier'} (medians).",
         "",
-        "Every run (req/s, in round order):",
+        f"Paired, each curve run against the plain run just before it (neighbours share the machine's "
+        f"mood): cheap curve / plain {' '.join(f'{x:.3f}' for x in paired)}, median "
+        f"**{statistics.median(paired):.3f}**.",
         "",
-        "| mode | cheap | seed | first 200 after start |",
-        "|---|---|---|---|",
+        "Every run (req/s, in round order; 'others': the share of all cores used during the cheap run "
+        "by anything but the daemons, wrk and this script, hypervisor steal included):",
+        "",
+        "| mode | cheap | seed | first 200 after start | others |",
+        "|---|---|---|---|---|",
     ]
     for mode in MODES:
         cells = (" ".join(f"{r[k]['rps']:,.0f}" for r in runs[mode]) for k in ("cheap", "seed"))
         lines.append(f"| {mode} | " + " | ".join(cells) + " | "
-                     + " ".join(fmt_us(r["connect"] * 1e6) for r in runs[mode]) + " |")
+                     + " ".join(fmt_us(r["connect"] * 1e6) for r in runs[mode]) + " | "
+                     + " ".join(f"{r['cheap']['others']:.0%}" for r in runs[mode]) + " |")
     names = [name for name, _, _, _ in DAEMONS]
     lines += [
         "",
@@ -303,6 +350,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="seconds of cheap load before measuring")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="workers per stage (one process each)")
+    ap.add_argument("--settle", type=float, default=30,
+                    help="before each run, wait up to this many seconds for a quiet second (others "
+                         "using < 10%% of the cores); 0: don't wait")
     ap.add_argument("--keep", action="store_true", help="keep the daemons' logs and the topologies")
     a = ap.parse_args()
     for tool in ("wrk", "curl"):
@@ -330,7 +380,8 @@ def main():
                 r = one_round(mode, configs[mode], ports["http"], a, d, i, problems)
                 runs[mode].append(r)
                 print(f"round {i} {mode}: cheap {r['cheap']['rps']:,.0f} req/s (p99 {fmt_us(r['cheap']['p99'])}), "
-                      f"seed {r['seed']['rps']:,.0f} req/s, first 200 after {fmt_us(r['connect'] * 1e6)}",
+                      f"seed {r['seed']['rps']:,.0f} req/s, first 200 after {fmt_us(r['connect'] * 1e6)}, "
+                      f"others took {r['cheap']['others']:.0%} of the cores",
                       file=sys.stderr)
         text = report(a, runs, problems)
         os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
