@@ -245,6 +245,7 @@ def one_round(mode, config, port, a, logdir, i, problems):
         # on a shared machine, the noise.
         others = busy - own - sum(after.values()) + sum(before.values())
         cheap["others"] = max(0.0, others) / (t * os.cpu_count())
+        cheap["cpu"]["wrk"] = own * 1e6 / n
         seed = wrk(port, SEED, a.connections, a.duration)
         check_wrk(seed, f"round {i} {mode} seed", problems)
         if dep.dead():
@@ -268,8 +269,10 @@ def med(runs, key):
 
 
 def report(a, rounds, problems):
-    """The tables, from the quiet rounds (every round if none was quiet, and it says so)."""
-    kept = [r for r in rounds if r["quiet"]] or rounds
+    """The tables, from the quiet rounds (from every round if fewer than 3 were quiet, and it says
+    so)."""
+    quiet = [r for r in rounds if r["quiet"]]
+    kept = quiet if len(quiet) >= min(3, a.rounds) else rounds
     runs = {mode: [r[mode] for r in kept] for mode in MODES}
     cmd = (f"bench/curve.sh --rounds {a.rounds} --duration {a.duration} --warmup {a.warmup} "
            f"--connections {a.connections} --workers {a.workers} --settle {a.settle:g} "
@@ -283,9 +286,9 @@ def report(a, rounds, problems):
         f"each run on fresh daemons started after waiting (at most {a.settle:g} s) for a second in which "
         f"the machine kept less than 10% of its cores busy. A round in which other processes took more "
         f"than {a.max_others:.0%} of the cores during a cheap run was done again (at most {a.rounds} "
-        f"times). Medians of {len(kept)} rounds"
-        + (f"; **none of the {len(rounds)} rounds was quiet: all are used**." if not any(r["quiet"] for r in rounds)
-           else f" ({len(rounds) - len(kept)} noisy rounds left out)."),
+        f"more rounds). Medians of {len(kept)} rounds"
+        + (f" ({len(rounds) - len(kept)} noisy rounds left out)." if kept is quiet else
+           f": **only {len(quiet)} of the {len(rounds)} rounds were quiet, so all are used**."),
         "",
         "| mode | cheap req/s | cheap p50 | cheap p99 | seed req/s | seed p50 | seed p99 | first 200 after start |",
         "|---|---|---|---|---|---|---|---|",
@@ -332,21 +335,28 @@ def report(a, rounds, problems):
             f"{cr['cheap']['rps'] / pr['cheap']['rps']:.3f} | {pr['seed']['rps']:,.0f} | {cr['seed']['rps']:,.0f} | "
             f"{fmt_us(pr['connect'] * 1e6)} / {fmt_us(cr['connect'] * 1e6)} | "
             f"{pr['cheap']['others']:.0%} / {cr['cheap']['others']:.0%} | {'yes' if r in kept else 'no: noisy'} |")
-    names = [name for name, _, _, _ in DAEMONS]
+    names = [name for name, _, _, _ in DAEMONS] + ["wrk"]
     lines += [
         "",
-        "CPU time per cheap request by process (µs, from /proc around each cheap run; medians; wrk "
-        "used the rest of the cores):",
+        "CPU time per cheap request by process (µs, from /proc and getrusage around each cheap run; "
+        "medians; 'wrk' includes this script's own few µs):",
         "",
-        "| mode | " + " | ".join(names) + " | all five |",
+        "| mode | " + " | ".join(names) + " | all |",
         "|---|" + "---|" * (len(names) + 1),
     ]
     cpu = {mode: {name: med(runs[mode], lambda r: r["cheap"]["cpu"][name]) for name in names} for mode in MODES}
+    total = {mode: med(runs[mode], lambda r: sum(r["cheap"]["cpu"].values())) for mode in MODES}
     for mode in MODES:
-        total = med(runs[mode], lambda r: sum(r["cheap"]["cpu"].values()))
-        lines.append(f"| {mode} | " + " | ".join(f"{cpu[mode][n]:.1f}" for n in names) + f" | {total:.1f} |")
+        lines.append(f"| {mode} | " + " | ".join(f"{cpu[mode][n]:.1f}" for n in names) + f" | {total[mode]:.1f} |")
     lines.append("| curve − plain | " + " | ".join(f"{cpu['curve'][n] - cpu['plain'][n]:+.1f}" for n in names)
-                 + f" | {sum(cpu['curve'].values()) - sum(cpu['plain'].values()):+.1f} |")
+                 + f" | {total['curve'] - total['plain']:+.1f} |")
+    lines += [
+        "",
+        f"When the cores are saturated, req/s is about the CPU there is over the CPU a request takes: by "
+        f"the CPU per request above, plain / curve = {total['plain']:.1f} / {total['curve']:.1f} = "
+        f"**{total['plain'] / total['curve']:.3f}** (less sensitive to other processes than req/s, though "
+        f"they make every request dearer too).",
+    ]
     lines += ["", "Checks: three answers right by curl per deployment; wrk saw "
               + ("no non-2xx answer and no socket error in any run." if not problems else
                  "PROBLEMS: " + "; ".join(problems))]
