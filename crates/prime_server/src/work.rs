@@ -113,7 +113,8 @@ pub(crate) enum Action {
 }
 
 /// The target of the `job` span every work function runs in (its field `request_id` is the
-/// job's [`Job::trace_id`]): `RUST_LOG=info,prime_server::job=off` turns it off.
+/// job's [`Job::trace_id`]). The span is at debug level: `RUST_LOG=info,prime_server::job=debug`
+/// turns it on, and every line the work function logs then names the request.
 pub const JOB_SPAN_TARGET: &str = "prime_server::job";
 
 /// Runs the work function on a job, catching a panic, and turns what it returned into what the
@@ -125,11 +126,13 @@ pub(crate) fn perform(
     busy: &AtomicBool,
     stats: &WorkerStats,
 ) -> Action {
-    // Every line logged while the job runs (the work function's own included) names the
-    // request as its client knows it. With a subscriber that formats spans (the daemons'), a span
-    // costs a few hundred ns per job; `RUST_LOG=…,prime_server::job=off` saves it.
+    // With the span on, every line logged while the job runs (the work function's own
+    // included) names the request as its client knows it. Off by default: with a subscriber
+    // that formats spans (the daemons'), a span costs 0.3–0.5 µs per job, measured as 7–9% of
+    // the cheap requests of the in-memory prime_serverd (BENCHMARKS.md); a disabled one costs a
+    // load and a compare.
     let span =
-        tracing::info_span!(target: JOB_SPAN_TARGET, "job", request_id = %job.header.trace_id);
+        tracing::debug_span!(target: JOB_SPAN_TARGET, "job", request_id = %job.header.trace_id);
     let _entered = span.enter();
     busy.store(true, Ordering::Release);
     let result = catch_unwind(AssertUnwindSafe(|| work(job, interrupt)));

@@ -22,8 +22,11 @@ fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
     LOG.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = buf.clone();
+        // The daemons' default level plus the job span (debug level: off by default).
         tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,prime_server::job=debug",
+            ))
             .with_ansi(false)
             .with_writer(move || Capture(sink.clone()))
             .init();
