@@ -11,45 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn write_topology(dir: &Path, port: u16, scheme: &str, extra: &str) -> PathBuf {
-    let ep = |name: &str| match scheme {
-        "ipc" => format!("ipc://{}/{name}", dir.display()),
-        _ => format!("tcp://127.0.0.1:{}", free_port()),
-    };
-    let text = format!(
-        r#"
-drain_seconds = 5
-[heartbeat]
-interval_ms = 500
-liveness = 3
-[[server]]
-listen = "127.0.0.1:{port}"
-loopback = "{}"
-interrupt = "{}"
-health_path = "/health"
-{extra}
-[[stage]]
-name = "parse"
-work = "prime_parse"
-upstream = "{}"
-downstream = "{}"
-workers = 2
-[[stage]]
-name = "test"
-work = "prime_test"
-upstream = "{}"
-downstream = "{}"
-workers = 2
-"#,
-        ep("loopback"),
-        ep("interrupt"),
-        ep("parse_in"),
-        ep("parse_out"),
-        ep("test_in"),
-        ep("test_out"),
-    );
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let head = "drain_seconds = 5\n[heartbeat]\ninterval_ms = 500\nliveness = 3";
+    let server = format!("health_path = \"/health\"\n{extra}");
+    prime_topology(dir, port, scheme, head, &server, ["", ""], 2).0
 }
 
 fn prime_stack(config: &Path) -> (Vec<Proc>, Proc, SocketAddr) {

@@ -57,69 +57,17 @@ fn topology(
     secure: bool,
     test_workers: &str,
 ) -> (PathBuf, HashMap<&'static str, String>) {
-    let names = [
-        "loopback",
-        "interrupt",
-        "parse_in",
-        "parse_out",
-        "test_in",
-        "test_out",
-    ];
-    let eps: HashMap<&str, String> = names
-        .into_iter()
-        .map(|name| {
-            let ep = match scheme {
-                "ipc" => format!("ipc://{}/{name}", dir.display()),
-                _ => format!("tcp://127.0.0.1:{}", free_port()),
-            };
-            (name, ep)
-        })
-        .collect();
     let keys = |text: String| if secure { text } else { String::new() };
-    let text = format!(
-        r#"drain_seconds = 2
-[heartbeat]
-interval_ms = 500
-liveness = 3
-{}
-[[server]]
-listen = "127.0.0.1:{}"
-loopback = "{}"
-interrupt = "{}"
-timeout_seconds = 20
-{}
-[[stage]]
-name = "parse"
-work = "prime_parse"
-upstream = "{}"
-downstream = "{}"
-workers = 1
-{}
-[[stage]]
-name = "test"
-work = "prime_test"
-upstream = "{}"
-downstream = "{}"
-workers = 1
-{}
-"#,
-        keys("[security]".into()),
-        free_port(),
-        eps["loopback"],
-        eps["interrupt"],
-        keys("key = \"front\"".into()),
-        eps["parse_in"],
-        eps["parse_out"],
-        keys("proxy_key = \"parse-proxy\"\nworker_key = \"parse-workers\"".into()),
-        eps["test_in"],
-        eps["test_out"],
-        keys(format!(
-            "proxy_key = \"test-proxy\"\nworker_key = {test_workers}"
-        )),
+    let head = format!(
+        "drain_seconds = 2\n[heartbeat]\ninterval_ms = 500\nliveness = 3\n{}",
+        keys("[security]".into())
     );
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
-    (path, eps)
+    let server = format!("timeout_seconds = 20\n{}", keys("key = \"front\"".into()));
+    let parse = keys("proxy_key = \"parse-proxy\"\nworker_key = \"parse-workers\"".into());
+    let test = keys(format!(
+        "proxy_key = \"test-proxy\"\nworker_key = {test_workers}"
+    ));
+    prime_topology(dir, free_port(), scheme, &head, &server, [&parse, &test], 1)
 }
 
 /// A daemon whose log (stderr) goes to `dir/LOG.log`.

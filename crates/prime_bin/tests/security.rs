@@ -30,50 +30,13 @@ fn keygen(dir: &Path, names: &[&str]) -> std::process::Output {
 
 /// A two-stage prime topology with `[security]` over `scheme` (tcp on 127.0.0.1, or ipc).
 fn secure_topology(dir: &Path, scheme: &str) -> (PathBuf, u16) {
-    let ep = |name: &str| match scheme {
-        "ipc" => format!("ipc://{}/{name}", dir.display()),
-        _ => format!("tcp://127.0.0.1:{}", free_port()),
-    };
     let port = free_port();
-    let text = format!(
-        r#"
-drain_seconds = 2
-[heartbeat]
-interval_ms = 300
-liveness = 3
-[security]
-keys = "keys"
-[[server]]
-listen = "127.0.0.1:{port}"
-loopback = "{}"
-interrupt = "{}"
-key = "front"
-[[stage]]
-name = "parse"
-work = "prime_parse"
-upstream = "{}"
-downstream = "{}"
-workers = 2
-proxy_key = "parse-proxy"
-worker_key = "parse-workers"
-[[stage]]
-name = "test"
-work = "prime_test"
-upstream = "{}"
-downstream = "{}"
-workers = 2
-proxy_key = "test-proxy"
-worker_key = "test-workers"
-"#,
-        ep("loopback"),
-        ep("interrupt"),
-        ep("parse_in"),
-        ep("parse_out"),
-        ep("test_in"),
-        ep("test_out"),
-    );
-    let path = dir.join("secure.toml");
-    std::fs::write(&path, text).unwrap();
+    let head = "drain_seconds = 2\n[heartbeat]\ninterval_ms = 300\nliveness = 3\n[security]\nkeys = \"keys\"";
+    let stages = [
+        "proxy_key = \"parse-proxy\"\nworker_key = \"parse-workers\"",
+        "proxy_key = \"test-proxy\"\nworker_key = \"test-workers\"",
+    ];
+    let (path, _) = prime_topology(dir, port, scheme, head, "key = \"front\"", stages, 2);
     (path, port)
 }
 

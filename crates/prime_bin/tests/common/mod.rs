@@ -269,3 +269,56 @@ pub fn front(cfg: &str, name: &str) -> (Proc, SocketAddr) {
     let addr = p.listening();
     (p, addr)
 }
+
+/// The prime demo's topology: two stages (`parse` running `prime_parse`, `test` running
+/// `prime_test`) behind one front listening on `127.0.0.1:PORT`, every zmq endpoint over
+/// `scheme` (`ipc` in `dir`, else `tcp` on 127.0.0.1 with free ports), written to
+/// `dir/topology.toml`. `head` is put before the sections (drain, heartbeat, `[security]`…),
+/// `server` into the `[[server]]` section and `stages[i]` into the i-th `[[stage]]`. Returns the
+/// file and the endpoints by name (`loopback`, `interrupt`, `parse_in`, `parse_out`, `test_in`,
+/// `test_out`).
+pub fn prime_topology(
+    dir: &Path,
+    port: u16,
+    scheme: &str,
+    head: &str,
+    server: &str,
+    stages: [&str; 2],
+    workers: usize,
+) -> (PathBuf, std::collections::HashMap<&'static str, String>) {
+    let names = [
+        "loopback",
+        "interrupt",
+        "parse_in",
+        "parse_out",
+        "test_in",
+        "test_out",
+    ];
+    let eps: std::collections::HashMap<&'static str, String> = names
+        .into_iter()
+        .map(|name| {
+            let ep = match scheme {
+                "ipc" => format!("ipc://{}/{name}", dir.display()),
+                _ => format!("tcp://127.0.0.1:{}", free_port()),
+            };
+            (name, ep)
+        })
+        .collect();
+    let mut text = format!(
+        "{head}\n[[server]]\nlisten = \"127.0.0.1:{port}\"\nloopback = \"{}\"\ninterrupt = \"{}\"\n{server}\n",
+        eps["loopback"], eps["interrupt"]
+    );
+    for ((name, work), extra) in [("parse", "prime_parse"), ("test", "prime_test")]
+        .into_iter()
+        .zip(stages)
+    {
+        text += &format!(
+            "[[stage]]\nname = \"{name}\"\nwork = \"{work}\"\nupstream = \"{}\"\ndownstream = \"{}\"\nworkers = {workers}\n{extra}\n",
+            eps[format!("{name}_in").as_str()],
+            eps[format!("{name}_out").as_str()],
+        );
+    }
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, text).unwrap();
+    (path, eps)
+}
