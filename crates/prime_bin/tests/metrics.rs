@@ -47,6 +47,15 @@ impl Spec<'_> {
     }
 }
 
+/// The tests of this file, one at a time. Run in parallel they failed now and then (a client of
+/// `the_queue_grows…` got its connection closed without an answer after 0.5–1.7 s, every daemon
+/// alive; not understood yet, see the session-4 note on issue 12): until that is explained, they
+/// do not share the machine with each other.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn metrics_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
@@ -192,6 +201,7 @@ fn send(addr: SocketAddr, path: &str) -> TcpStream {
 
 #[test]
 fn every_daemon_serves_checked_metrics_and_counts_each_request() {
+    let _serial = serial();
     let d = Deployment::start(Spec::echo("m-count"));
     for addr in d.metrics_addrs() {
         let e = scrape(&addr);
@@ -275,6 +285,7 @@ fn every_daemon_serves_checked_metrics_and_counts_each_request() {
 
 #[test]
 fn the_queue_grows_while_the_worker_is_stopped_and_passed_deadlines_count_504() {
+    let _serial = serial();
     let d = Deployment::start(Spec {
         timeout_seconds: 3,
         ..Spec::echo("m-queue")
@@ -309,6 +320,7 @@ fn the_queue_grows_while_the_worker_is_stopped_and_passed_deadlines_count_504() 
 
 #[test]
 fn a_killed_workers_job_is_counted_redelivered() {
+    let _serial = serial();
     let mut d = Deployment::start(Spec::echo("m-redeliver"));
     // Long enough for a second worker process to start while the first holds it.
     let mut slow = send(d.addrs[0], "/slow?sleep=3000");
@@ -358,6 +370,7 @@ fn a_killed_workers_job_is_counted_redelivered() {
 
 #[test]
 fn refusals_are_counted_by_reason_and_gone_clients_as_cancelled() {
+    let _serial = serial();
     // `tight` takes one request at a time; the stage queues one job.
     let d = Deployment::start(Spec {
         fronts: &[("tight", "max_in_flight = 1"), ("wide", "")],
@@ -444,6 +457,7 @@ fn prime_deployment(dir: &std::path::Path) -> (Vec<Proc>, SocketAddr, String, Ve
 
 #[test]
 fn prime_top_once_prints_a_row_per_front_stage_and_process_with_numbers() {
+    let _serial = serial();
     let dir = temp_dir("m-top");
     let (procs, addr, config, listeners) = prime_deployment(&dir);
     for l in &listeners {
@@ -592,6 +606,7 @@ fn repo_file(path: &str) -> String {
 
 #[test]
 fn the_grafana_dashboard_queries_only_metrics_a_deployment_exposes() {
+    let _serial = serial();
     let text = repo_file("examples/grafana/prime_server.json");
     let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is not JSON");
     for key in ["title", "uid", "schemaVersion", "panels", "templating"] {
@@ -654,6 +669,7 @@ fn the_grafana_dashboard_queries_only_metrics_a_deployment_exposes() {
 
 #[test]
 fn prometheus_yml_scrapes_every_metrics_listener_of_the_one_host_example() {
+    let _serial = serial();
     let dir = format!("{}/../../examples", env!("CARGO_MANIFEST_DIR"));
     let t = prime_server::topology::Topology::load(&format!("{dir}/one-host-ipc.toml")).unwrap();
     let mut listeners: Vec<String> = prime_bin::top::targets(&t)
@@ -676,6 +692,7 @@ fn prometheus_yml_scrapes_every_metrics_listener_of_the_one_host_example() {
 
 #[test]
 fn the_readme_lists_every_metric() {
+    let _serial = serial();
     let readme = repo_file("README.md");
     let start = readme
         .find("\n## Observability")
