@@ -27,17 +27,6 @@ const PRIMES: [(u64, bool); 5] = [
     (1_000_000_007 * 3, false),
 ];
 
-/// Writes key pairs `names` into `dir/keys` with the real `prime_keygen`.
-fn keygen(dir: &Path, names: &[&str]) {
-    let out = Command::new(bin("prime_keygen"))
-        .arg("--dir")
-        .arg(dir.join("keys"))
-        .args(names)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "prime_keygen: {out:?}");
-}
-
 /// The Z85 text of a public key file.
 fn public_key(dir: &Path, name: &str) -> String {
     let text = std::fs::read_to_string(dir.join("keys").join(format!("{name}.public"))).unwrap();
@@ -265,7 +254,7 @@ const BAD_KINDS: [&str; 3] = ["unknown-key", "no-curve", "wrong-server-key"];
 /// workers forges replies too when `other_role_forges`.
 fn hostile_peers_get_nothing(scheme: &str, other_role_forges: bool) {
     let dir = temp_dir(&format!("hostile-{scheme}"));
-    keygen(
+    keygen_ok(
         &dir,
         &[
             "front",
@@ -399,7 +388,7 @@ fn without_curve_the_hostile_peer_takes_jobs_and_forges_answers() {
 #[test]
 fn a_worker_key_removed_from_the_proxys_list_is_refused_after_its_restart() {
     let dir = temp_dir("hostile-rotation");
-    keygen(
+    keygen_ok(
         &dir,
         &[
             "front",

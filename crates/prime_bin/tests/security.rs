@@ -17,17 +17,6 @@ const ROLES: [&str; 5] = [
     "test-workers",
 ];
 
-/// Runs the real `prime_keygen` for `names` into `dir/keys`.
-fn keygen(dir: &Path, names: &[&str]) -> std::process::Output {
-    let out = Command::new(bin("prime_keygen"))
-        .arg("--dir")
-        .arg(dir.join("keys"))
-        .args(names)
-        .output()
-        .unwrap();
-    out
-}
-
 /// A two-stage prime topology with `[security]` over `scheme` (tcp on 127.0.0.1, or ipc).
 fn secure_topology(dir: &Path, scheme: &str) -> (PathBuf, u16) {
     let port = free_port();

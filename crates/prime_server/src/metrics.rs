@@ -200,11 +200,13 @@ impl HttpMetrics {
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-type Read = dyn Fn() -> (
-        Vec<Field>,
-        Vec<(&'static str, &'static str, HistogramCounts)>,
-    ) + Send
-    + Sync;
+/// What a collector reads at each scrape: its counters and its histograms.
+type Reading = (
+    Vec<Field>,
+    Vec<(&'static str, &'static str, HistogramCounts)>,
+);
+
+type Read = dyn Fn() -> Reading + Send + Sync;
 
 /// A collector over a component's counters, read at each scrape.
 struct Snapshots {
@@ -220,12 +222,7 @@ impl Snapshots {
         component: &'static str,
         label: &'static str,
         value: &str,
-        read: impl Fn() -> (
-                Vec<Field>,
-                Vec<(&'static str, &'static str, HistogramCounts)>,
-            ) + Send
-            + Sync
-            + 'static,
+        read: impl Fn() -> Reading + Send + Sync + 'static,
     ) -> Snapshots {
         Snapshots::with_label(component, Some((label, value.to_string())), read)
     }
@@ -240,12 +237,7 @@ impl Snapshots {
     fn with_label(
         component: &'static str,
         label: Option<(&'static str, String)>,
-        read: impl Fn() -> (
-                Vec<Field>,
-                Vec<(&'static str, &'static str, HistogramCounts)>,
-            ) + Send
-            + Sync
-            + 'static,
+        read: impl Fn() -> Reading + Send + Sync + 'static,
     ) -> Snapshots {
         let (fields, histograms) = read();
         let labels: std::collections::HashMap<String, String> = label

@@ -322,3 +322,19 @@ pub fn prime_topology(
     std::fs::write(&path, text).unwrap();
     (path, eps)
 }
+
+/// Runs the real `prime_keygen` for `names` into `dir/keys`, and returns what it did.
+pub fn keygen(dir: &Path, names: &[&str]) -> std::process::Output {
+    Command::new(bin("prime_keygen"))
+        .arg("--dir")
+        .arg(dir.join("keys"))
+        .args(names)
+        .output()
+        .unwrap()
+}
+
+/// [`keygen`], which must succeed.
+pub fn keygen_ok(dir: &Path, names: &[&str]) {
+    let out = keygen(dir, names);
+    assert!(out.status.success(), "prime_keygen: {out:?}");
+}
