@@ -277,7 +277,7 @@ impl Drop for Monitor {
             // SAFETY: an 8-byte write from a live buffer to the eventfd this value owns.
             let n = unsafe { libc::write(r.stop.as_raw_fd(), one.as_ptr().cast(), one.len()) };
             if let (8, Some(thread)) = (n, r.thread.take()) {
-                let _ = thread.join();
+                crate::component::join(thread);
             }
         }
     }
