@@ -27,7 +27,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// A job in an in-memory stage's queue: the wire header (ids, deadline), the frames, and where
@@ -192,20 +191,26 @@ impl MemWorker {
         let _entered = span.enter();
         crate::transport::prefer_batch_scheduling();
         let busy = AtomicBool::new(false);
-        // Two clock reads a job: its start ends the wait, its end starts the next.
-        let mut waiting_since = Instant::now();
+        // Two clock reads a job: its start (which the deadline check needs anyway) ends the
+        // wait, its end starts the next.
+        let mut waiting_since = wire::now_us();
         while !shutdown.is_stopping() {
             if let Some(job) = self.queue.pop(POLL_INTERVAL) {
-                let start = Instant::now();
-                self.stats.wait_seconds.observe(start - waiting_since);
-                self.handle(job, &shutdown, &busy);
-                waiting_since = Instant::now();
-                self.stats.job_seconds.observe(waiting_since - start);
+                let start = wire::now_us();
+                let stats = &self.stats;
+                stats
+                    .wait_seconds
+                    .observe_us(start.saturating_sub(waiting_since));
+                self.handle(job, start, &shutdown, &busy);
+                waiting_since = wire::now_us();
+                let took = waiting_since.saturating_sub(start);
+                self.stats.job_seconds.observe_us(took);
             }
         }
     }
 
-    fn handle(&mut self, job: MemJob, shutdown: &Shutdown, busy: &AtomicBool) {
+    /// Runs `job`, taken at `now_us`.
+    fn handle(&mut self, job: MemJob, now_us: u64, shutdown: &Shutdown, busy: &AtomicBool) {
         self.stats.jobs.fetch_add(1, Ordering::Relaxed);
         let MemJob {
             header,
@@ -215,7 +220,7 @@ impl MemWorker {
         let key = (header.server_id, header.request_id);
         // A request that was cancelled or is past its deadline has been answered (or will be,
         // by its deadline timer): skip the work.
-        if self.cancels.contains(&key) || header.expired_at(wire::now_us()) {
+        if self.cancels.contains(&key) || header.expired_at(now_us) {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             self.dead(&header, reply);
             return;

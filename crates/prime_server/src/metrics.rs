@@ -188,10 +188,17 @@ impl HttpMetrics {
 
     /// Counts one answer.
     pub fn count(&self, route: Route, method: &http::Method, status: u16) {
-        let m = METHODS
-            .iter()
-            .position(|m| *m == method.as_str())
-            .unwrap_or(METHODS.len() - 1);
+        // In METHODS' order; a match on the method's own tag, not a string comparison.
+        let m = match *method {
+            http::Method::GET => 0,
+            http::Method::HEAD => 1,
+            http::Method::POST => 2,
+            http::Method::PUT => 3,
+            http::Method::DELETE => 4,
+            http::Method::OPTIONS => 5,
+            http::Method::PATCH => 6,
+            _ => 7,
+        };
         let c = usize::from(status / 100).clamp(1, 5) - 1;
         self.counters[(route as usize * METHODS.len() + m) * CLASSES.len() + c].inc();
     }

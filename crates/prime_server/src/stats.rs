@@ -98,8 +98,17 @@ pub struct HistogramCounts {
 impl Histogram {
     /// Counts one duration.
     pub fn observe(&self, d: std::time::Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = BUCKETS_US.partition_point(|&b| b < us);
+        self.observe_us(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Counts one duration given in microseconds (from two [`wire::now_us`](crate::wire::now_us)
+    /// readings the caller makes anyway).
+    pub fn observe_us(&self, us: u64) {
+        // From the smallest bound up: most requests and jobs end in the first buckets.
+        let i = BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BUCKETS_US.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
@@ -283,6 +292,22 @@ mod tests {
         let mut sum = c;
         sum.add(&c);
         assert_eq!(sum.count(), 6);
+    }
+
+    #[test]
+    fn every_bound_is_in_its_bucket_and_one_more_in_the_next() {
+        for (i, &bound) in BUCKETS_US.iter().enumerate() {
+            let h = Histogram::default();
+            h.observe_us(bound);
+            h.observe_us(bound + 1);
+            let c = h.snapshot();
+            assert_eq!((c.buckets[i], c.buckets[i + 1]), (1, 1), "bound {bound}");
+        }
+        let h = Histogram::default();
+        h.observe_us(0);
+        h.observe_us(u64::MAX);
+        let c = h.snapshot();
+        assert_eq!((c.buckets[0], c.buckets[BUCKETS_US.len()]), (1, 1));
     }
 
     #[test]

@@ -333,10 +333,11 @@ struct AccessLine {
     ids: Ids,
     /// Only with the access log on.
     fields: Option<LineFields>,
-    server: Server,
 }
 
 struct LineFields {
+    /// To take an id for a request that has none yet when its line is written.
+    server: Server,
     started: Instant,
     peer: Option<SocketAddr>,
     method: http::Method,
@@ -352,6 +353,7 @@ impl AccessLine {
         given: Option<TraceId>,
     ) -> AccessLine {
         let fields = ctx.config.access_log.then(|| LineFields {
+            server: ctx.server.clone(),
             started: Instant::now(),
             peer,
             method: req.method().clone(),
@@ -367,7 +369,6 @@ impl AccessLine {
         AccessLine {
             ids: Ids { given, known: None },
             fields,
-            server: ctx.server.clone(),
         }
     }
 
@@ -383,7 +384,7 @@ impl AccessLine {
         let Some(f) = self.fields.take() else {
             return;
         };
-        let (id, request_id) = self.ids.get(&self.server);
+        let (id, request_id) = self.ids.get(&f.server);
         let peer = f.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
         tracing::info!(
             target: "access",

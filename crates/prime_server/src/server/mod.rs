@@ -179,6 +179,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<ServerStats>,
+    /// What every trace id this server makes begins with ([`TraceId::server_prefix`]).
+    trace_prefix: TraceId,
 }
 
 /// The server core, running: submit requests, read counters, wait for the end. Cheap to clone;
@@ -284,6 +286,7 @@ impl Server {
                     interrupt: interrupt_endpoint,
                 },
                 next_id: AtomicU64::new(1),
+                trace_prefix: TraceId::server_prefix(config.server_id),
                 in_flight,
                 limits: config.limits(),
                 stats,
@@ -314,6 +317,7 @@ impl Server {
             shared: Arc::new(Shared {
                 dispatch: Dispatch::Memory { first, cancels },
                 next_id: AtomicU64::new(1),
+                trace_prefix: TraceId::server_prefix(limits.server_id),
                 in_flight: Arc::default(),
                 limits,
                 stats: Arc::new(ServerStats::default()),
@@ -371,7 +375,7 @@ impl Server {
     /// [`TraceId::from_ids`]): for the requests a front answers itself, with an id from
     /// [`Server::reserve_id`].
     pub fn trace_id_for(&self, id: u64) -> TraceId {
-        TraceId::from_ids(self.shared.limits.server_id, id)
+        self.shared.trace_prefix.with_request_id(id)
     }
 
     /// Sends a request into the pipeline. The returned future resolves to its one answer;
@@ -396,7 +400,7 @@ impl Server {
         shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let trace_id = if trace_id.is_none() {
-            TraceId::from_ids(shared.limits.server_id, id)
+            shared.trace_prefix.with_request_id(id)
         } else {
             trace_id
         };
@@ -438,7 +442,9 @@ impl Server {
                     reply: tx,
                 };
                 match first.push(job) {
-                    Ok(()) => Pending::waiting(id, trace_id, shared.clone(), rx, deadline),
+                    Ok(()) => {
+                        Pending::waiting(id, trace_id, shared.clone(), rx, deadline, arrival_us)
+                    }
                     Err((_, refused)) => {
                         if refused == crate::memory::Refused::Full {
                             shared.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +463,7 @@ impl Server {
                 if commands.send(cmd).is_err() {
                     return refuse(crate::answer::shutting_down());
                 }
-                Pending::waiting(id, trace_id, shared.clone(), rx, None)
+                Pending::waiting(id, trace_id, shared.clone(), rx, None, 0)
             }
         }
     }

@@ -33,8 +33,9 @@ pub struct Pending {
     shared: Arc<Shared>,
     /// In-memory stages only (the pump keeps the deadlines otherwise).
     deadline: Option<Deadline>,
-    /// In-memory stages only: when the request was submitted (the pump times its own).
-    since: Option<std::time::Instant>,
+    /// In-memory stages only: when the request was submitted, in µs since the epoch (its job
+    /// header's arrival time; 0 when the pump times it).
+    arrival_us: u64,
 }
 
 /// A deadline kept by the waiting side; the timer is made on the first poll, inside the runtime
@@ -52,6 +53,7 @@ impl Pending {
         shared: Arc<Shared>,
         rx: oneshot::Receiver<Answer>,
         deadline: Option<Instant>,
+        arrival_us: u64,
     ) -> Pending {
         let memory = matches!(shared.dispatch, Dispatch::Memory { .. });
         Pending {
@@ -60,7 +62,7 @@ impl Pending {
             trace_id,
             shared,
             deadline: deadline.map(Deadline::At),
-            since: memory.then(std::time::Instant::now),
+            arrival_us: if memory { arrival_us } else { 0 },
         }
     }
 
@@ -77,7 +79,7 @@ impl Pending {
             trace_id,
             shared,
             deadline: None,
-            since: None,
+            arrival_us: 0,
         }
     }
 
@@ -166,8 +168,9 @@ impl Future for Pending {
             State::Done => Answer::Failed(Failure::new(500, "answer already taken")),
         };
         self.state = State::Done;
-        if let Some(since) = self.since {
-            self.shared.stats.request_seconds.observe(since.elapsed());
+        if self.arrival_us != 0 {
+            let took = crate::wire::now_us().saturating_sub(self.arrival_us);
+            self.shared.stats.request_seconds.observe_us(took);
         }
         Poll::Ready(answer)
     }
