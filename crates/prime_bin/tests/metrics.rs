@@ -73,8 +73,7 @@ impl Deployment {
         for (i, (name, extra)) in spec.fronts.iter().enumerate() {
             let m = metrics_addr();
             text += &format!(
-                "[[server]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nloopback = \"ipc://{d}/lb{i}\"\ninterrupt = \"ipc://{d}/int{i}\"\ntimeout_seconds = {}\nmetrics_listen = \"{m}\"\n{extra}\n",
-                free_port(),
+                "[[server]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nloopback = \"ipc://{d}/lb{i}\"\ninterrupt = \"ipc://{d}/int{i}\"\ntimeout_seconds = {}\nmetrics_listen = \"{m}\"\n{extra}\n",
                 spec.timeout_seconds,
             );
             fronts.push((name.to_string(), m));
