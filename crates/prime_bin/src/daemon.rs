@@ -273,7 +273,14 @@ pub fn start_workers(
         threads.push(worker.spawn(format!("{}-w{i}", pool.name), shutdown.clone())?);
     }
     metrics.workers(&pool.name, stats);
-    tracing::info!(pool = %pool.name, workers = pool.workers, upstream = %pool.upstream, "workers connected");
+    // Started, not connected: a connect succeeds whether or not the proxy is there. Each worker
+    // says `connected to the proxy` when it first hears it.
+    tracing::info!(
+        pool = %pool.name,
+        workers = pool.workers,
+        upstream = %pool.upstream,
+        "workers started, waiting for their proxy"
+    );
     Ok(threads)
 }
 
