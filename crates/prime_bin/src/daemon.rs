@@ -78,14 +78,6 @@ pub fn connection_cap(section: &ServerSection, fronts: usize) -> usize {
     }
 }
 
-/// Parses `--max-connections`: a count of at least 1.
-pub fn max_connections_arg(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("expected a count of at least 1, got {s:?}")),
-    }
-}
-
 /// Parses `--log-format`.
 pub fn log_format(s: &str) -> Result<LogFormat, String> {
     match s {
@@ -273,7 +265,14 @@ pub fn start_workers(
         threads.push(worker.spawn(format!("{}-w{i}", pool.name), shutdown.clone())?);
     }
     metrics.workers(&pool.name, stats);
-    tracing::info!(pool = %pool.name, workers = pool.workers, upstream = %pool.upstream, "workers connected");
+    // Started, not connected: a connect succeeds whether or not the proxy is there. Each worker
+    // says `connected to the proxy` when it first hears it.
+    tracing::info!(
+        pool = %pool.name,
+        workers = pool.workers,
+        upstream = %pool.upstream,
+        "workers started, waiting for their proxy"
+    );
     Ok(threads)
 }
 
@@ -423,69 +422,6 @@ pub async fn serve_front(
     }
     server.closed().await;
     Ok(())
-}
-
-/// A server section from the C++ daemons' positional arguments and flags.
-#[allow(clippy::too_many_arguments)]
-pub fn server_section(
-    listen: &str,
-    loopback: &str,
-    interrupt: &str,
-    protocol: Protocol,
-    timeout_seconds: u64,
-    max_body_bytes: usize,
-    health_path: Option<String>,
-    access_log: bool,
-) -> ServerSection {
-    ServerSection {
-        name: "front".into(),
-        listen: listen.into(),
-        protocol,
-        loopback: loopback.into(),
-        interrupt: interrupt.into(),
-        timeout_seconds,
-        max_in_flight: 10_000,
-        max_connections: None,
-        max_body_bytes,
-        header_timeout_seconds: 30,
-        health_path,
-        access_log,
-        zmq_listen: None,
-        key: Vec::new(),
-        metrics_listen: None,
-        metrics_path: "/metrics".into(),
-    }
-}
-
-/// The all-in-one daemons' main: an HTTP front on `listen` (checked first) over one stage of
-/// `workers` threads running `work`, until the stop. `max_connections` caps client connections
-/// (`None`: from the open-file limit).
-#[allow(clippy::too_many_arguments)]
-pub fn all_in_one_http(
-    listen: &str,
-    health_path: Option<String>,
-    access_log: bool,
-    max_body_bytes: usize,
-    max_connections: Option<usize>,
-    metrics_listen: Option<String>,
-    workers: usize,
-    work: Factory,
-    drain: Duration,
-) -> anyhow::Result<()> {
-    protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
-    let mut section = server_section(
-        listen,
-        "-",
-        "-",
-        Protocol::Http,
-        60,
-        max_body_bytes,
-        health_path,
-        access_log,
-    );
-    section.max_connections = max_connections;
-    section.metrics_listen = metrics_listen;
-    run_all_in_one(&section, vec![(workers.max(1), work)], drain)
 }
 
 /// Runs a whole service in one process (stages over inproc) behind one front server, until the

@@ -161,8 +161,8 @@ fn a_daemon_refuses_to_start_on_a_secret_key_others_may_read() {
         &["--config", config.to_str().unwrap(), "--stage", "parse"],
         Stdio::from(std::fs::File::create(&log).unwrap()),
     );
-    wait_until("the workers connected", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("workers connected"))
+    wait_until("the workers started", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("workers started"))
     });
     p.stop();
     let _ = std::fs::remove_dir_all(dir);

@@ -269,6 +269,9 @@ counters! {
         upstream_connected,
         /// Those connections that closed since.
         upstream_disconnected,
+        /// Jobs received while the proxy knew no worker at all (they wait for one, up to their
+        /// deadline).
+        received_without_workers,
     }
     gauges = [queued, idle, workers];
 }

@@ -222,6 +222,30 @@ fn default_metrics_path() -> String {
 }
 
 impl ServerSection {
+    /// A front server listening on `listen`, with its loopback and interrupt endpoints, called
+    /// `front`, every other key at the file's default: what a daemon without a topology file
+    /// starts from before its command line's values are applied.
+    pub fn new(listen: &str, loopback: &str, interrupt: &str) -> ServerSection {
+        ServerSection {
+            name: default_server_name(),
+            listen: listen.into(),
+            protocol: Protocol::default(),
+            loopback: loopback.into(),
+            interrupt: interrupt.into(),
+            timeout_seconds: default_timeout(),
+            max_in_flight: default_in_flight(),
+            max_connections: None,
+            max_body_bytes: default_max_body(),
+            header_timeout_seconds: default_header_timeout(),
+            health_path: None,
+            access_log: false,
+            zmq_listen: None,
+            key: Vec::new(),
+            metrics_listen: None,
+            metrics_path: default_metrics_path(),
+        }
+    }
+
     /// The request deadline.
     pub fn timeout(&self) -> Option<Duration> {
         (self.timeout_seconds > 0).then(|| Duration::from_secs(self.timeout_seconds))
@@ -267,6 +291,27 @@ pub struct StageSection {
     /// second worker process on the same host needs `--metrics-listen` of its own).
     #[serde(default)]
     pub workers_metrics_listen: Option<String>,
+}
+
+impl StageSection {
+    /// A stage called `name` whose proxy binds `upstream` and `downstream`, running `work`,
+    /// every other key at the file's default (see [`ServerSection::new`]).
+    pub fn new(name: &str, work: &str, upstream: &str, downstream: &str) -> StageSection {
+        StageSection {
+            name: name.into(),
+            work: work.into(),
+            upstream: upstream.into(),
+            downstream: downstream.into(),
+            workers: default_workers(),
+            queue_limit: default_queue_limit(),
+            queue_limit_bytes: default_queue_limit_bytes(),
+            max_attempts: default_max_attempts(),
+            proxy_key: None,
+            worker_key: Vec::new(),
+            proxy_metrics_listen: None,
+            workers_metrics_listen: None,
+        }
+    }
 }
 
 /// What a request head may add to a body in one frame: the HTTP front's default largest head.

@@ -11,6 +11,11 @@
 //! calls [`Interrupt::check`], which fails once the request was cancelled (client gone, deadline
 //! passed) or the process is stopping. A panic in the work function becomes a 500 reply and the
 //! worker lives on. An optional cleanup function runs after every job.
+//!
+//! **Whether it has a proxy** is in the log: a worker starts waiting for its proxy (a connect
+//! succeeds whether or not anything listens), says `connected to the proxy` once it first hears
+//! from it (a job or a heartbeat), warns `proxy silent` when it stops hearing it, and while it
+//! has none warns `no proxy yet` after a heartbeat expiry, then every [`NO_PROXY_WARN_EVERY`].
 
 use crate::endpoint::Endpoint;
 use crate::heartbeat::Heartbeat;
@@ -90,6 +95,9 @@ impl WorkerConfig {
     }
 }
 
+/// How often a worker that has no proxy repeats its warning.
+pub const NO_PROXY_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a reply may wait for the server's loopback to become reachable (connection race at
 /// start-up) before it is dropped and counted.
 const LOOPBACK_PATIENCE: Duration = Duration::from_secs(1);
@@ -119,6 +127,12 @@ pub struct Worker {
     busy: Arc<AtomicBool>,
     /// When the proxy was last heard from.
     last_heard: Instant,
+    /// Whether the proxy has been heard since the start, or since it went silent.
+    proxy_heard: bool,
+    /// Since when the worker has had no proxy (at the start, or since it went silent).
+    no_proxy_since: Instant,
+    /// When the worker last warned that it has no proxy.
+    no_proxy_warned: Option<Instant>,
     config: WorkerConfig,
     upstream: Socket,
     downstream: Option<Socket>,
@@ -257,6 +271,9 @@ impl Worker {
             id,
             busy: Arc::new(AtomicBool::new(false)),
             last_heard: Instant::now(),
+            proxy_heard: false,
+            no_proxy_since: Instant::now(),
+            no_proxy_warned: None,
             blob,
             config,
             upstream,
@@ -313,6 +330,8 @@ impl Worker {
         for s in &self.subs {
             waiter.watch(s, SUB)?;
         }
+        // At debug: a pool of workers would say it once per thread (a daemon says it once).
+        tracing::debug!(upstream = %self.config.upstream, "waiting for the proxy");
         self.say_ready()?;
         let heartbeats = self.start_heartbeat_thread(&shutdown)?;
         let result = self.serve(&shutdown, &mut waiter);
@@ -357,6 +376,12 @@ impl Worker {
                 match self.upstream.try_recv()? {
                     Some(frames) => {
                         self.last_heard = Instant::now();
+                        if !self.proxy_heard {
+                            self.proxy_heard = true;
+                            self.no_proxy_warned = None;
+                            let upstream = &self.config.upstream;
+                            tracing::info!(%upstream, "connected to the proxy");
+                        }
                         if is_control(&frames, Kind::Disconnect) {
                             self.leave_confirmed = true;
                         } else if !is_control(&frames, Kind::Heartbeat) {
@@ -380,9 +405,9 @@ impl Worker {
             }
             if self.left.is_none() && self.last_sent.elapsed() >= self.config.heartbeat.interval {
                 if self.last_heard.elapsed() > self.config.heartbeat.expiry() {
-                    // The proxy went quiet (it died, or restarted and forgot us): say Ready,
-                    // which registers us with whichever proxy is there now.
-                    tracing::warn!("proxy silent: registering again");
+                    // The proxy went quiet (it died, or restarted and forgot us), or was never
+                    // heard: say Ready, which registers us with whichever proxy is there now.
+                    self.no_proxy();
                     self.last_heard = Instant::now();
                     if let Some(keys) = &self.config.security {
                         // A refused CURVE handshake (our key not admitted yet, the proxy
@@ -434,6 +459,35 @@ impl Worker {
         }
         self.leave()?;
         Ok(())
+    }
+
+    /// The proxy has not been heard for a heartbeat expiry: says so once when it went silent,
+    /// then (as when it was never heard) every [`NO_PROXY_WARN_EVERY`].
+    fn no_proxy(&mut self) {
+        let now = Instant::now();
+        let upstream = &self.config.upstream;
+        if std::mem::replace(&mut self.proxy_heard, false) {
+            tracing::warn!(%upstream, "proxy silent: registering again");
+            self.no_proxy_since = now;
+            self.no_proxy_warned = Some(now);
+            return;
+        }
+        if self
+            .no_proxy_warned
+            .is_some_and(|t| now.saturating_duration_since(t) < NO_PROXY_WARN_EVERY)
+        {
+            return;
+        }
+        self.no_proxy_warned = Some(now);
+        let seconds = now
+            .saturating_duration_since(self.no_proxy_since)
+            .as_secs_f64();
+        tracing::warn!(
+            %upstream,
+            seconds = %format_args!("{seconds:.1}"),
+            "no proxy yet: still waiting for it (is the stage's proxy running and bound to this \
+             endpoint?)"
+        );
     }
 
     /// Starts the thread that sends heartbeats for this worker while its work function runs

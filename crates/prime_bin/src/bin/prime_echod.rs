@@ -1,59 +1,75 @@
 //! prime_echod: an all-in-one echo service for smoke tests: a front server, one proxy and N
 //! workers that answer each request with what they received.
 //!
-//! `prime_echod LISTEN [CONCURRENCY] [DRAIN_SECONDS]`, as the C++ daemon.
+//! `prime_echod LISTEN [CONCURRENCY] [DRAIN_SECONDS]`, as the C++ daemon, or `prime_echod
+//! --config FILE [--server NAME]`: the front's settings from a topology file's `[[server]]`,
+//! overridden by the flags given (see `prime_bin::flags`).
 
+use anyhow::Context as _;
 use clap::Parser;
+use prime_bin::flags::{self, FrontFlags};
 use prime_bin::{daemon, work};
+use prime_server::topology::{LogFormat, ServerSection, Topology};
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "An all-in-one echo service: answers each request with the request"
+    about = "An all-in-one echo service: answers each request with the request",
+    after_help = flags::RULE
 )]
 struct Args {
     /// Where clients connect: tcp://*:8002, tcp://127.0.0.1:8002 or HOST:PORT.
-    listen: String,
-    /// Worker threads.
-    #[arg(default_value_t = 1)]
-    concurrency: usize,
+    #[arg(conflicts_with = "config")]
+    listen: Option<String>,
+    /// Worker threads (default 1).
+    concurrency: Option<usize>,
     /// Seconds to keep serving open connections after SIGTERM/SIGINT.
     #[arg(default_value_t = 28)]
     drain_seconds: u64,
-    /// A path answered by the server itself (200, or 503 while draining).
-    #[arg(long)]
-    health_path: Option<String>,
-    /// One access-log line per request.
-    #[arg(long)]
-    access_log: bool,
-    /// Client connections served at once; one beyond is answered 503 and closed (default: the
-    /// open-file limit less a reserve for zmq, see README).
-    #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg)]
-    max_connections: Option<usize>,
-    /// Also serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-    /// `text` or `json` log lines.
-    #[arg(long, value_parser = daemon::log_format, default_value = "text")]
-    log_format: prime_server::topology::LogFormat,
+    #[command(flatten)]
+    front: FrontFlags,
+    /// Named form of CONCURRENCY.
+    #[arg(long, value_name = "N", value_parser = flags::at_least_one)]
+    workers: Option<usize>,
+    /// A topology file: the front's settings come from its `[[server]]` (see --server), and the
+    /// drain time and log format from its top level; the stages are this daemon's own.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// Which [[server]] of the topology file to take (needed when it has several).
+    #[arg(long, value_name = "NAME", requires = "config")]
+    server: Option<String>,
+    /// `text` or `json` log lines [file: `log_format`; default text].
+    #[arg(long, value_parser = daemon::log_format)]
+    log_format: Option<LogFormat>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    daemon::init_logging(args.log_format);
+    let (mut section, drain, format) = match &args.config {
+        Some(path) => {
+            let t = Topology::load(path)?;
+            let s = t.server(args.server.as_deref())?.clone();
+            (s, t.drain(), t.log_format)
+        }
+        None => {
+            let listen = args.front.listen.clone().or(args.listen.clone());
+            let listen = listen.context("give LISTEN, or --config FILE (see --help)")?;
+            let section = ServerSection::new(&listen, "-", "-");
+            (
+                section,
+                Duration::from_secs(args.drain_seconds),
+                LogFormat::Text,
+            )
+        }
+    };
+    // The one rule: a flag given overrides the file's value (or the positional argument's).
+    args.front.apply(&mut section)?;
+    daemon::init_logging(args.log_format.unwrap_or(format));
     daemon::raise_fd_limit();
-    daemon::all_in_one_http(
-        &args.listen,
-        args.health_path.clone(),
-        args.access_log,
-        10 * 1024 * 1024,
-        args.max_connections,
-        args.metrics_listen.clone(),
-        args.concurrency,
-        work::factory("echo", Default::default())?,
-        Duration::from_secs(args.drain_seconds),
-    )?;
+    let workers = args.workers.or(args.concurrency).unwrap_or(1);
+    let echo = work::factory("echo", Default::default())?;
+    daemon::run_all_in_one(&section, vec![(workers, echo)], drain)?;
     tracing::info!("prime_echod stopped");
     Ok(())
 }

@@ -2,71 +2,103 @@
 //! MIME types, directory listings, ETag/Last-Modified with 304, and Range requests. Hidden files
 //! and folders answer 404 and are not listed unless `--allow-hidden`.
 //!
-//! `prime_filed LISTEN [ROOT_DIR] [DRAIN_SECONDS] [HEALTH_PATH]`, as the C++ daemon.
+//! `prime_filed LISTEN [ROOT_DIR] [DRAIN_SECONDS] [HEALTH_PATH]`, as the C++ daemon, or
+//! `prime_filed --config FILE [--server NAME] [--root DIR]`: the front's settings from a topology
+//! file's `[[server]]`, overridden by the flags given (see `prime_bin::flags`).
 
+use anyhow::Context as _;
 use clap::Parser;
+use prime_bin::flags::{self, FrontFlags};
 use prime_bin::{daemon, work};
+use prime_server::topology::{LogFormat, ServerSection, Topology};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The largest request body without a topology file: a file server takes small requests.
+const MAX_BODY: usize = 64 * 1024;
+
 #[derive(Parser, Debug)]
-#[command(version, about = "An all-in-one static file server")]
+#[command(
+    version,
+    about = "An all-in-one static file server",
+    after_help = flags::RULE
+)]
 struct Args {
     /// Where clients connect: tcp://*:8002, tcp://127.0.0.1:8002 or HOST:PORT.
-    listen: String,
-    /// The directory to serve. Requests cannot leave it, and its hidden files and folders answer
-    /// 404 and are not listed (see --allow-hidden).
-    #[arg(default_value = ".")]
-    root_dir: PathBuf,
+    #[arg(conflicts_with = "config")]
+    listen: Option<String>,
+    /// The directory to serve (default: the current directory). Requests cannot leave it, and
+    /// its hidden files and folders answer 404 and are not listed (see --allow-hidden).
+    root_dir: Option<PathBuf>,
     /// Seconds to keep serving open connections after SIGTERM/SIGINT.
     #[arg(default_value_t = 28)]
     drain_seconds: u64,
-    /// A path answered by the server itself (200, or 503 while draining).
+    /// A path answered by the server itself (200, or 503 while draining); --health-path
+    /// overrides it.
     health_path: Option<String>,
+    #[command(flatten)]
+    front: FrontFlags,
+    /// Named form of ROOT_DIR.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     /// Worker threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = flags::at_least_one)]
     workers: usize,
     /// Serve and list hidden files and folders: any path segment starting with `.` (such as
     /// `.git/`, `.env` or `a/.secret`, also percent-encoded as `%2e`). Without it they answer
     /// 404, as a missing file would.
     #[arg(long)]
     allow_hidden: bool,
-    /// One access-log line per request.
-    #[arg(long)]
-    access_log: bool,
-    /// Client connections served at once; one beyond is answered 503 and closed (default: the
-    /// open-file limit less a reserve for zmq, see README).
-    #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg)]
-    max_connections: Option<usize>,
-    /// Also serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-    /// `text` or `json` log lines.
-    #[arg(long, value_parser = daemon::log_format, default_value = "text")]
-    log_format: prime_server::topology::LogFormat,
+    /// A topology file: the front's settings come from its `[[server]]` (see --server), and the
+    /// drain time and log format from its top level; the stages are this daemon's own.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+    /// Which [[server]] of the topology file to take (needed when it has several).
+    #[arg(long, value_name = "NAME", requires = "config")]
+    server: Option<String>,
+    /// `text` or `json` log lines [file: `log_format`; default text].
+    #[arg(long, value_parser = daemon::log_format)]
+    log_format: Option<LogFormat>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    daemon::init_logging(args.log_format);
+    let (mut section, drain, format) = match &args.config {
+        Some(path) => {
+            let t = Topology::load(path)?;
+            let s = t.server(args.server.as_deref())?.clone();
+            (s, t.drain(), t.log_format)
+        }
+        None => {
+            let listen = args.front.listen.clone().or(args.listen.clone());
+            let listen = listen.context("give LISTEN, or --config FILE (see --help)")?;
+            let mut section = ServerSection::new(&listen, "-", "-");
+            section.max_body_bytes = MAX_BODY;
+            section.health_path = args.health_path.clone();
+            (
+                section,
+                Duration::from_secs(args.drain_seconds),
+                LogFormat::Text,
+            )
+        }
+    };
+    // The one rule: a flag given overrides the file's value (or the positional argument's).
+    args.front.apply(&mut section)?;
+    daemon::init_logging(args.log_format.unwrap_or(format));
     daemon::raise_fd_limit();
-    daemon::all_in_one_http(
-        &args.listen,
-        args.health_path.clone(),
-        args.access_log,
-        64 * 1024,
-        args.max_connections,
-        args.metrics_listen.clone(),
-        args.workers,
-        work::factory(
-            "files",
-            work::FilesOptions {
-                root: Some(args.root_dir.clone()),
-                allow_hidden: args.allow_hidden,
-            },
-        )?,
-        Duration::from_secs(args.drain_seconds),
+    let root = args
+        .root
+        .clone()
+        .or(args.root_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let files = work::factory(
+        "files",
+        work::FilesOptions {
+            root: Some(root),
+            allow_hidden: args.allow_hidden,
+        },
     )?;
+    daemon::run_all_in_one(&section, vec![(args.workers, files)], drain)?;
     tracing::info!("prime_filed stopped");
     Ok(())
 }

@@ -2,16 +2,18 @@
 //!
 //! `prime_httpd LISTEN PROXY LOOPBACK INTERRUPT [ENABLE_LOGGING] [MAX_REQUEST_SIZE]
 //! [TIMEOUT_SECONDS] [DRAIN_SECONDS] [HEALTH_PATH]` (the C++ daemon's arguments), the same as
-//! flags, or `prime_httpd --config FILE [--server NAME]`. On SIGTERM it stops accepting, answers
+//! flags, or `prime_httpd --config FILE [--server NAME]`, where the flags given override the
+//! file's values (see `prime_bin::flags`). On SIGTERM it stops accepting, answers
 //! its health path 503, finishes what is in flight, then exits 0.
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
+use prime_bin::flags::{self, FrontFlags};
 use prime_server::metrics::Metrics;
 use prime_server::security::FrontKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
-use prime_server::topology::{self, HeartbeatConfig, Protocol, Topology};
+use prime_server::topology::{self, HeartbeatConfig, ServerSection, Topology};
 use prime_server::transport::Context;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,10 +21,12 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "The front server: HTTP (or netstring) clients in, jobs to the first stage's proxy"
+    about = "The front server: HTTP (or netstring) clients in, jobs to the first stage's proxy",
+    after_help = flags::RULE
 )]
 struct Args {
     /// Where clients connect: tcp://*:8002, tcp://127.0.0.1:8002 or HOST:PORT.
+    #[arg(conflicts_with = "config")]
     listen: Option<String>,
     /// The first stage's proxy, upstream endpoint.
     proxy: Option<String>,
@@ -30,8 +34,9 @@ struct Args {
     loopback: Option<String>,
     /// Where workers listen for interrupts (bound).
     interrupt: Option<String>,
-    /// `true` for one access-log line per request.
-    enable_logging: Option<bool>,
+    /// One access-log line per request: off for `false` (any case), `0`, `no` or `off`, on
+    /// otherwise (as the C++ prime_httpd).
+    enable_logging: Option<String>,
     /// Largest request body in bytes.
     max_request_size: Option<usize>,
     /// Seconds before a request is answered 504 (0 = never).
@@ -40,64 +45,38 @@ struct Args {
     drain_seconds: Option<u64>,
     /// A path answered by the server itself (200, or 503 while draining).
     health_path: Option<String>,
-    /// Named form of LISTEN.
-    #[arg(long = "listen", value_name = "ENDPOINT")]
-    listen_flag: Option<String>,
-    /// Named form of PROXY.
+    #[command(flatten)]
+    front: FrontFlags,
+    /// Named form of PROXY [file: the first [[stage]]'s `upstream`].
     #[arg(long = "proxy", value_name = "ENDPOINT")]
     proxy_flag: Option<String>,
-    /// Named form of LOOPBACK.
+    /// Named form of LOOPBACK [file: `loopback`].
     #[arg(long = "loopback", value_name = "ENDPOINT")]
     loopback_flag: Option<String>,
-    /// Named form of INTERRUPT.
+    /// Named form of INTERRUPT [file: `interrupt`].
     #[arg(long = "interrupt", value_name = "ENDPOINT")]
     interrupt_flag: Option<String>,
-    /// Named form of ENABLE_LOGGING: one access-log line per request.
-    #[arg(long)]
-    access_log: bool,
-    /// Named form of MAX_REQUEST_SIZE.
-    #[arg(long = "max-body", value_name = "BYTES")]
-    max_body_flag: Option<usize>,
-    /// Named form of TIMEOUT_SECONDS.
-    #[arg(long = "timeout", value_name = "SECONDS")]
-    timeout_flag: Option<u64>,
     /// Named form of DRAIN_SECONDS.
     #[arg(long = "drain-seconds", value_name = "SECONDS")]
     drain_flag: Option<u64>,
-    /// Named form of HEALTH_PATH.
-    #[arg(long = "health-path", value_name = "PATH")]
-    health_flag: Option<String>,
-    /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here (tcp:// or ipc://).
-    #[arg(long, value_name = "ENDPOINT")]
-    zmq_listen: Option<String>,
-    /// Client connections served at once; one beyond is answered 503 and closed. Default: the
-    /// open-file limit (raised to its hard limit at start) less a reserve for zmq. With --config,
-    /// overrides the server's `max_connections`.
-    #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg)]
-    max_connections: Option<usize>,
     /// A topology file; runs its front server (see --server).
     #[arg(long)]
     config: Option<String>,
     /// Which [[server]] of the topology file to run (needed when it has several).
-    #[arg(long)]
+    #[arg(long, requires = "config")]
     server: Option<String>,
-    /// `http` or `netstring`.
-    #[arg(long, default_value = "http")]
-    protocol: String,
-    /// Seconds a client may take to send a request head.
-    #[arg(long, default_value_t = 30)]
-    header_timeout: u64,
     /// The largest frame any of its zmq sockets takes in; a peer that sends a larger one is
-    /// disconnected (default: the topology's `max_message_bytes`, or 4 × the largest body + 64 KiB).
+    /// disconnected [file: `max_message_bytes`; default 4 × the largest body + 64 KiB].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
-    /// `text` or `json` log lines.
+    /// `text` or `json` log lines [file: `log_format`; default text].
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
     /// Heartbeat interval in milliseconds (must match the workers'): how often this server
-    /// tells workers it is alive; they drop the jobs of a server silent for 3 intervals.
-    #[arg(long, default_value_t = 2500)]
-    heartbeat_ms: u64,
+    /// tells workers it is alive; they drop the jobs of a server silent for 3 intervals [file:
+    /// `[heartbeat] interval_ms`; default 2500].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_ms: Option<u64>,
     /// CURVE: the front's secret key file (`prime_keygen NAME` writes NAME.secret); needs
     /// --proxy-key. Its loopback and interrupt endpoints then admit only the keys of
     /// --allow-worker, its zmq front only those of --allow-client. With --config, keys come
@@ -113,118 +92,102 @@ struct Args {
     /// A public key file of zmq clients (--zmq-listen); repeat it for several.
     #[arg(long, value_name = "FILE", requires = "curve_secret")]
     allow_client: Vec<PathBuf>,
-    /// Also serve Prometheus metrics at http://ADDR/metrics (default: the server's
-    /// `metrics_listen` with --config, else none).
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     // Named flags and the C++ positional arguments mean the same; a flag wins.
-    daemon::prefer_flag(&mut args.listen, args.listen_flag.take());
     daemon::prefer_flag(&mut args.proxy, args.proxy_flag.take());
     daemon::prefer_flag(&mut args.loopback, args.loopback_flag.take());
     daemon::prefer_flag(&mut args.interrupt, args.interrupt_flag.take());
-    daemon::prefer_flag(&mut args.max_request_size, args.max_body_flag.take());
-    daemon::prefer_flag(&mut args.timeout_seconds, args.timeout_flag.take());
     daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
-    daemon::prefer_flag(&mut args.health_path, args.health_flag.take());
-    if args.access_log {
-        args.enable_logging = Some(true);
-    }
-    let (section, proxy, drain, format, heartbeat, default_limit, keys) =
-        match (&args.config, &args.listen) {
-            (Some(path), None) => {
-                let t = Topology::load(path)?;
-                let s = t.server(args.server.as_deref())?.clone();
-                let keys = t.front_keys(&s)?;
-                let proxy = t.stages[0].upstream.clone();
-                let heartbeat = t.heartbeat.heartbeat();
-                let format = args.log_format.unwrap_or(t.log_format);
-                (
-                    s,
-                    proxy,
-                    t.drain(),
-                    format,
-                    heartbeat,
-                    t.max_message_bytes(),
-                    keys,
-                )
+    let mut warnings = Vec::new();
+    let (mut section, proxy, drain, format, mut heartbeat, default_limit, keys) = match &args.config
+    {
+        Some(path) => {
+            let mut t = Topology::load(path)?;
+            let mut s = t.server(args.server.as_deref())?.clone();
+            // The flags given before the file's derived values (the message limit).
+            args.front.apply(&mut s)?;
+            for server in t.servers.iter_mut().filter(|x| x.name == s.name) {
+                *server = s.clone();
             }
-            (None, Some(listen)) => {
-                let (Some(proxy), Some(lb), Some(int)) =
-                    (&args.proxy, &args.loopback, &args.interrupt)
-                else {
-                    bail!("give LISTEN PROXY LOOPBACK INTERRUPT (see --help)");
-                };
-                let protocol = match args.protocol.as_str() {
-                    "http" => Protocol::Http,
-                    "netstring" => Protocol::Netstring,
-                    p => bail!("--protocol: expected http or netstring, got {p:?}"),
-                };
-                let mut s = daemon::server_section(
-                    listen,
-                    lb,
-                    int,
-                    protocol,
-                    args.timeout_seconds.unwrap_or(60),
-                    args.max_request_size.unwrap_or(10 * 1024 * 1024),
-                    args.health_path.clone(),
-                    args.enable_logging.unwrap_or(false),
+            let keys = t.front_keys(&s)?;
+            let proxy = t.stages[0].upstream.clone();
+            let format = args.log_format.unwrap_or(t.log_format);
+            (
+                s,
+                proxy,
+                t.drain(),
+                format,
+                t.heartbeat,
+                t.max_message_bytes(),
+                keys,
+            )
+        }
+        None => {
+            let listen = args.front.listen.clone().or(args.listen.clone());
+            let (Some(listen), Some(proxy), Some(lb), Some(int)) =
+                (listen, &args.proxy, &args.loopback, &args.interrupt)
+            else {
+                bail!(
+                    "give LISTEN PROXY LOOPBACK INTERRUPT (or --listen, --proxy, --loopback, \
+                         --interrupt), or --config FILE (see --help)"
                 );
-                s.header_timeout_seconds = args.header_timeout.max(1);
-                s.zmq_listen = args.zmq_listen.clone();
-                prime_server::protocol::listen_addrs(listen).map_err(anyhow::Error::msg)?;
-                let limit = topology::message_limit_for_body(s.max_body_bytes);
-                (
-                    s,
-                    proxy.clone(),
-                    Duration::from_secs(args.drain_seconds.unwrap_or(28)),
-                    args.log_format.unwrap_or_default(),
-                    HeartbeatConfig {
-                        interval_ms: args.heartbeat_ms,
-                        ..HeartbeatConfig::default()
-                    }
-                    .heartbeat(),
-                    limit,
-                    match &args.curve_secret {
-                        None => None,
-                        Some(secret) => Some(FrontKeys {
-                            keypair: daemon::read_keypair(secret)?,
-                            proxy: daemon::required_public_key(
-                                args.proxy_key.as_ref(),
-                                "--proxy-key",
-                            )?,
-                            workers: daemon::read_public_keys(&args.allow_worker)?,
-                            clients: daemon::read_public_keys(&args.allow_client)?,
-                        }),
-                    },
-                )
+            };
+            let mut s = ServerSection::new(&listen, lb, int);
+            flags::given(&mut s.timeout_seconds, args.timeout_seconds);
+            flags::given(&mut s.max_body_bytes, args.max_request_size);
+            if let Some(value) = &args.enable_logging {
+                let (on, warning) = flags::cxx_enable_logging(value);
+                s.access_log = on;
+                warnings.extend(warning);
             }
-            _ => bail!("give LISTEN PROXY LOOPBACK INTERRUPT, or --config FILE (see --help)"),
-        };
-    let mut section = section;
-    if args.max_connections.is_some() {
-        section.max_connections = args.max_connections;
-    }
+            s.health_path = args.health_path.clone();
+            // The one rule: a named flag overrides its positional argument.
+            args.front.apply(&mut s)?;
+            let limit = topology::message_limit_for_body(s.max_body_bytes);
+            (
+                s,
+                proxy.clone(),
+                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                args.log_format.unwrap_or_default(),
+                HeartbeatConfig::default(),
+                limit,
+                match &args.curve_secret {
+                    None => None,
+                    Some(secret) => Some(FrontKeys {
+                        keypair: daemon::read_keypair(secret)?,
+                        proxy: daemon::required_public_key(args.proxy_key.as_ref(), "--proxy-key")?,
+                        workers: daemon::read_public_keys(&args.allow_worker)?,
+                        clients: daemon::read_public_keys(&args.allow_client)?,
+                    }),
+                },
+            )
+        }
+    };
+    // The one rule, for this daemon's own flags: given, they override the file's values.
+    let proxy = args.proxy.clone().unwrap_or(proxy);
+    flags::given(&mut section.loopback, args.loopback.clone());
+    flags::given(&mut section.interrupt, args.interrupt.clone());
+    flags::given(&mut heartbeat.interval_ms, args.heartbeat_ms);
     let limit = daemon::message_limit(
         args.max_message_bytes,
         default_limit,
         &[section.max_body_bytes],
     )?;
     daemon::init_logging(format);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     daemon::raise_fd_limit();
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
     shutdown.on_signals(drain)?;
     let metrics = Metrics::new();
     metrics.zmq(&ctx);
-    let listen = args
-        .metrics_listen
-        .clone()
-        .or(section.metrics_listen.clone());
-    let listener = daemon::metrics_listener(listen.as_deref(), &metrics, &shutdown)?;
+    let listener =
+        daemon::metrics_listener(section.metrics_listen.as_deref(), &metrics, &shutdown)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -234,7 +197,7 @@ fn main() -> anyhow::Result<()> {
             &ctx,
             &section,
             &proxy.parse()?,
-            heartbeat,
+            heartbeat.heartbeat(),
             keys,
             &metrics,
             &shutdown,

@@ -2,25 +2,20 @@
 //!
 //! - `prime_serverd START,END [WORKERS]` simulates the whole service in one process and prints how
 //!   many primes it found among the odd numbers of the range, how many requests it made, and the
-//!   wall time.
+//!   wall time. `prime_serverd END [WORKERS]`, the C++ form, is the range from 3 to END.
 //! - `prime_serverd [LISTEN] [WORKERS] [DRAIN_SECONDS] [HEALTH_PATH]` serves it over HTTP
 //!   (`GET /is_prime?possible_prime=N`, `POST /is_prime` with body `N`); LISTEN is
 //!   `tcp://*:8002`, `tcp://127.0.0.1:8002` or `host:port` (default `127.0.0.1:8002`).
+//! - `prime_serverd --config FILE` runs a whole topology in one process; the flags given
+//!   override the file's values (see `prime_bin::flags`).
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
+use prime_bin::flags::{self, FrontFlags};
 use prime_bin::{daemon, prime};
 use prime_server::pipeline::{Pipeline, Transport};
-use prime_server::topology::Protocol;
+use prime_server::topology::{Protocol, ServerSection};
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Proto {
-    /// HTTP/1.1 (and 1.0): `GET /is_prime?possible_prime=N`, `POST /is_prime` with body `N`.
-    Http,
-    /// `len:payload,` requests and responses; the payload is the number.
-    Netstring,
-}
 
 /// How the stages of the all-in-one service are joined.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -41,10 +36,15 @@ impl TransportArg {
 }
 
 #[derive(Parser, Debug)]
-#[command(version, about = "The prime_server demo: is this number prime?")]
+#[command(
+    version,
+    about = "The prime_server demo: is this number prime?",
+    after_help = flags::RULE
+)]
 struct Args {
-    /// `START,END` to simulate (test every odd number of the range in one process), or the
-    /// endpoint to listen on: `tcp://*:8002`, `tcp://127.0.0.1:8002` or `HOST:PORT`.
+    /// `START,END` to simulate (test every odd number of the range in one process; `END` alone,
+    /// the C++ form, is `3,END`), or the endpoint to listen on: `tcp://*:8002`,
+    /// `tcp://127.0.0.1:8002` or `HOST:PORT`.
     #[arg(default_value = "127.0.0.1:8002")]
     target: String,
     /// Worker threads per stage (default: twice the number of cores, so a worker is always ready
@@ -54,54 +54,28 @@ struct Args {
     #[arg(default_value_t = 0)]
     drain_seconds: u64,
     /// A health-check path (HTTP) or payload (netstring) answered by the server itself: 200 `OK`,
-    /// or 503 during the drain (netstring: `OK` / `DRAINING`).
+    /// or 503 during the drain (netstring: `OK` / `DRAINING`); --health-path overrides it.
     health: Option<String>,
-    /// The client protocol.
-    #[arg(long, value_enum, default_value = "http")]
-    protocol: Proto,
-    /// Log one line per request (id, method, path, status, bytes, µs) at target `access`.
-    #[arg(long)]
-    access_log: bool,
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 10 * 1024 * 1024)]
-    max_body: usize,
-    /// Seconds a client may take to send a request head; also closes idle keep-alive connections.
-    #[arg(long, default_value_t = 30)]
-    header_timeout: u64,
-    /// Seconds a request may take before it is answered with a timeout (0 = no limit).
-    #[arg(long, default_value_t = 60)]
-    timeout: u64,
-    /// The most requests in flight; more are answered 503 at once.
-    #[arg(long, default_value_t = 10_000)]
-    max_in_flight: usize,
-    /// Client connections served at once; one beyond is answered 503 (netstring: `ERROR 503`)
-    /// and closed. Default: the open-file limit (raised to its hard limit at start) less a
-    /// reserve for zmq. With --config, set `max_connections` per server in the file instead.
-    #[arg(long, value_name = "N", value_parser = daemon::max_connections_arg, conflicts_with = "config")]
-    max_connections: Option<usize>,
-    /// Also serve Prometheus metrics at http://ADDR/metrics. With --config, set
-    /// `metrics_listen` per server in the file instead.
-    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
-    metrics_listen: Option<String>,
-    /// The most jobs waiting at each stage; more are answered 503 at once.
-    #[arg(long, default_value_t = 4096)]
-    queue_limit: usize,
-    /// Also serve zmq clients (REQ/DEALER) on a ROUTER bound here (tcp:// or ipc://).
-    #[arg(long, value_name = "ENDPOINT")]
-    zmq_listen: Option<String>,
+    #[command(flatten)]
+    front: FrontFlags,
+    /// The most jobs waiting at each stage; more are answered 503 at once [file: `queue_limit`
+    /// of every [[stage]]; default 4096].
+    #[arg(long, value_name = "N", value_parser = flags::at_least_one)]
+    queue_limit: Option<usize>,
     /// How the stages are joined: `memory` (the default; measured ~2-3x faster on cheap
-    /// requests, see BENCHMARKS.md) or `inproc` (zmq, the multi-process code path).
+    /// requests, see BENCHMARKS.md) or `inproc` (zmq, the multi-process code path). Not with
+    /// --config: the file's endpoints join the stages then.
     #[arg(long, value_enum, default_value = "memory")]
     transport: TransportArg,
     /// The largest frame any zmq socket takes in (ipc, tcp and the zmq front; inproc is not
-    /// limited); a peer that sends a larger one is disconnected (default: the topology's
-    /// `max_message_bytes` with --config, else 4 × --max-body + 64 KiB).
+    /// limited); a peer that sends a larger one is disconnected [file: `max_message_bytes`;
+    /// default 4 × the largest body + 64 KiB].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
     /// With --compute-only: test the range this many times (to time one number).
     #[arg(long, default_value_t = 1)]
     repeat: u64,
-    /// `text` or `json` log lines (level from RUST_LOG).
+    /// `text` or `json` log lines (level from RUST_LOG) [file: `log_format`; default text].
     #[arg(long, value_parser = prime_bin::daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
     /// Run the whole topology of this TOML file in one process (its endpoints, stages, servers).
@@ -113,7 +87,12 @@ struct Args {
     compute_only: bool,
 }
 
+/// The range to simulate, if `s` is one: `START,END`, or `END` alone (the C++ form: the odd
+/// numbers from 3 to END).
 fn parse_range(s: &str) -> Option<anyhow::Result<(u64, u64)>> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(s.parse().map(|end| (0, end)).context("bad END"));
+    }
     let (a, b) = s.split_once(',')?;
     Some((|| {
         let a: u64 = a
@@ -131,7 +110,11 @@ fn parse_range(s: &str) -> Option<anyhow::Result<(u64, u64)>> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(path) = &args.config {
-        let t = prime_server::topology::Topology::load(path)?;
+        let mut t = prime_server::topology::Topology::load(path)?;
+        args.front.apply_all(&mut t.servers)?;
+        for stage in &mut t.stages {
+            flags::given(&mut stage.queue_limit, args.queue_limit);
+        }
         let limit = daemon::message_limit(
             args.max_message_bytes,
             t.max_message_bytes(),
@@ -180,37 +163,21 @@ fn simulate((start, end): (u64, u64), workers: usize, transport: Transport) -> a
 }
 
 fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
+    let mut section = ServerSection::new(&args.target, "-", "-");
+    section.name = "prime_serverd".into();
+    section.health_path = args.health.clone();
+    args.front.apply(&mut section)?;
     let mut p = Pipeline::new("prime_serverd");
     p.transport(args.transport.transport());
-    p.queue_limit = args.queue_limit;
+    flags::given(&mut p.queue_limit, args.queue_limit);
     p.max_message_bytes = daemon::message_limit(
         args.max_message_bytes,
-        prime_server::topology::message_limit_for_body(args.max_body),
-        &[args.max_body],
+        prime_server::topology::message_limit_for_body(section.max_body_bytes),
+        &[section.max_body_bytes],
     )?;
     p.stage(workers, prime::parse_stage)
         .stage(workers, prime::test_stage);
-    let protocol = match args.protocol {
-        Proto::Http => Protocol::Http,
-        Proto::Netstring => Protocol::Netstring,
-    };
-    let mut section = daemon::server_section(
-        &args.target,
-        "-",
-        "-",
-        protocol,
-        args.timeout,
-        args.max_body,
-        args.health.clone(),
-        args.access_log,
-    );
-    section.name = "prime_serverd".into();
-    section.max_in_flight = args.max_in_flight;
-    section.max_connections = args.max_connections;
-    section.metrics_listen = args.metrics_listen.clone();
-    section.header_timeout_seconds = args.header_timeout.max(1);
-    section.zmq_listen = args.zmq_listen.clone();
-    let hint = match protocol {
+    let hint = match section.protocol {
         Protocol::Http => "curl 'http://ADDR/is_prime?possible_prime=32416190071'",
         Protocol::Netstring => "printf '11:32416190071,' | nc -q1 HOST PORT",
     };

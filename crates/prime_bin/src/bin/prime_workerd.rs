@@ -1,13 +1,15 @@
 //! prime_workerd: a pool of worker threads as its own process.
 //!
-//! `prime_workerd UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT [DRAIN_SECONDS] --work NAME`
-//! (the C++ daemon's arguments; `-` as DOWNSTREAM_PROXY for the last stage) or
-//! `prime_workerd --config FILE --stage NAME`. On SIGTERM each worker leaves its proxy, finishes
+//! `prime_workerd UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT [DRAIN_SECONDS] [--work NAME]`
+//! (the C++ daemon's arguments; `-` as DOWNSTREAM_PROXY for the last stage; without `--work`,
+//! the C++ daemon's work: the files of the current directory) or
+//! `prime_workerd --config FILE --stage NAME`, where the flags given override the file's values
+//! (see `prime_bin::flags`). On SIGTERM each worker leaves its proxy, finishes
 //! the job in hand, and the process exits 0.
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use prime_bin::{daemon, work};
+use prime_bin::{daemon, flags, work};
 use prime_server::metrics::Metrics;
 use prime_server::security::WorkerKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
@@ -17,9 +19,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "A pool of workers for one stage")]
+#[command(
+    version,
+    about = "A pool of workers for one stage",
+    after_help = flags::RULE
+)]
 struct Args {
     /// This stage's proxy, its downstream endpoint.
+    #[arg(conflicts_with = "config")]
     upstream_proxy: Option<String>,
     /// The next stage's proxy, its upstream endpoint (`-` or `none` for the last stage).
     downstream_proxy: Option<String>,
@@ -29,51 +36,57 @@ struct Args {
     interrupt: Option<String>,
     /// Seconds to wait after SIGTERM/SIGINT for the job in hand before stopping it.
     drain_seconds: Option<u64>,
-    /// Named form of UPSTREAM_PROXY.
+    /// Named form of UPSTREAM_PROXY [file: the stage's `downstream`].
     #[arg(long = "upstream", value_name = "ENDPOINT")]
     upstream_flag: Option<String>,
-    /// Named form of DOWNSTREAM_PROXY.
+    /// Named form of DOWNSTREAM_PROXY (`-` for none) [file: the next stage's `upstream`].
     #[arg(long = "downstream", value_name = "ENDPOINT")]
     downstream_flag: Option<String>,
-    /// Named form of LOOPBACK; repeat it for several front servers.
+    /// Named form of LOOPBACK; repeat it for several front servers [file: every [[server]]'s
+    /// `loopback`].
     #[arg(long = "loopback", value_name = "ENDPOINT")]
     loopback_flag: Vec<String>,
-    /// Named form of INTERRUPT; repeat it for several front servers.
+    /// Named form of INTERRUPT; repeat it for several front servers [file: every
+    /// [[server]]'s `interrupt`].
     #[arg(long = "interrupt", value_name = "ENDPOINT")]
     interrupt_flag: Vec<String>,
     /// Named form of DRAIN_SECONDS.
     #[arg(long = "drain-seconds", value_name = "SECONDS")]
     drain_flag: Option<u64>,
     /// A topology file; with --stage, runs that stage's workers.
-    #[arg(long)]
+    #[arg(long, requires = "stage")]
     config: Option<String>,
     /// The stage of the topology file to serve.
-    #[arg(long)]
+    #[arg(long, requires = "config")]
     stage: Option<String>,
-    /// What the workers run (prime_parse, prime_test, echo, files); from the file with --config.
-    #[arg(long)]
+    /// What the workers run: prime_parse, prime_test, echo or files [file: the stage's `work`;
+    /// default files, serving the current directory, as the C++ prime_workerd].
+    #[arg(long, value_name = "NAME")]
     work: Option<String>,
-    /// Worker threads (default: the stage's `workers`, or 2).
-    #[arg(long)]
+    /// Worker threads [file: the stage's `workers`; default 2].
+    #[arg(long, value_name = "N", value_parser = flags::at_least_one)]
     workers: Option<usize>,
-    /// The stage's index, from 1 (written into the headers, for logs).
-    #[arg(long, default_value_t = 1)]
-    stage_index: u8,
-    /// The directory the `files` work serves.
+    /// The stage's index, from 1, written into the headers, for logs [file: the stage's
+    /// place; default 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    stage_index: Option<u8>,
+    /// The directory the `files` work serves (default: the current directory).
     #[arg(long)]
     root: Option<PathBuf>,
     /// Let the `files` work serve and list hidden files and folders (any path segment starting
     /// with `.`, such as `.git/` or `.env`); without it they answer 404.
     #[arg(long)]
     allow_hidden: bool,
-    /// Heartbeat interval in milliseconds (must match the proxy's).
-    #[arg(long, default_value_t = 2500)]
-    heartbeat_ms: u64,
+    /// Heartbeat interval in milliseconds (must match the proxy's) [file: `[heartbeat]
+    /// interval_ms`; default 2500].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_ms: Option<u64>,
     /// The largest frame any of its zmq sockets takes in; a peer that sends a larger one is
-    /// disconnected (default: the topology's `max_message_bytes`, or 4 × 10 MiB + 64 KiB).
+    /// disconnected [file: `max_message_bytes`; default 4 × the largest body + 64 KiB, without
+    /// a file 4 × 10 MiB + 64 KiB].
     #[arg(long, value_name = "BYTES")]
     max_message_bytes: Option<usize>,
-    /// `text` or `json` log lines.
+    /// `text` or `json` log lines [file: `log_format`; default text].
     #[arg(long, value_parser = daemon::log_format)]
     log_format: Option<prime_server::topology::LogFormat>,
     /// CURVE: the workers' secret key file (`prime_keygen NAME` writes NAME.secret); needs
@@ -90,11 +103,14 @@ struct Args {
     /// A front server's public key file, in the order of the loopbacks; repeat it per server.
     #[arg(long, value_name = "FILE", requires = "curve_secret")]
     front_key: Vec<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (default: the stage's
-    /// `workers_metrics_listen` with --config, else none).
+    /// Serve Prometheus metrics at http://ADDR/metrics [file: the stage's
+    /// `workers_metrics_listen`; default none].
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
 }
+
+/// The C++ prime_workerd's work: files from its working directory.
+const DEFAULT_WORK: &str = "files";
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
@@ -102,56 +118,51 @@ fn main() -> anyhow::Result<()> {
     daemon::prefer_flag(&mut args.upstream_proxy, args.upstream_flag.take());
     daemon::prefer_flag(&mut args.downstream_proxy, args.downstream_flag.take());
     daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
-    let mut loopbacks: Vec<String> = args.loopback.iter().cloned().collect();
-    loopbacks.extend(args.loopback_flag.iter().cloned());
-    let mut interrupts: Vec<String> = args.interrupt.iter().cloned().collect();
-    interrupts.extend(args.interrupt_flag.iter().cloned());
-    let mut metrics_listen = args.metrics_listen.clone();
-    let (pool, kind, drain, format, limit) = match (&args.config, &args.upstream_proxy) {
-        (Some(path), None) => {
+    let mut notes = Vec::new();
+    let (mut pool, mut metrics_listen, kind, drain, format, limit) = match &args.config {
+        Some(path) => {
             let t = Topology::load(path)?;
-            let name = args.stage.as_deref().context("--config needs --stage NAME")?;
+            let name = args
+                .stage
+                .as_deref()
+                .context("--config needs --stage NAME")?;
             let (i, stage) = t.stage(name)?;
-            let mut pool = daemon::PoolSpec::from_topology(&t, i, OnDrain::FinishAndExit)?;
-            if let Some(n) = args.workers {
-                pool.workers = n;
-            }
-            let kind = args.work.clone().unwrap_or_else(|| stage.work.clone());
-            if metrics_listen.is_none() {
-                metrics_listen = stage.workers_metrics_listen.clone();
-            }
+            let pool = daemon::PoolSpec::from_topology(&t, i, OnDrain::FinishAndExit)?;
             let limit = daemon::message_limit(
                 args.max_message_bytes,
                 t.max_message_bytes(),
                 &daemon::max_bodies(&t),
             )?;
-            (pool, kind, t.drain(), args.log_format.unwrap_or(t.log_format), limit)
+            (
+                pool,
+                stage.workers_metrics_listen.clone(),
+                stage.work.clone(),
+                t.drain(),
+                args.log_format.unwrap_or(t.log_format),
+                limit,
+            )
         }
-        (None, Some(up)) => {
-            let Some(down) = &args.downstream_proxy else {
-                bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT (see --help)");
+        None => {
+            let (Some(up), Some(down)) = (&args.upstream_proxy, &args.downstream_proxy) else {
+                bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT, or --config FILE --stage NAME (see --help)");
             };
+            let mut loopbacks: Vec<String> = args.loopback.iter().cloned().collect();
+            loopbacks.extend(args.loopback_flag.iter().cloned());
+            let mut interrupts: Vec<String> = args.interrupt.iter().cloned().collect();
+            interrupts.extend(args.interrupt_flag.iter().cloned());
             if loopbacks.is_empty() || interrupts.is_empty() {
                 bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT (see --help)");
             }
-            let downstream = match down.as_str() {
-                "-" | "none" | "ipc:///dev/null" | "inproc://dev_null" => None,
-                d => Some(d.parse()?),
-            };
-            let has_next = downstream.is_some();
+            let has_next = downstream_endpoint(down)?.is_some();
             let pool = daemon::PoolSpec {
                 name: "worker".into(),
                 upstream: up.parse()?,
-                downstream,
+                downstream: downstream_endpoint(down)?,
                 loopbacks: parse_all(&loopbacks)?,
                 interrupts: parse_all(&interrupts)?,
-                stage: args.stage_index,
-                workers: args.workers.unwrap_or(2),
-                heartbeat: HeartbeatConfig {
-                    interval_ms: args.heartbeat_ms,
-                    ..HeartbeatConfig::default()
-                }
-                .heartbeat(),
+                stage: 1,
+                workers: 2,
+                heartbeat: HeartbeatConfig::default().heartbeat(),
                 on_drain: OnDrain::FinishAndExit,
                 security: match &args.curve_secret {
                     None => None,
@@ -170,15 +181,57 @@ fn main() -> anyhow::Result<()> {
                     }),
                 },
             };
-            let kind = args.work.clone().context("--work NAME is needed (prime_parse, prime_test, echo, files)")?;
+            if args.work.is_none() {
+                let dir = match &args.root {
+                    Some(root) => root.display().to_string(),
+                    None => std::env::current_dir()
+                        .map_or_else(|_| ".".into(), |d| d.display().to_string()),
+                };
+                notes.push(format!(
+                    "no --work: the workers serve the files of {dir} (without --root, the current \
+                     directory, as the C++ prime_workerd); --work NAME runs another ({})",
+                    work::KINDS.join(", ")
+                ));
+            }
             let limit = args
                 .max_message_bytes
                 .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES);
-            (pool, kind, Duration::from_secs(args.drain_seconds.unwrap_or(28)), args.log_format.unwrap_or_default(), limit)
+            (
+                pool,
+                None,
+                DEFAULT_WORK.to_string(),
+                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                args.log_format.unwrap_or_default(),
+                limit,
+            )
         }
-        _ => bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT --work NAME, or --config FILE --stage NAME"),
     };
+    // The one rule: a flag given overrides the file's value (or the positional argument's).
+    let kind = args.work.clone().unwrap_or(kind);
+    flags::given(&mut pool.workers, args.workers);
+    flags::given(&mut pool.stage, args.stage_index);
+    flags::given(&mut metrics_listen, args.metrics_listen.clone().map(Some));
+    if let Some(ms) = args.heartbeat_ms {
+        pool.heartbeat.interval = Duration::from_millis(ms);
+    }
+    if args.config.is_some() {
+        if let Some(up) = &args.upstream_proxy {
+            pool.upstream = up.parse()?;
+        }
+        if let Some(down) = &args.downstream_proxy {
+            pool.downstream = downstream_endpoint(down)?;
+        }
+        if !args.loopback_flag.is_empty() {
+            pool.loopbacks = parse_all(&args.loopback_flag)?;
+        }
+        if !args.interrupt_flag.is_empty() {
+            pool.interrupts = parse_all(&args.interrupt_flag)?;
+        }
+    }
     daemon::init_logging(format);
+    for note in notes {
+        tracing::warn!("{note}");
+    }
     daemon::raise_fd_limit();
     let files = work::FilesOptions {
         root: args.root.clone(),
@@ -201,6 +254,15 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!("prime_workerd stopped");
     Ok(())
+}
+
+/// The next stage's proxy from DOWNSTREAM_PROXY: none for the last stage (`-`, `none`, or the
+/// C++ daemons' `ipc:///dev/null` and `inproc://dev_null`).
+fn downstream_endpoint(down: &str) -> anyhow::Result<Option<prime_server::Endpoint>> {
+    Ok(match down {
+        "-" | "none" | "ipc:///dev/null" | "inproc://dev_null" => None,
+        d => Some(d.parse()?),
+    })
 }
 
 fn parse_all(endpoints: &[String]) -> anyhow::Result<Vec<prime_server::Endpoint>> {

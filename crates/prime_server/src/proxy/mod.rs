@@ -27,6 +27,12 @@
 //! finds it gone (`worker left`, with the reason; a warning unless it left cleanly). The
 //! upstream's connections (fronts, the previous stage's workers) come from libzmq's socket
 //! monitor, which knows connections, not ids.
+//!
+//! **A stage without workers** says so: once the proxy has known no worker for a heartbeat
+//! expiry (the time in which any running worker would have been heard), it warns
+//! (`no workers`, with how long and how many jobs wait), again every [`NO_WORKERS_WARN_EVERY`]
+//! while it lasts, and counts the jobs that arrive meanwhile
+//! ([`StageStats`]' `received_without_workers`): they wait for a worker up to their deadline.
 
 mod balance;
 
@@ -46,7 +52,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The longest routing id the proxy takes from a peer: zmq's own limit (libzmq refuses to set a
 /// longer one), so only a peer that writes the wire by hand can exceed it. A worker's id is kept
@@ -66,6 +72,9 @@ pub type ChooseFn = Box<dyn FnMut(&[&[u8]], &[Vec<u8>]) -> Option<usize> + Send>
 /// times the number of workers a stage usually has, far below what a busy queue of cheap jobs
 /// holds (4,096 jobs of a few KiB).
 pub const DEFAULT_QUEUE_LIMIT_BYTES: usize = 256 * 1024 * 1024;
+
+/// How often a proxy without workers repeats its warning.
+pub const NO_WORKERS_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// How to build a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -132,6 +141,10 @@ pub struct Proxy {
     /// Where each known worker's first message came from, for the line that says it left.
     peers: HashMap<Vec<u8>, PeerAddress>,
     warnings: DropWarnings,
+    /// Since when the proxy has known no worker (`None` while it knows one).
+    no_workers_since: Option<Instant>,
+    /// When it last warned about having none.
+    no_workers_warned: Option<Instant>,
 }
 
 impl Proxy {
@@ -162,6 +175,8 @@ impl Proxy {
             balancer,
             peers: HashMap::new(),
             warnings: DropWarnings::new("proxy"),
+            no_workers_since: Some(Instant::now()),
+            no_workers_warned: None,
         })
     }
 
@@ -234,6 +249,7 @@ impl Proxy {
                     self.report_members(None);
                 }
                 self.warnings.flush(now);
+                self.watch_workers(now);
                 next_expiry = Instant::now() + self.config.heartbeat.interval;
             }
             if up || down {
@@ -262,6 +278,37 @@ impl Proxy {
         }
         let actions = self.balancer.stop();
         self.perform(actions)
+    }
+
+    /// Warns when the stage has had no worker for a heartbeat expiry, and again every
+    /// [`NO_WORKERS_WARN_EVERY`] while it lasts (called once per heartbeat interval).
+    fn watch_workers(&mut self, now: Instant) {
+        if self.balancer.workers() > 0 {
+            if let (Some(since), Some(_)) = (self.no_workers_since, self.no_workers_warned) {
+                let seconds = now.saturating_duration_since(since).as_secs_f64();
+                let seconds = format_args!("{seconds:.1}");
+                tracing::info!(endpoint = %self.downstream_endpoint, %seconds, "workers again");
+            }
+            (self.no_workers_since, self.no_workers_warned) = (None, None);
+            return;
+        }
+        let since = *self.no_workers_since.get_or_insert(now);
+        let without = now.saturating_duration_since(since);
+        let warned_lately = self
+            .no_workers_warned
+            .is_some_and(|t| now.saturating_duration_since(t) < NO_WORKERS_WARN_EVERY);
+        if without < self.config.heartbeat.expiry() || warned_lately {
+            return;
+        }
+        self.no_workers_warned = Some(now);
+        tracing::warn!(
+            endpoint = %self.downstream_endpoint,
+            seconds = %format_args!("{:.1}", without.as_secs_f64()),
+            queued = self.stats.queued.load(Ordering::Relaxed),
+            received_without_workers = self.stats.received_without_workers.load(Ordering::Relaxed),
+            "no workers: jobs wait here for one, up to their deadline (is a worker process of \
+             this stage running and connected to this endpoint?)"
+        );
     }
 
     /// Reads what workers sent, at most a batch; returns whether the socket is now empty.
@@ -361,6 +408,11 @@ impl Proxy {
                     self.malformed("upstream", "routing id over 255 bytes")
                 }
                 Ok((sender, header, payload)) if header.kind == Kind::Job => {
+                    if self.balancer.workers() == 0 {
+                        self.stats
+                            .received_without_workers
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     let action = self.balancer.job(sender, header, payload);
                     self.perform(action)?;
                     // Dispatch as we go so the queue only holds what no worker can take.
