@@ -80,7 +80,7 @@ fn words(line: &str, vars: &HashMap<String, String>) -> Vec<String> {
     let mut chars = line.trim().chars().peekable();
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().map_or(true, |c| *c == '#') {
+        if chars.peek().is_none_or(|c| *c == '#') {
             return out;
         }
         let mut word = String::new();
