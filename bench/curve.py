@@ -14,7 +14,8 @@ then), checks three answers with curl, warms up on the cheap request, then runs 
 keep-alive) for --duration on the cheap request (`possible_prime=7`, the one that matters) and on
 the seed's (`possible_prime=32416190071`), reading meanwhile the CPU time each daemon spent per
 cheap request (from /proc). Reports medians per mode, the ratio curve / plain and the median of
-the per-round ratios; writes the tables to bench/results/curve.md.
+the per-round ratios; writes the tables to bench/out/curve.md (with --save also to
+bench/results/curve.md, which BENCHMARKS.md quotes).
 
 This machine is shared: before each run the script waits (at most --settle seconds) for a second
 in which the machine kept less than 10% of its cores busy, and it reports, per run, the share of
@@ -41,13 +42,14 @@ import sys
 import tempfile
 import time
 
+import benchlib
+
 from http_load import CHEAP, SEED, fmt_us, free_port, threads, wrk
 from multihost import DIE_WITH_US
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The release binaries cargo builds: under $CARGO_TARGET_DIR when it is set (relative to the
-# repository, where curve.sh runs cargo), else target/.
-BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", "release")
+# The release binaries, where cargo put them (benchlib.build, in main).
+BIN = None
 MODES = ("plain", "curve")
 ROLES = ("front", "parse-proxy", "parse-workers", "test-proxy", "test-workers")
 # Started in this order, each waiting until its log says it has bound (a bind logged with the
@@ -377,11 +379,13 @@ def main():
                     help="a round in which other processes took more than this share of the cores "
                          "during a cheap run is done again (at most --rounds times)")
     ap.add_argument("--keep", action="store_true", help="keep the daemons' logs and the topologies")
+    benchlib.add_save_flag(ap)
     a = ap.parse_args()
     for tool in ("wrk", "curl"):
         if not shutil.which(tool):
             sys.exit(f"{tool} missing: run bench/curve.sh, which installs it")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins"], cwd=ROOT, check=True)
+    global BIN
+    BIN = benchlib.build("--bins")
 
     # SIGTERM/SIGHUP unwind like Ctrl-C through the `finally`s, which stop the daemons.
     for s in (signal.SIGTERM, signal.SIGHUP):
@@ -411,10 +415,8 @@ def main():
                 print(f"round {i}: noisy, not counted", file=sys.stderr)
             rounds.append(r)
         text = report(a, rounds, problems)
-        os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-        with open(os.path.join(ROOT, "bench/results/curve.md"), "w") as f:
-            f.write(text)
         print(text)
+        benchlib.write("curve.md", text, a.save)
         if problems:
             sys.exit(1)
         keep = a.keep

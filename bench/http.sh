@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP load benchmark (see bench/http_load.py and bench/README.md). Installs wrk and ab from Debian's
-# packages when they are missing, builds the release binaries, runs, and writes
-# bench/results/http.md.
+# packages when they are missing, builds the release binaries (where cargo puts them:
+# $CARGO_TARGET_DIR when set), runs, and writes bench/out/http.md (--save: also bench/results/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v wrk >/dev/null || ! command -v ab >/dev/null; then

@@ -4,7 +4,8 @@
 Runs wrk (keep-alive; 8/64/256 connections; bounded duration) and ab (-k and without) on the
 seed's request, a cheap one and an invalid one, and the hello reference; with `--baseline BIN`,
 also another prime_serverd build (e.g. the one before a change) against this one on cheap
-requests, in interleaved rounds; prints a markdown table and writes it to bench/results/http.md.
+requests, in interleaved rounds; prints a markdown table and writes it to bench/out/http.md (with
+--save also to bench/results/http.md, which BENCHMARKS.md quotes).
 Traffic goes to 127.0.0.1 only and every run is bounded in time.
 
     bench/http.sh [--duration 10] [--workers 2] [--rounds 3] [--quick]
@@ -21,9 +22,11 @@ import subprocess
 import sys
 import time
 
+import benchlib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVERD = os.path.join(ROOT, "target/release/prime_serverd")
-HELLO = os.path.join(ROOT, "target/release/examples/hello")
+# The release binaries, where cargo put them (benchlib.build, in main).
+SERVERD = HELLO = None
 
 CHEAP = "/is_prime?possible_prime=7"
 SEED = "/is_prime?possible_prime=32416190071"
@@ -207,14 +210,17 @@ def main():
     ap.add_argument("--only-baseline", action="store_true", help="run only the baseline comparison")
     ap.add_argument("--cases", default="memory:8,memory:64,memory:256,inproc:8,inproc:64,inproc:256",
                     help="the baseline comparison's cases, TRANSPORT:CONNECTIONS, comma-separated")
+    benchlib.add_save_flag(ap)
     a = ap.parse_args()
     if a.quick:
         a.duration, a.rounds = 2, 1
     for tool in ("wrk", "ab"):
         if not shutil.which(tool):
             sys.exit(f"{tool} missing: run bench/http.sh, which installs it")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins", "--examples"],
-                   cwd=ROOT, check=True)
+    global SERVERD, HELLO
+    release = benchlib.build("--bins", "--examples")
+    SERVERD = os.path.join(release, "prime_serverd")
+    HELLO = os.path.join(release, "examples", "hello")
     d = a.duration
     worker_counts = [int(x) for x in a.workers.split(",")]
     if a.only_baseline:
@@ -321,10 +327,8 @@ def main():
     if a.baseline:
         lines += compare_with_baseline(a, worker_counts[-1])
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench/results/http.md"), "w") as f:
-        f.write(text)
     print(text)
+    benchlib.write("http.md", text, a.save)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ then up (HOST: front, s1, s2); `kill:HOST` SIGKILLs every process of HOST (s1 or
 connection each) and --clients closed-loop keep-alive clients. Every answer is checked (a 200
 must name its own number and say correctly whether it is prime); anything but a right answer,
 503 or 504, and anything slower than the deadline plus 2 s, is a failure. Prints a table, writes
-it to bench/results/multihost.md, exits non-zero on a failure or if service did not come back
+it to bench/out/multihost.md (with --save also to bench/results/multihost.md), exits non-zero on a failure or if service did not come back
 within 30 s. Needs root and iproute2's `ip`; removes every namespace and process it made, also
 when interrupted.
 """
@@ -32,8 +32,11 @@ import tempfile
 import threading
 import time
 
+import benchlib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release")
+# The release binaries, where cargo put them (benchlib.build, in main).
+BIN = None
 IP = {"front": "10.77.0.1", "s1": "10.77.0.2", "s2": "10.77.0.3"}
 DAEMONS = {
     "front": [("prime_httpd", None)],
@@ -352,6 +355,7 @@ def main():
     ap.add_argument("--rate", type=float, default=50, help="probe requests a second")
     ap.add_argument("--clients", type=int, default=2, help="closed-loop keep-alive clients")
     ap.add_argument("--steady-seconds", type=float, default=3)
+    benchlib.add_save_flag(ap)
     a = ap.parse_args()
     scenarios = a.scenarios.split(",")
     for s in scenarios:
@@ -362,7 +366,8 @@ def main():
             sys.exit(f"unknown scenario {s!r}: steady, partition:front|s1|s2, kill:s1|s2")
     if os.geteuid() != 0 or subprocess.run(["which", "ip"], capture_output=True).returncode != 0:
         sys.exit("multihost: needs root and iproute2's `ip` (network namespaces); not run")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins"], cwd=ROOT, check=True)
+    global BIN
+    BIN = benchlib.build("--bins")
 
     # SIGTERM/SIGINT unwind through the `finally` below, which removes what was made.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -397,10 +402,8 @@ def main():
     ]
     out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     text = "\n".join(out) + "\n"
-    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
-    with open(os.path.join(ROOT, "bench/results/multihost.md"), "w") as f:
-        f.write(text)
     print(text)
+    benchlib.write("multihost.md", text, a.save)
     if problems:
         print("FAILED: " + "; ".join(problems), file=sys.stderr)
         print(f"daemon logs kept in {d}", file=sys.stderr)

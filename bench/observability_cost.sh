@@ -10,23 +10,25 @@
 # no request (start-up and shut-down); binaries take turns, --rounds times. Prints instructions
 # per request (median of the rounds) and the ratios to "off".
 #
-#   bench/observability_cost.sh [--requests N] [--rounds R] [--baseline BIN]
+#   bench/observability_cost.sh [--requests N] [--rounds R] [--baseline BIN] [--save]
 #
-# Results go to ${BENCH_OUT:-bench/out}/observability.md, and the two binaries to
-# ${BENCH_OUT:-bench/out}/prime_serverd-{on,off} (for a throughput comparison with
-# `bench/http.sh --baseline bench/out/prime_serverd-off`). Not committed: copy on purpose.
+# The table goes to bench/out/observability.md (--save: also bench/results/), and the two
+# binaries to bench/out/prime_serverd-{on,off} (for a throughput comparison with
+# `bench/http.sh --baseline bench/out/prime_serverd-off`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 REQUESTS=20000
 ROUNDS=3
 BASELINE=""
+SAVE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) REQUESTS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --baseline) BASELINE=$(realpath "$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --save) SAVE=--save; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -35,8 +37,8 @@ need valgrind valgrind
 need ab apache2-utils
 need curl curl
 
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-OUT=${BENCH_OUT:-$ROOT/bench/out}
+RELEASE=$(python3 bench/benchlib.py release-dir)
+OUT=$ROOT/bench/out
 WORK=$(mktemp -d)
 WT=""
 cleanup() {
@@ -48,7 +50,7 @@ mkdir -p "$OUT"
 
 echo "== building prime_serverd (HEAD, metrics on)"
 cargo build --release -q -p prime_bin --bin prime_serverd
-cp "$TARGET/release/prime_serverd" "$WORK/on"
+cp "$RELEASE/prime_serverd" "$WORK/on"
 echo "== building prime_serverd (HEAD with bench/metrics_off.patch)"
 WT="$WORK/off-tree"
 git worktree add -q --detach "$WT" HEAD
@@ -57,8 +59,8 @@ git -C "$WT" apply "$ROOT/bench/metrics_off.patch" || {
   exit 2
 }
 # The same target folder: only the two crates of the patched tree are built again.
-(cd "$WT" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p prime_bin --bin prime_serverd)
-cp "$TARGET/release/prime_serverd" "$WORK/off"
+(cd "$WT" && CARGO_TARGET_DIR=$(dirname "$RELEASE") cargo build --release -q -p prime_bin --bin prime_serverd)
+cp "$RELEASE/prime_serverd" "$WORK/off"
 
 cp "$WORK/on" "$OUT/prime_serverd-on"
 cp "$WORK/off" "$OUT/prime_serverd-off"
@@ -107,4 +109,4 @@ OFF=$(echo "${PER[off]}" | median)
     m=$(echo "${PER[$b]}" | median)
     echo "| $b |${PER[$b]} | $m | $(awk -v a="$m" -v o="$OFF" 'BEGIN {printf "%.3f", a / o}') |"
   done
-} | tee "$OUT/observability.md"
+} | python3 bench/benchlib.py write observability.md $SAVE

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Simulation mode against pure compute, side by side in one run (medians of RUNS runs each).
-#   bench/simulate.sh [START,END] [RUNS]
-# Writes bench/results/simulate.md and prints it.
+#   bench/simulate.sh [START,END] [RUNS] [--save]
+# Prints the table and writes it to bench/out/simulate.md (with --save also to
+# bench/results/simulate.md, which BENCHMARKS.md quotes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RANGE=${1:-100000000000000,100000000008000}
-RUNS=${2:-3}
+SAVE=()
+ARGS=()
+for a in "$@"; do
+  if [ "$a" = --save ]; then SAVE=(--save); else ARGS+=("$a"); fi
+done
+RANGE=${ARGS[0]:-100000000000000,100000000008000}
+RUNS=${ARGS[1]:-3}
 cargo build --release -q -p prime_bin
-BIN=target/release/prime_serverd
+BIN=$(python3 bench/benchlib.py release-dir)/prime_serverd
 declare -A times
 run() { # name, args...
   local name=$1; shift
@@ -29,7 +35,6 @@ median() { python3 -c 'import sys,statistics; print("%.3f" % statistics.median(f
 c1=$(median "${times[compute1]}"); c2=$(median "${times[compute2]}")
 s1=$(median "${times[sim1]}"); s8=$(median "${times[sim8]}")
 ratio() { python3 -c "print('%.3f' % ($1 / $2))"; }
-out=bench/results/simulate.md
 {
   echo "Range $RANGE, $RUNS runs each, interleaved; medians. $(nproc) cores, $(date -u +%Y-%m-%d)."
   echo
@@ -40,5 +45,4 @@ out=bench/results/simulate.md
   echo "| compute only, 2 threads (\`prime_serverd --compute-only $RANGE 2\`) | $c2 | ${times[compute2]}| $(ratio "$c2" "$half") |"
   echo "| simulation, 1 worker per stage (\`prime_serverd $RANGE 1\`) | $s1 | ${times[sim1]}| $(ratio "$s1" "$half") |"
   echo "| simulation, 8 workers per stage (\`prime_serverd $RANGE 8\`) | $s8 | ${times[sim8]}| $(ratio "$s8" "$half") |"
-} > "$out"
-cat "$out"
+} | python3 bench/benchlib.py write simulate.md "${SAVE[@]}"

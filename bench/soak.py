@@ -46,10 +46,11 @@ import threading
 import time
 import traceback
 
+import benchlib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The release binaries cargo builds: under $CARGO_TARGET_DIR when it is set (relative to the
-# repository, where soak.sh runs cargo), else target/.
-BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", "release")
+# The release binaries, where cargo put them (benchlib.build, in main).
+BIN = None
 KINDS = ("workers", "fronts", "proxies")
 HEARTBEAT_MS, LIVENESS = 200, 3
 
@@ -269,7 +270,8 @@ def main():
     if a.workers < 1 or a.clients < 1 or a.kill_every <= 0 or a.deadline < 1:
         ap.error("--workers, --clients and --deadline must be at least 1, --kill-every above 0")
     seed = a.seed if a.seed is not None else random.randrange(1 << 32)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "prime_bin", "--bins"], cwd=ROOT, check=True)
+    global BIN
+    BIN = benchlib.build("--bins")
 
     d = tempfile.mkdtemp(prefix="prime-soak-")
     port = free_port()

@@ -1,16 +1,40 @@
 #!/usr/bin/env python3
-"""A Python echo server for the broker demo: answers each job with its payload.
+"""A Python echo server for the broker demo, interchangeable with `prime_workerd --work echo`:
+answers a zmq (or netstring) request with its payload, and an HTTP request with 200 and the
+request as the worker saw it (request line, headers, blank line, body) in the HTTP reply
+encoding (docs/PROTOCOL.md §5), with `x-worker: python/PID`.
 
     python3 examples/broker/echo_worker.py [examples/broker/broker.toml]
 """
 
 import logging
+import os
 import signal
 import sys
 import threading
-import tomllib
 
-from prime_server import Reply, Worker
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11: pip installs tomli with the package
+    import tomli as tomllib
+
+from prime_server import Failed, Reply, WireError, Worker
+from prime_server.http import Request, is_http_job, response
+
+
+def echo(job):
+    if not is_http_job(job.frames):
+        return Reply(b"".join(job.frames))
+    try:
+        req = Request.decode(job.frames)
+    except WireError as e:
+        raise Failed(400, str(e)) from None
+    text = f"{req.method} {req.target} {req.version}\r\n".encode("latin-1")
+    for name, value in req.headers:
+        text += name.encode("latin-1") + b": " + value + b"\r\n"
+    text += b"\r\n" + req.body
+    return Reply(response(200, text, [("content-type", "text/plain; charset=utf-8"),
+                                      ("x-worker", f"python/{os.getpid()}")]))
 
 
 def main():
@@ -24,8 +48,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     w = Worker(stage["downstream"], [s["loopback"] for s in t["server"]], [s["interrupt"] for s in t["server"]],
-               lambda job: Reply(b"".join(job.frames)),
-               heartbeat_interval=hb.get("interval_ms", 2500) / 1000, liveness=hb.get("liveness", 3))
+               echo, heartbeat_interval=hb.get("interval_ms", 2500) / 1000, liveness=hb.get("liveness", 3))
     print("python echo worker ready", flush=True)
     w.run(stop)
 

@@ -17,7 +17,11 @@ import logging
 import os
 import signal
 import threading
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11: pip installs tomli with the package
+    import tomli as tomllib
 
 from prime_server import Failed, Reply, Worker, WorkerKeys
 from prime_server.http import response
