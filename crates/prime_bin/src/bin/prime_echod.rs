@@ -5,7 +5,6 @@
 
 use clap::Parser;
 use prime_bin::{daemon, work};
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,9 +17,15 @@ struct Args {
     /// Worker threads.
     #[arg(default_value_t = 1)]
     concurrency: usize,
-    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
-    #[arg(default_value_t = 28)]
-    drain_seconds: u64,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
+    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN).
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
+    drain_flag: Option<daemon::DrainArg>,
+    /// After the drain: seconds given to what is in flight, accepting nothing new, before the
+    /// rest is answered 503 and the process exits (default 1).
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_seconds: Option<u64>,
     /// A path answered by the server itself (200, or 503 while draining).
     #[arg(long)]
     health_path: Option<String>,
@@ -40,7 +45,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
     daemon::init_logging(args.log_format);
     daemon::raise_fd_limit();
     daemon::all_in_one_http(
@@ -52,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         args.metrics_listen.clone(),
         args.concurrency,
         work::factory("echo", Default::default())?,
-        Duration::from_secs(args.drain_seconds),
+        daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
     )?;
     tracing::info!("prime_echod stopped");
     Ok(())

@@ -7,7 +7,6 @@
 use clap::Parser;
 use prime_bin::{daemon, work};
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "An all-in-one static file server")]
@@ -18,14 +17,20 @@ struct Args {
     /// 404 and are not listed (see --allow-hidden).
     #[arg(default_value = ".")]
     root_dir: PathBuf,
-    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
-    #[arg(default_value_t = 28)]
-    drain_seconds: u64,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// A path answered by the server itself (200, or 503 while draining).
     health_path: Option<String>,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN).
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
+    drain_flag: Option<daemon::DrainArg>,
+    /// After the drain: seconds given to what is in flight, accepting nothing new, before the
+    /// rest is answered 503 and the process exits (default 1).
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_seconds: Option<u64>,
     /// Serve and list hidden files and folders: any path segment starting with `.` (such as
     /// `.git/`, `.env` or `a/.secret`, also percent-encoded as `%2e`). Without it they answer
     /// 404, as a missing file would.
@@ -47,7 +52,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
     daemon::init_logging(args.log_format);
     daemon::raise_fd_limit();
     daemon::all_in_one_http(
@@ -65,7 +71,7 @@ fn main() -> anyhow::Result<()> {
                 allow_hidden: args.allow_hidden,
             },
         )?,
-        Duration::from_secs(args.drain_seconds),
+        daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
     )?;
     tracing::info!("prime_filed stopped");
     Ok(())

@@ -2,19 +2,19 @@
 //!
 //! `prime_httpd LISTEN PROXY LOOPBACK INTERRUPT [ENABLE_LOGGING] [MAX_REQUEST_SIZE]
 //! [TIMEOUT_SECONDS] [DRAIN_SECONDS] [HEALTH_PATH]` (the C++ daemon's arguments), the same as
-//! flags, or `prime_httpd --config FILE [--server NAME]`. On SIGTERM it stops accepting, answers
-//! its health path 503, finishes what is in flight, then exits 0.
+//! flags, or `prime_httpd --config FILE [--server NAME]`. On SIGTERM it drains: it keeps
+//! accepting and serving while its health path answers 503, then stops accepting, finishes what
+//! is in flight within the shutdown time, answers the rest 503, and exits 0.
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
 use prime_server::metrics::Metrics;
 use prime_server::security::FrontKeys;
-use prime_server::shutdown::{OnDrain, Shutdown};
+use prime_server::shutdown::Shutdown;
 use prime_server::topology::{self, HeartbeatConfig, Protocol, Topology};
 use prime_server::transport::Context;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,8 +36,8 @@ struct Args {
     max_request_size: Option<usize>,
     /// Seconds before a request is answered 504 (0 = never).
     timeout_seconds: Option<u64>,
-    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
-    drain_seconds: Option<u64>,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// A path answered by the server itself (200, or 503 while draining).
     health_path: Option<String>,
     /// Named form of LISTEN.
@@ -61,9 +61,15 @@ struct Args {
     /// Named form of TIMEOUT_SECONDS.
     #[arg(long = "timeout", value_name = "SECONDS")]
     timeout_flag: Option<u64>,
-    /// Named form of DRAIN_SECONDS.
-    #[arg(long = "drain-seconds", value_name = "SECONDS")]
-    drain_flag: Option<u64>,
+    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN); with --config, overrides the file's
+    /// `drain_seconds`.
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
+    drain_flag: Option<daemon::DrainArg>,
+    /// After the drain: seconds given to what is in flight, accepting nothing new, before the
+    /// rest is answered 503 and the process exits (default 1; with --config, overrides the
+    /// file's `shutdown_seconds`).
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_seconds: Option<u64>,
     /// Named form of HEALTH_PATH.
     #[arg(long = "health-path", value_name = "PATH")]
     health_flag: Option<String>,
@@ -145,7 +151,7 @@ fn main() -> anyhow::Result<()> {
                 (
                     s,
                     proxy,
-                    t.drain(),
+                    daemon::grace(t.grace(), args.drain_seconds, args.shutdown_seconds),
                     format,
                     heartbeat,
                     t.max_message_bytes(),
@@ -180,7 +186,7 @@ fn main() -> anyhow::Result<()> {
                 (
                     s,
                     proxy.clone(),
-                    Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                    daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
                     args.log_format.unwrap_or_default(),
                     HeartbeatConfig {
                         interval_ms: args.heartbeat_ms,
@@ -245,7 +251,6 @@ fn main() -> anyhow::Result<()> {
             &section,
             server,
             shutdown.clone(),
-            OnDrain::FinishAndExit,
             None,
             zmq_clients,
             &metrics,

@@ -13,7 +13,6 @@ use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, StageSection, Topology};
 use prime_server::transport::Context;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,17 +24,24 @@ struct Args {
     upstream: Option<String>,
     /// Where this stage's workers connect (bound), e.g. ipc:///tmp/ps/parse_out.
     downstream: Option<String>,
-    /// Seconds to keep going after SIGTERM/SIGINT while work is in flight.
-    drain_seconds: Option<u64>,
+    /// After SIGTERM/SIGINT: seconds to keep going while jobs are queued or held (the proxy
+    /// exits as soon as none is), or DRAIN,SHUTDOWN: it stops after both. Default 28,1.
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// Named form of UPSTREAM.
     #[arg(long = "upstream", value_name = "ENDPOINT")]
     upstream_flag: Option<String>,
     /// Named form of DOWNSTREAM.
     #[arg(long = "downstream", value_name = "ENDPOINT")]
     downstream_flag: Option<String>,
-    /// Named form of DRAIN_SECONDS.
-    #[arg(long = "drain-seconds", value_name = "SECONDS")]
-    drain_flag: Option<u64>,
+    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN); with --config, overrides the file's
+    /// `drain_seconds`.
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
+    drain_flag: Option<daemon::DrainArg>,
+    /// Seconds after the drain before what is still queued is answered 503 (default 1; with
+    /// --config, overrides the file's `shutdown_seconds`).
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_seconds: Option<u64>,
     /// A topology file; with --stage, runs that stage's proxy.
     #[arg(long)]
     config: Option<String>,
@@ -97,7 +103,7 @@ fn main() -> anyhow::Result<()> {
                 (
                     stage.clone(),
                     t.heartbeat,
-                    t.drain(),
+                    daemon::grace(t.grace(), args.drain_seconds, args.shutdown_seconds),
                     args.log_format.unwrap_or(t.log_format),
                     daemon::message_limit(
                         args.max_message_bytes,
@@ -126,7 +132,7 @@ fn main() -> anyhow::Result<()> {
                     interval_ms: args.heartbeat_ms,
                     ..HeartbeatConfig::default()
                 },
-                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
                 args.log_format.unwrap_or_default(),
                 args.max_message_bytes
                     .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES),

@@ -12,7 +12,6 @@ use clap::{Parser, ValueEnum};
 use prime_bin::{daemon, prime};
 use prime_server::pipeline::{Pipeline, Transport};
 use prime_server::topology::Protocol;
-use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Proto {
@@ -50,15 +49,23 @@ struct Args {
     /// Worker threads per stage (default: twice the number of cores, so a worker is always ready
     /// while another waits for its next job).
     workers: Option<usize>,
-    /// Seconds to keep serving after SIGTERM/SIGINT before stopping.
-    #[arg(default_value_t = 0)]
-    drain_seconds: u64,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// A health-check path (HTTP) or payload (netstring) answered by the server itself: 200 `OK`,
     /// or 503 during the drain (netstring: `OK` / `DRAINING`).
     health: Option<String>,
     /// The client protocol.
     #[arg(long, value_enum, default_value = "http")]
     protocol: Proto,
+    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN); with --config, overrides the file's
+    /// `drain_seconds` (and `shutdown_seconds`).
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
+    drain_flag: Option<daemon::DrainArg>,
+    /// After the drain: seconds given to what is in flight, accepting nothing new, before the
+    /// rest is answered 503 and the process exits (default 1); with --config, overrides the
+    /// file's `shutdown_seconds`.
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_seconds: Option<u64>,
     /// Log one line per request (id, method, path, status, bytes, µs) at target `access`.
     #[arg(long)]
     access_log: bool,
@@ -129,9 +136,12 @@ fn parse_range(s: &str) -> Option<anyhow::Result<(u64, u64)>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
     if let Some(path) = &args.config {
-        let t = prime_server::topology::Topology::load(path)?;
+        let mut t = prime_server::topology::Topology::load(path)?;
+        let grace = daemon::grace(t.grace(), args.drain_seconds, args.shutdown_seconds);
+        (t.drain_seconds, t.shutdown_seconds) = (grace.drain.as_secs(), grace.shutdown.as_secs());
         let limit = daemon::message_limit(
             args.max_message_bytes,
             t.max_message_bytes(),
@@ -217,7 +227,7 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     daemon::run_pipeline(
         &section,
         p,
-        Duration::from_secs(args.drain_seconds),
+        daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
         Some(hint),
     )?;
     tracing::info!("prime_serverd stopped");

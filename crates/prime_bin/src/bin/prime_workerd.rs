@@ -14,7 +14,6 @@ use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, Topology};
 use prime_server::transport::Context;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A pool of workers for one stage")]
@@ -27,8 +26,10 @@ struct Args {
     loopback: Option<String>,
     /// The server's interrupt endpoint.
     interrupt: Option<String>,
-    /// Seconds to wait after SIGTERM/SIGINT for the job in hand before stopping it.
-    drain_seconds: Option<u64>,
+    /// After SIGTERM/SIGINT each worker leaves its proxy and finishes the job in hand: seconds
+    /// it may take before it is stopped, or DRAIN,SHUTDOWN (stopped after both). Default 28,1.
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// Named form of UPSTREAM_PROXY.
     #[arg(long = "upstream", value_name = "ENDPOINT")]
     upstream_flag: Option<String>,
@@ -41,9 +42,14 @@ struct Args {
     /// Named form of INTERRUPT; repeat it for several front servers.
     #[arg(long = "interrupt", value_name = "ENDPOINT")]
     interrupt_flag: Vec<String>,
-    /// Named form of DRAIN_SECONDS.
-    #[arg(long = "drain-seconds", value_name = "SECONDS")]
-    drain_flag: Option<u64>,
+    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN); with --config, overrides the file's
+    /// `drain_seconds`.
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
+    drain_flag: Option<daemon::DrainArg>,
+    /// Seconds after the drain before the job in hand is stopped (default 1; with --config,
+    /// overrides the file's `shutdown_seconds`).
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_seconds: Option<u64>,
     /// A topology file; with --stage, runs that stage's workers.
     #[arg(long)]
     config: Option<String>,
@@ -125,7 +131,8 @@ fn main() -> anyhow::Result<()> {
                 t.max_message_bytes(),
                 &daemon::max_bodies(&t),
             )?;
-            (pool, kind, t.drain(), args.log_format.unwrap_or(t.log_format), limit)
+            let grace = daemon::grace(t.grace(), args.drain_seconds, args.shutdown_seconds);
+            (pool, kind, grace, args.log_format.unwrap_or(t.log_format), limit)
         }
         (None, Some(up)) => {
             let Some(down) = &args.downstream_proxy else {
@@ -174,7 +181,8 @@ fn main() -> anyhow::Result<()> {
             let limit = args
                 .max_message_bytes
                 .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES);
-            (pool, kind, Duration::from_secs(args.drain_seconds.unwrap_or(28)), args.log_format.unwrap_or_default(), limit)
+            let grace = daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds);
+            (pool, kind, grace, args.log_format.unwrap_or_default(), limit)
         }
         _ => bail!("give UPSTREAM_PROXY DOWNSTREAM_PROXY LOOPBACK INTERRUPT --work NAME, or --config FILE --stage NAME"),
     };

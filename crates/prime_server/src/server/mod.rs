@@ -462,6 +462,15 @@ impl Server {
         }
     }
 
+    /// The answer to a request refused because this front is shutting down: a 503, counted
+    /// (`draining_refused`, and `overloaded` as every 503 the front makes).
+    pub fn refuse_draining(&self) -> Failure {
+        let stats = &self.shared.stats;
+        stats.draining_refused.fetch_add(1, Ordering::Relaxed);
+        stats.overloaded.fetch_add(1, Ordering::Relaxed);
+        Failure::new(503, crate::answer::SHUTTING_DOWN)
+    }
+
     /// Completes when the pump has ended (after the shutdown it was started with stops, every
     /// request it held answered) or, for in-memory stages, once their queues are closed.
     pub async fn closed(&self) {
