@@ -104,7 +104,9 @@ impl Grace {
             part.trim()
                 .parse::<u64>()
                 .map(Duration::from_secs)
-                .map_err(|_| format!("expected SECONDS or DRAIN,SHUTDOWN (whole seconds), got {s:?}"))
+                .map_err(|_| {
+                    format!("expected SECONDS or DRAIN,SHUTDOWN (whole seconds), got {s:?}")
+                })
         };
         match s.split_once(',') {
             None => Ok((secs(s)?, None)),
@@ -291,7 +293,8 @@ impl Shutdown {
     /// Whether the process serves clients and nothing keeps it busy: no client connection is
     /// open and no zmq-front request is in flight.
     pub fn is_idle(&self) -> bool {
-        self.flags.fronts.load(Ordering::Acquire) > 0 && self.flags.busy.load(Ordering::Acquire) == 0
+        self.flags.fronts.load(Ordering::Acquire) > 0
+            && self.flags.busy.load(Ordering::Acquire) == 0
     }
 
     /// Completes once [`Shutdown::is_idle`]; never for a process without client fronts (its
@@ -448,7 +451,11 @@ mod tests {
         // SAFETY: an 8-byte read into a live buffer from the eventfd the handle owns.
         let r = unsafe { libc::read(fd, n.as_mut_ptr().cast(), n.len()) };
         assert_eq!(r, 8, "the wake descriptor was written");
-        assert_eq!(u64::from_ne_bytes(n), 1, "once: the drain came with the close");
+        assert_eq!(
+            u64::from_ne_bytes(n),
+            1,
+            "once: the drain came with the close"
+        );
     }
 
     #[tokio::test]

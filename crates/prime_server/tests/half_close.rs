@@ -47,15 +47,21 @@ fn pipeline(name: &str) -> Pipeline {
 }
 
 fn http_front(name: &str) -> Front {
-    Front::start(pipeline(name).start().unwrap(), |listener, server, shutdown| {
-        protocol::http::serve(listener, server, HttpConfig::default(), shutdown)
-    })
+    Front::start(
+        pipeline(name).start().unwrap(),
+        |listener, server, shutdown| {
+            protocol::http::serve(listener, server, HttpConfig::default(), shutdown)
+        },
+    )
 }
 
 fn netstring_front(name: &str) -> Front {
-    Front::start(pipeline(name).start().unwrap(), |listener, server, shutdown| {
-        protocol::serve(listener, server, Netstring::default(), 100, shutdown)
-    })
+    Front::start(
+        pipeline(name).start().unwrap(),
+        |listener, server, shutdown| {
+            protocol::serve(listener, server, Netstring::default(), 100, shutdown)
+        },
+    )
 }
 
 /// Sends `request`, shuts down the sending side, and reads until the server closes.
@@ -114,7 +120,10 @@ fn an_http_request_that_says_it_is_the_last_is_answered_after_a_half_close() {
             (words.next().unwrap(), words.next().unwrap())
         };
         let path = path.split('?').next().unwrap();
-        assert!(got.ends_with(&format!("{method} {path}\n")), "{line}: {got}");
+        assert!(
+            got.ends_with(&format!("{method} {path}\n")),
+            "{line}: {got}"
+        );
     }
     assert_eq!(f.running().server.stats().snapshot().cancelled, 0);
 }
@@ -139,7 +148,11 @@ fn an_http_client_that_resets_after_its_last_request_is_interrupted() {
     s.write_all(b"GET /l?loop=1 HTTP/1.0\r\n\r\n").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     wait_until("the job never started", || f.jobs() > 0);
-    assert_eq!(f.failed(), 0, "half-closed after its last request: it waits for the answer");
+    assert_eq!(
+        f.failed(),
+        0,
+        "half-closed after its last request: it waits for the answer"
+    );
     reset(s);
     wait_until("the work was not interrupted", || f.failed() > 0);
     assert_eq!(f.running().server.stats().snapshot().cancelled, 1);

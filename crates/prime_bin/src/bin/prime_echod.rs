@@ -58,7 +58,11 @@ fn main() -> anyhow::Result<()> {
         args.metrics_listen.clone(),
         args.concurrency,
         work::factory("echo", Default::default())?,
-        daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
+        daemon::grace(
+            Default::default(),
+            args.drain_seconds,
+            args.shutdown_seconds,
+        ),
     )?;
     tracing::info!("prime_echod stopped");
     Ok(())

@@ -71,7 +71,11 @@ fn main() -> anyhow::Result<()> {
                 allow_hidden: args.allow_hidden,
             },
         )?,
-        daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
+        daemon::grace(
+            Default::default(),
+            args.drain_seconds,
+            args.shutdown_seconds,
+        ),
     )?;
     tracing::info!("prime_filed stopped");
     Ok(())

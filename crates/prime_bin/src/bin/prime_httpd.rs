@@ -186,7 +186,11 @@ fn main() -> anyhow::Result<()> {
                 (
                     s,
                     proxy.clone(),
-                    daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
+                    daemon::grace(
+                        Default::default(),
+                        args.drain_seconds,
+                        args.shutdown_seconds,
+                    ),
                     args.log_format.unwrap_or_default(),
                     HeartbeatConfig {
                         interval_ms: args.heartbeat_ms,

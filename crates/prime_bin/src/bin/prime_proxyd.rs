@@ -132,7 +132,11 @@ fn main() -> anyhow::Result<()> {
                     interval_ms: args.heartbeat_ms,
                     ..HeartbeatConfig::default()
                 },
-                daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
+                daemon::grace(
+                    Default::default(),
+                    args.drain_seconds,
+                    args.shutdown_seconds,
+                ),
                 args.log_format.unwrap_or_default(),
                 args.max_message_bytes
                     .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES),

@@ -227,7 +227,11 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     daemon::run_pipeline(
         &section,
         p,
-        daemon::grace(Default::default(), args.drain_seconds, args.shutdown_seconds),
+        daemon::grace(
+            Default::default(),
+            args.drain_seconds,
+            args.shutdown_seconds,
+        ),
         Some(hint),
     )?;
     tracing::info!("prime_serverd stopped");

@@ -177,6 +177,11 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// One counter for both sides: `submit` enters, whoever answers leaves.
     pub(crate) in_flight: Arc<InFlight>,
+    /// Set by the pump while the first stage serves nobody (never for in-memory stages).
+    first_stage_down: Arc<std::sync::atomic::AtomicBool>,
+    /// The shutdown the server was started with: draining, it refuses new requests while the
+    /// first stage serves nobody.
+    shutdown: Shutdown,
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<ServerStats>,
 }
@@ -229,6 +234,7 @@ impl Server {
         let loopback_endpoint = loopback.last_endpoint()?;
         let interrupt_endpoint = publisher.last_endpoint()?;
         let in_flight = Arc::new(InFlight::default());
+        let first_stage_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (done_tx, done) = watch::channel(());
         let (commands, rx) = mpsc::unbounded_channel();
         // Outside a runtime the pump gets one of its own, on its own thread; its descriptors
@@ -253,6 +259,7 @@ impl Server {
                 publisher,
                 stats: stats.clone(),
                 in_flight: in_flight.clone(),
+                first_stage_down: first_stage_down.clone(),
                 server_id: config.server_id,
                 heartbeat: config.heartbeat,
                 _done: done_tx,
@@ -260,8 +267,9 @@ impl Server {
             })?
         };
         let span = tracing::info_span!("pump", server_id = config.server_id);
+        let pump_shutdown = shutdown.clone();
         let task = async move {
-            if let Err(e) = pump.run(rx, shutdown).await {
+            if let Err(e) = pump.run(rx, pump_shutdown).await {
                 tracing::error!(error = %e, "server pump failed");
             }
         }
@@ -285,6 +293,8 @@ impl Server {
                 },
                 next_id: AtomicU64::new(1),
                 in_flight,
+                first_stage_down,
+                shutdown,
                 limits: config.limits(),
                 stats,
             }),
@@ -315,6 +325,8 @@ impl Server {
                 dispatch: Dispatch::Memory { first, cancels },
                 next_id: AtomicU64::new(1),
                 in_flight: Arc::default(),
+                first_stage_down: Arc::default(),
+                shutdown: shutdown.clone(),
                 limits,
                 stats: Arc::new(ServerStats::default()),
             }),
@@ -418,6 +430,18 @@ impl Server {
             shared.in_flight.leave();
             overloaded(answer)
         };
+        if shared.shutdown.is_draining() && shared.first_stage_down.load(Ordering::Acquire) {
+            // Draining, and the pipeline is gone (its proxy left or went silent, or has no
+            // worker left): no answer would come before the stop.
+            shared
+                .stats
+                .draining_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return refuse(Answer::Failed(Failure::new(
+                503,
+                "the server is shutting down: the first stage has no proxy or worker left",
+            )));
+        }
         let timeout = timeout.or(shared.limits.timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
         let arrival_us = wire::now_us();

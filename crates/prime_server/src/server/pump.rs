@@ -28,7 +28,7 @@ use rand::rngs::{StdRng, SysRng};
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -94,6 +94,10 @@ pub(crate) struct Parts {
     pub(crate) publisher: Socket,
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) in_flight: Arc<InFlight>,
+    /// Set while the first stage is known to serve nobody: its proxy went silent, or said it
+    /// has no worker or is leaving. A draining server refuses new requests then (see
+    /// [`Server::submit`](crate::server::Server::submit)).
+    pub(crate) first_stage_down: Arc<AtomicBool>,
     pub(crate) server_id: u64,
     /// How often to say on the interrupt channel that this server is alive, and to ask the
     /// first stage's proxy whether it is.
@@ -166,8 +170,18 @@ impl Pump {
         // (which re-arms its descriptor) when its descriptor fires, and on every poll interval
         // as a safety net.
         let (mut check_loopback, mut check_dealer) = (true, true);
-        let mut next_heartbeat = Instant::now() + self.heartbeat.interval;
+        // At once, then every interval: the first proxy learns of this server from its first
+        // question (and can tell it when it leaves), and a draining server needs to know early
+        // whether its first stage still serves.
+        let mut next_heartbeat = Instant::now();
+        let mut asked_on_drain = false;
         loop {
+            if !asked_on_drain && shutdown.is_draining() {
+                // Draining: whether the first stage still serves decides whether new requests
+                // are taken, so ask now rather than at the next heartbeat.
+                asked_on_drain = true;
+                next_heartbeat = Instant::now();
+            }
             if Instant::now() >= next_heartbeat {
                 self.say_alive()?;
                 self.watch_proxy()?;
@@ -191,6 +205,7 @@ impl Pump {
             tokio::select! {
                 biased;
                 _ = shutdown.stopped() => return Ok(()),
+                _ = shutdown.draining(), if !asked_on_drain => {}
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => {
                         self.command(cmd)?;
@@ -234,6 +249,7 @@ impl Pump {
         self.dealer.socket().send([&h.encode()[..]])?;
         let now = Instant::now();
         if let Some(alive_at) = self.proxy.silent(now) {
+            self.first_stage_down.store(true, Ordering::Release);
             self.orphan_sent_before(alive_at);
         }
         if now.saturating_duration_since(self.proxy_contact) > self.heartbeat.expiry() {
@@ -251,8 +267,12 @@ impl Pump {
         Ok(())
     }
 
-    /// A Heartbeat from the first stage's proxy: alive, and which incarnation.
-    fn proxy_heard(&mut self, id: u64) {
+    /// A Heartbeat from the first stage's proxy: alive, which incarnation, and (its flags)
+    /// whether it has workers and stays.
+    fn proxy_heard(&mut self, id: u64, flags: u16) {
+        let serves_nobody = flags & (wire::flags::NO_WORKERS | wire::flags::LEAVING) != 0;
+        self.first_stage_down
+            .store(serves_nobody, Ordering::Release);
         self.proxy_contact = Instant::now();
         if let Some(alive_at) = self.proxy.heard(id, Instant::now()) {
             self.orphan_sent_before(alive_at);
@@ -399,7 +419,7 @@ impl Pump {
                         }
                     }
                 }
-                Ok((h, _)) if h.kind == Kind::Heartbeat => self.proxy_heard(h.server_id),
+                Ok((h, _)) if h.kind == Kind::Heartbeat => self.proxy_heard(h.server_id, h.flags),
                 Ok((h, _)) => self.malformed("proxy", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("proxy", &e.to_string()),
             }
