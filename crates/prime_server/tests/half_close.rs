@@ -25,7 +25,7 @@ fn pipeline(name: &str) -> Pipeline {
             Ok(req) => (
                 req.query_value("loop").is_some(),
                 req.query_value("sleep").and_then(|v| v.parse().ok()),
-                Response::text(200, &format!("{} {}\n", req.method, req.path)).encode(),
+                Response::text(200, format!("{} {}\n", req.method, req.path)).encode(),
             ),
             Err(_) => (
                 body == b"loop",
@@ -34,9 +34,11 @@ fn pipeline(name: &str) -> Pipeline {
                 body.clone(),
             ),
         };
-        while looping {
-            interrupt.check()?;
-            std::thread::sleep(Duration::from_millis(1));
+        if looping {
+            loop {
+                interrupt.check()?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         if let Some(ms) = sleep {
             std::thread::sleep(Duration::from_millis(ms));
