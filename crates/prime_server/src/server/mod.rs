@@ -213,7 +213,11 @@ impl Server {
     /// still open with 503.
     pub fn start(ctx: &Context, config: ServerConfig, shutdown: Shutdown) -> Result<Server, Error> {
         let dealer = ctx.socket(SocketKind::Dealer)?;
-        let hwm = i32::try_from(config.max_in_flight).unwrap_or(i32::MAX);
+        // Room for every request in flight, and for the few questions to the proxy that may
+        // wait beside them while it is not connected (see `Pump::watch_proxy`): a queued
+        // question must never take a request's place.
+        let hwm = i32::try_from(config.max_in_flight.saturating_add(pump::QUESTIONS_QUEUED))
+            .unwrap_or(i32::MAX);
         dealer.set_high_water_marks(hwm, 0)?;
         let keys = config.security.as_ref();
         dealer.connect_presenting(&config.proxy, keys.map(FrontKeys::to_proxy).as_ref())?;

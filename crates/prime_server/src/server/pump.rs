@@ -33,6 +33,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Room the server's socket to the first proxy keeps beyond its requests for questions to the
+/// proxy that wait there while it is not connected (one per heartbeat expiry at most).
+pub(crate) const QUESTIONS_QUEUED: usize = 8;
+
 /// What the submitting side asks of the pump.
 pub(crate) enum Command {
     /// Send a new request to the first stage.
@@ -75,6 +79,8 @@ pub(crate) struct Pump {
     proxy: ProxyWatch,
     /// When the first proxy was last heard, or its connection last made anew.
     proxy_contact: Instant,
+    /// When the question to the first proxy still unanswered was asked.
+    asked: Option<Instant>,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     warnings: DropWarnings,
@@ -126,6 +132,7 @@ impl Pump {
         Ok(Pump {
             proxy: ProxyWatch::new(parts.heartbeat.expiry()),
             proxy_contact: Instant::now(),
+            asked: None,
             parts,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -243,11 +250,19 @@ impl Pump {
     /// Asks the first stage's proxy whether it is alive (it answers with a Heartbeat naming its
     /// incarnation), and acts on a proxy that went silent: see [`Pump::orphan_sent_before`].
     fn watch_proxy(&mut self) -> Result<(), Error> {
-        let mut h = Header::new(Kind::Heartbeat);
-        h.server_id = self.server_id;
-        // Queued while no proxy is connected: harmless, they are tiny and few.
-        self.dealer.socket().send([&h.encode()[..]])?;
         let now = Instant::now();
+        // A question waits in the socket while no proxy is connected, beside the requests:
+        // ask again only once the last one has gone unanswered for the expiry, so that at most
+        // `QUESTIONS_QUEUED` wait within a minute of silence (the socket has room for them).
+        let waiting = self
+            .asked
+            .is_some_and(|t| now.saturating_duration_since(t) < self.heartbeat.expiry());
+        if !waiting {
+            let mut h = Header::new(Kind::Heartbeat);
+            h.server_id = self.server_id;
+            self.dealer.socket().send([&h.encode()[..]])?;
+            self.asked = Some(now);
+        }
         if let Some(alive_at) = self.proxy.silent(now) {
             self.first_stage_down.store(true, Ordering::Release);
             self.orphan_sent_before(alive_at);
@@ -273,6 +288,7 @@ impl Pump {
         let serves_nobody = flags & (wire::flags::NO_WORKERS | wire::flags::LEAVING) != 0;
         self.first_stage_down
             .store(serves_nobody, Ordering::Release);
+        self.asked = None;
         self.proxy_contact = Instant::now();
         if let Some(alive_at) = self.proxy.heard(id, Instant::now()) {
             self.orphan_sent_before(alive_at);
