@@ -8,7 +8,7 @@ use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
 use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::security::{self, FrontKeys, ProxyKeys, WorkerKeys};
 use prime_server::server::{Server, ServerConfig};
-use prime_server::shutdown::{OnDrain, Shutdown};
+use prime_server::shutdown::{Grace, OnDrain, Shutdown};
 use prime_server::topology::{self, LogFormat, Protocol, ServerSection, StageSection, Topology};
 use prime_server::transport::Context;
 use prime_server::transport::{Admission, Keypair, PublicKey};
@@ -24,6 +24,50 @@ pub fn prefer_flag<T>(positional: &mut Option<T>, flag: Option<T>) {
     if flag.is_some() {
         *positional = flag;
     }
+}
+
+/// A drain time given on a command line: `DRAIN` or the C++ form `DRAIN,SHUTDOWN`, whole
+/// seconds (see [`drain_arg`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainArg {
+    /// The drain.
+    pub drain: Duration,
+    /// The shutdown time after it, if given.
+    pub shutdown: Option<Duration>,
+}
+
+/// Parses a drain argument (the positional DRAIN_SECONDS or `--drain-seconds`): `10`, or `10,5`
+/// for a 10 s drain and 5 s of shutdown.
+pub fn drain_arg(s: &str) -> Result<DrainArg, String> {
+    let (drain, shutdown) = prime_server::shutdown::Grace::parse_seconds(s)?;
+    Ok(DrainArg { drain, shutdown })
+}
+
+/// The help text of every daemon's drain argument and `--shutdown-seconds`.
+pub const DRAIN_HELP: &str = "After SIGTERM/SIGINT: seconds to keep accepting and serving \
+    while health checks answer 503, or DRAIN,SHUTDOWN (the C++ form, e.g. 10,5). Default 28. An \
+    idle process (no client connection, nothing in flight) does not wait it out; a second signal \
+    stops at once.";
+
+/// The drain and shutdown times of a daemon: `base` (the topology's, or the defaults), with
+/// what the command line gave over it (`drain`: the positional argument or `--drain-seconds`,
+/// whose `,SHUTDOWN` part counts unless `--shutdown-seconds` is given too).
+pub fn grace(
+    base: prime_server::shutdown::Grace,
+    drain: Option<DrainArg>,
+    shutdown_seconds: Option<u64>,
+) -> prime_server::shutdown::Grace {
+    let mut g = base;
+    if let Some(d) = drain {
+        g.drain = d.drain;
+        if let Some(s) = d.shutdown {
+            g.shutdown = s;
+        }
+    }
+    if let Some(s) = shutdown_seconds {
+        g.shutdown = Duration::from_secs(s);
+    }
+    g
 }
 
 /// Sets up `tracing` to stderr: text or JSON lines, level from `RUST_LOG` (default `info`).
@@ -309,8 +353,8 @@ fn display_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     }
 }
 
-/// Serves a front server's client protocol until the stop; with [`OnDrain::FinishAndExit`],
-/// stops as soon as the drain has begun and nothing is in flight. Prints the listening address on stdout, and
+/// Serves a front server's client protocol until the stop (the shutdown's phases: see
+/// [`prime_server::shutdown`]). Prints the listening address on stdout, and
 /// `hint` after it (`ADDR`, `HOST` and `PORT` replaced) as a command to try. The zmq front, if
 /// the section has one, opens its socket in `ctx`, admitting the clients of `zmq_security`
 /// (`None`: plain zmq).
@@ -320,7 +364,6 @@ pub async fn serve_front(
     section: &ServerSection,
     server: Server,
     shutdown: Shutdown,
-    on_drain: OnDrain,
     hint: Option<&str>,
     zmq_security: Option<Admission>,
     metrics: &Metrics,
@@ -347,19 +390,6 @@ pub async fn serve_front(
         println!("try: {command}");
     }
     std::io::stdout().flush()?;
-    if on_drain == OnDrain::FinishAndExit {
-        let (server, sd) = (server.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            sd.draining().await;
-            tokio::select! {
-                _ = server.idle() => {
-                    tracing::info!("drained: nothing in flight");
-                    sd.stop();
-                }
-                _ = sd.stopped() => {}
-            }
-        });
-    }
     let zmq_listen: Option<Endpoint> = section.zmq_listen.as_deref().map(str::parse).transpose()?;
     let zmq_front = zmq_listen.map(|endpoint| {
         let config = protocol::zmq_front::ZmqFrontConfig {
@@ -425,18 +455,18 @@ pub async fn serve_front(
 }
 
 /// Runs a whole service in one process (stages over inproc) behind one front server, until the
-/// stop; with signals wired for `drain`. Used by the all-in-one daemons.
+/// stop; with signals wired for `grace`. Used by the all-in-one daemons.
 pub fn run_all_in_one(
     section: &ServerSection,
     stages: Vec<(usize, Factory)>,
-    drain: Duration,
+    grace: Grace,
 ) -> anyhow::Result<()> {
     let mut p =
         prime_server::pipeline::Pipeline::new(&format!("{}-{}", section.name, std::process::id()));
     for (workers, factory) in stages {
         p.stage_with(workers, move || factory());
     }
-    run_pipeline(section, p, drain, None)
+    run_pipeline(section, p, grace, None)
 }
 
 /// Runs a pipeline (its stages over its own endpoints) behind one front server described by
@@ -444,7 +474,7 @@ pub fn run_all_in_one(
 pub fn run_pipeline(
     section: &ServerSection,
     mut p: prime_server::pipeline::Pipeline,
-    drain: Duration,
+    grace: Grace,
     hint: Option<&str>,
 ) -> anyhow::Result<()> {
     p.timeout = section.timeout();
@@ -453,7 +483,7 @@ pub fn run_pipeline(
         .enable_all()
         .build()?;
     let running = p.start_in(&rt)?;
-    running.shutdown.on_signals(drain)?;
+    running.shutdown.on_signals(grace)?;
     let metrics = Metrics::new();
     metrics.front(&section.name, &running.server);
     if let Some(ctx) = &running.ctx {
@@ -480,7 +510,6 @@ pub fn run_pipeline(
         section,
         running.server.clone(),
         running.shutdown.clone(),
-        OnDrain::ServeUntilStop,
         hint,
         None,
         &metrics,
@@ -497,7 +526,7 @@ pub fn run_pipeline(
 /// servers, with the topology's endpoints, their sockets opened in `ctx`.
 pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
-    shutdown.on_signals(t.drain())?;
+    shutdown.on_signals(t.grace())?;
     let metrics = &Metrics::new();
     metrics.zmq(ctx);
     let mut listeners = Vec::new();
@@ -562,7 +591,6 @@ pub fn run_topology(t: &Topology, ctx: &Context) -> anyhow::Result<()> {
                     section,
                     server,
                     shutdown.clone(),
-                    OnDrain::ServeUntilStop,
                     None,
                     admission,
                     metrics,

@@ -324,3 +324,35 @@ mod tests {
         assert!(on && warning.is_some());
     }
 }
+
+/// The drain and shutdown flags every daemon takes (beside its positional DRAIN_SECONDS, which
+/// `--drain-seconds` overrides): applied over the file's `drain_seconds`/`shutdown_seconds` (or
+/// the defaults, 28 and 1) by [`GraceFlags::grace`].
+#[derive(Args, Debug, Clone, Default)]
+pub struct GraceFlags {
+    /// Named form of DRAIN_SECONDS: seconds to keep accepting and serving after SIGTERM/SIGINT
+    /// while health checks answer 503, or DRAIN,SHUTDOWN (the C++ form, e.g. 10,5) [file:
+    /// `drain_seconds`, `shutdown_seconds`; default 28,1].
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = crate::daemon::drain_arg)]
+    pub drain_seconds: Option<crate::daemon::DrainArg>,
+    /// After the drain: seconds given to what is in flight, accepting nothing new, before the
+    /// rest is answered 503 and the process exits [file: `shutdown_seconds`; default 1].
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_seconds: Option<u64>,
+}
+
+impl GraceFlags {
+    /// `base` (the file's times, or the defaults) with the positional DRAIN_SECONDS over it, and
+    /// these flags over both.
+    pub fn grace(
+        &self,
+        base: prime_server::shutdown::Grace,
+        positional: Option<crate::daemon::DrainArg>,
+    ) -> prime_server::shutdown::Grace {
+        crate::daemon::grace(
+            base,
+            self.drain_seconds.or(positional),
+            self.shutdown_seconds,
+        )
+    }
+}

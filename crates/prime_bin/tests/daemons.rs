@@ -291,8 +291,9 @@ fn sigterm_to_the_front_under_load_answers_everything_sent_before_it() {
     let signalled = Arc::new(Mutex::new(None::<Instant>));
     // (sent after the signal?, status; 0 = connection refused) for every request of every client.
     let outcomes = Arc::new(Mutex::new(Vec::new()));
-    // Each client asks until the front refuses its connection (it stops accepting when the drain
-    // starts, and exits once nothing is in flight).
+    // Each client asks until the front refuses its connection (it accepts and serves through
+    // the drain, each answer saying `Connection: close`, then stops accepting, finishes what is
+    // in flight and exits).
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let (signalled, outcomes) = (signalled.clone(), outcomes.clone());

@@ -50,7 +50,10 @@ pub(crate) fn deadline_passed() -> Answer {
     Answer::Failed(Failure::new(504, "the request's deadline passed"))
 }
 
+/// Why a request still open when the server stops, or sent after its drain, is answered 503.
+pub(crate) const SHUTTING_DOWN: &str = "the server is shutting down";
+
 /// The answer to a request still open when the server stops.
 pub(crate) fn shutting_down() -> Answer {
-    Answer::Failed(Failure::new(503, "the server is shutting down"))
+    Answer::Failed(Failure::new(503, SHUTTING_DOWN))
 }

@@ -215,6 +215,10 @@ counters! {
         in_flight_refused,
         /// Requests answered 503 because a stage's queue was full (its proxy refused the job).
         queue_full,
+        /// Requests answered 503 at once because the front was shutting down: sent after the
+        /// drain time (while what was in flight finished), or during the drain once the first
+        /// stage had no proxy or no worker left.
+        draining_refused,
         /// Client connections open now.
         connections,
         /// Client connections refused because `max_connections` were open.

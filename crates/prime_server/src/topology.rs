@@ -41,10 +41,15 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
-    /// Seconds to keep serving after SIGTERM/SIGINT before stopping (default 28, leaving 2 s of a
-    /// 30 s orchestrator grace period).
+    /// Seconds to keep accepting and serving after SIGTERM/SIGINT while health checks answer
+    /// 503 (default 28, the C++ daemons'; see [`crate::shutdown`]).
     #[serde(default = "default_drain")]
     pub drain_seconds: u64,
+    /// Seconds then given to what is in flight, accepting nothing new, before the rest is
+    /// answered 503 and the process exits (default 1: with the drain, 29 s, inside the 30 s a
+    /// Kubernetes pod is given to stop).
+    #[serde(default = "default_shutdown")]
+    pub shutdown_seconds: u64,
     /// `text` (default) or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -338,7 +343,10 @@ pub fn check_message_limit(max_message_bytes: usize, max_body: usize) -> Result<
 }
 
 fn default_drain() -> u64 {
-    28
+    crate::shutdown::DEFAULT_DRAIN.as_secs()
+}
+fn default_shutdown() -> u64 {
+    crate::shutdown::DEFAULT_SHUTDOWN.as_secs()
 }
 fn default_hb_interval() -> u64 {
     2500
@@ -714,6 +722,14 @@ impl Topology {
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
     }
+
+    /// The drain and the shutdown time after it.
+    pub fn grace(&self) -> crate::shutdown::Grace {
+        crate::shutdown::Grace {
+            drain: self.drain(),
+            shutdown: Duration::from_secs(self.shutdown_seconds),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -736,6 +752,7 @@ mod tests {
     fn defaults() {
         let t = Topology::parse(GOOD).unwrap();
         assert_eq!(t.drain_seconds, 28);
+        assert_eq!(t.shutdown_seconds, 1);
         assert_eq!(t.servers[0].name, "front");
         assert_eq!(t.servers[0].timeout(), Some(Duration::from_secs(60)));
         assert_eq!(t.stages[0].workers, 2);

@@ -45,6 +45,11 @@ pub const VERSION: u8 = 2;
 pub mod flags {
     /// On a [`super::Kind::Heartbeat`] from a worker: the worker is busy with a job.
     pub const BUSY: u16 = 1;
+    /// On a [`super::Kind::Heartbeat`] from a proxy to a sender: the proxy knows no worker now.
+    pub const NO_WORKERS: u16 = 2;
+    /// On a [`super::Kind::Heartbeat`] from a proxy to a sender: the proxy is draining or
+    /// leaving; jobs sent to it now may find nobody (a draining front refuses them at once).
+    pub const LEAVING: u16 = 4;
 }
 
 /// Length of the reply token, bytes 42..48 of the header.

@@ -156,6 +156,8 @@ pub struct Worker {
     left: Option<Instant>,
     /// Whether the proxy confirmed the leave (no job comes after its confirmation).
     leave_confirmed: bool,
+    /// The proxy said it is going (a Disconnect before we left): nothing to tell it at the stop.
+    proxy_gone: bool,
     /// The job this worker took last, as (server id, request id): what its Disconnect names.
     last_job: (u64, u64),
     /// Replies waiting for their server's loopback.
@@ -176,6 +178,8 @@ pub struct Worker {
 const UP: u64 = 0;
 const DOWN: u64 = 1;
 const SUB: u64 = 2;
+/// The shutdown's wake descriptor: a phase began.
+const WAKE: u64 = 3;
 
 /// A header-only message from the proxy of this kind (a Heartbeat: it is alive; a Disconnect:
 /// it confirms our leave), as opposed to a job.
@@ -185,13 +189,14 @@ fn is_control(frames: &Frames, kind: Kind) -> bool {
 
 /// The worker's heartbeat thread; stopped and joined by [`HeartbeatThread::stop`].
 struct HeartbeatThread {
-    done: Arc<AtomicBool>,
+    /// Dropped to stop the thread at once (it waits on the other end between heartbeats).
+    done: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HeartbeatThread {
     fn stop(mut self) {
-        self.done.store(true, Ordering::Release);
+        self.done.take();
         if let Some(t) = self.thread.take() {
             crate::component::join(t);
         }
@@ -290,6 +295,7 @@ impl Worker {
             last_sent: Instant::now(),
             left: None,
             leave_confirmed: false,
+            proxy_gone: false,
             last_job: (0, 0),
             undelivered: std::collections::VecDeque::new(),
             warnings: DropWarnings::new("worker"),
@@ -332,6 +338,9 @@ impl Worker {
         }
         // At debug: a pool of workers would say it once per thread (a daemon says it once).
         tracing::debug!(upstream = %self.config.upstream, "waiting for the proxy");
+        if let Some(fd) = shutdown.wake_fd() {
+            waiter.watch_fd(fd, WAKE)?;
+        }
         self.say_ready()?;
         let heartbeats = self.start_heartbeat_thread(&shutdown)?;
         let result = self.serve(&shutdown, &mut waiter);
@@ -383,7 +392,11 @@ impl Worker {
                             tracing::info!(%upstream, "connected to the proxy");
                         }
                         if is_control(&frames, Kind::Disconnect) {
-                            self.leave_confirmed = true;
+                            // The proxy confirms our leave, or says it is going: either way
+                            // it sends nothing more. Heard before we left, it means nothing
+                            // (our own leave still waits for the next proxy's confirmation).
+                            self.leave_confirmed = self.left.is_some();
+                            self.proxy_gone = self.left.is_none();
                         } else if !is_control(&frames, Kind::Heartbeat) {
                             self.handle_job(frames, &shutdown)?;
                         }
@@ -449,7 +462,8 @@ impl Worker {
                 match *t {
                     UP => up = true,
                     DOWN => down = true,
-                    _ => sub = true,
+                    SUB => sub = true,
+                    _ => {}
                 }
             }
             if fired.is_empty() {
@@ -457,7 +471,11 @@ impl Worker {
                 (up, down, sub) = (true, true, true);
             }
         }
-        self.leave()?;
+        // Stopping: the proxy is told, unless it heard it already or is gone (a message for it
+        // would keep the process waiting on the socket's linger at exit).
+        if self.left.is_none() && !self.proxy_gone {
+            self.leave()?;
+        }
         Ok(())
     }
 
@@ -500,14 +518,14 @@ impl Worker {
         let keys = self.config.security.as_ref();
         let to_proxy = keys.map(|k| k.presenting(k.proxy));
         socket.connect_presenting(&self.config.upstream, to_proxy.as_ref())?;
-        let done = Arc::new(AtomicBool::new(false));
+        let (done, stopped) = std::sync::mpsc::channel::<()>();
         let (busy, id, interval, stage) = (
             self.busy.clone(),
             self.id.clone(),
             self.config.heartbeat.interval,
             self.config.stage,
         );
-        let (d, sd) = (done.clone(), shutdown.clone());
+        let sd = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("worker-heartbeat".into())
             .spawn(move || {
@@ -515,8 +533,13 @@ impl Worker {
                 h.stage = stage;
                 h.flags = wire::flags::BUSY;
                 let mut last = Instant::now();
-                while !d.load(Ordering::Acquire) && !sd.is_stopping() {
-                    std::thread::sleep((interval / 4).min(POLL_INTERVAL));
+                // Until the worker drops `done` (it stops with the worker's loop).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout((interval / 4).min(POLL_INTERVAL))
+                {
+                    if sd.is_stopping() {
+                        break;
+                    }
                     if busy.load(Ordering::Acquire) && last.elapsed() >= interval {
                         let _ = socket.send(wire::message(&h, [id.clone()]));
                         last = Instant::now();
@@ -528,7 +551,7 @@ impl Worker {
                 cause,
             })?;
         Ok(HeartbeatThread {
-            done,
+            done: Some(done),
             thread: Some(thread),
         })
     }
@@ -563,6 +586,11 @@ impl Worker {
     /// confirmation (see `Balancer::disconnect`).
     fn leave(&mut self) -> Result<(), Error> {
         self.left.get_or_insert_with(Instant::now);
+        if self.proxy_gone {
+            // It said it is going: nothing will come, and nobody would read a Disconnect.
+            self.leave_confirmed = true;
+            return Ok(());
+        }
         let mut h = Header::new(Kind::Disconnect);
         h.stage = self.config.stage;
         (h.server_id, h.request_id) = self.last_job;

@@ -389,13 +389,17 @@ fn the_health_path_is_answered_by_the_server() {
     assert_eq!((resp.status, resp.text().as_str()), (200, "OK\n"));
     assert_eq!(f.jobs(), 0);
     // While draining: connections already open are still served, each answer saying
-    // `Connection: close`, and the health path says 503; new connections are not accepted.
+    // `Connection: close`, and the health path says 503; new connections are accepted and
+    // served too (a load balancer probes health on a new connection).
     let mut r = Reader::new(connect(f.addr));
     let mut r2 = Reader::new(connect(f.addr));
+    let mut idle = Reader::new(connect(f.addr));
     r.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.next(false).unwrap().status, 200);
     r2.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r2.next(false).unwrap().status, 200);
+    idle.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(idle.next(false).unwrap().status, 200);
     running.shutdown.drain();
     r.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     let resp = r.next(false).unwrap();
@@ -407,7 +411,26 @@ fn the_health_path_is_answered_by_the_server() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("connection").as_deref(), Some("close"));
     assert!(r2.closed());
-    wait_until("still accepting while draining", || {
+    let (resp, _) = ask(f.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(resp.status, 503, "a new connection during the drain");
+    let (resp, _) = ask(f.addr, b"GET /z HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(resp.status, 200, "a new connection during the drain");
+    assert_eq!(running.server.stats().snapshot().draining_refused, 0);
+    // Closing: no new connection; an idle keep-alive connection is closed; a request on a
+    // connection opened before (that had sent nothing yet) is refused at once.
+    let mut r3 = Reader::new(connect(f.addr));
+    wait_until("the new connection was not accepted", || {
+        running.server.stats().snapshot().connections == 2
+    });
+    running.shutdown.close();
+    assert!(idle.closed());
+    r3.send(b"GET /late HTTP/1.1\r\nHost: x\r\n\r\n");
+    let resp = r3.next(false).unwrap();
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert_eq!(resp.text(), "the server is shutting down\n");
+    assert!(r3.closed());
+    assert_eq!(running.server.stats().snapshot().draining_refused, 1);
+    wait_until("still accepting after the drain", || {
         TcpStream::connect(f.addr).is_err()
     });
 }

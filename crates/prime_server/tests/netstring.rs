@@ -173,6 +173,8 @@ fn health_checks_are_answered_without_touching_workers() {
     assert_eq!(f.jobs(), 0);
 }
 
+/// A client that is really gone: it resets the connection (a half-close alone is not leaving:
+/// see tests/half_close.rs).
 #[test]
 fn a_client_that_disconnects_interrupts_its_work() {
     let f = front("disconnect", 1 << 20);
@@ -180,7 +182,7 @@ fn a_client_that_disconnects_interrupts_its_work() {
     let mut s = connect(f.addr);
     s.write_all(b"4:loop,").unwrap();
     wait_until("the job never started", || f.jobs() > 0);
-    drop(s);
+    common::reset(s);
     // The deadline (60 s) is beyond the wait: only the disconnect can stop the work in time.
     wait_until("the work was not interrupted", || f.failed() > 0);
     assert_eq!(running.server.stats().snapshot().cancelled, 1);

@@ -7,10 +7,9 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use prime_bin::flags::{self, FrontFlags};
+use prime_bin::flags::{self, FrontFlags, GraceFlags};
 use prime_bin::{daemon, work};
 use prime_server::topology::{LogFormat, ServerSection, Topology};
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,11 +23,12 @@ struct Args {
     listen: Option<String>,
     /// Worker threads (default 1).
     concurrency: Option<usize>,
-    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
-    #[arg(default_value_t = 28)]
-    drain_seconds: u64,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
     #[command(flatten)]
     front: FrontFlags,
+    #[command(flatten)]
+    grace: GraceFlags,
     /// Named form of CONCURRENCY.
     #[arg(long, value_name = "N", value_parser = flags::at_least_one)]
     workers: Option<usize>,
@@ -46,21 +46,17 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (mut section, drain, format) = match &args.config {
+    let (mut section, grace, format) = match &args.config {
         Some(path) => {
             let t = Topology::load(path)?;
             let s = t.server(args.server.as_deref())?.clone();
-            (s, t.drain(), t.log_format)
+            (s, t.grace(), t.log_format)
         }
         None => {
             let listen = args.front.listen.clone().or(args.listen.clone());
             let listen = listen.context("give LISTEN, or --config FILE (see --help)")?;
             let section = ServerSection::new(&listen, "-", "-");
-            (
-                section,
-                Duration::from_secs(args.drain_seconds),
-                LogFormat::Text,
-            )
+            (section, Default::default(), LogFormat::Text)
         }
     };
     // The one rule: a flag given overrides the file's value (or the positional argument's).
@@ -69,7 +65,8 @@ fn main() -> anyhow::Result<()> {
     daemon::raise_fd_limit();
     let workers = args.workers.or(args.concurrency).unwrap_or(1);
     let echo = work::factory("echo", Default::default())?;
-    daemon::run_all_in_one(&section, vec![(workers, echo)], drain)?;
+    let grace = args.grace.grace(grace, args.drain_seconds);
+    daemon::run_all_in_one(&section, vec![(workers, echo)], grace)?;
     tracing::info!("prime_echod stopped");
     Ok(())
 }

@@ -8,11 +8,10 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use prime_bin::flags::{self, FrontFlags};
+use prime_bin::flags::{self, FrontFlags, GraceFlags};
 use prime_bin::{daemon, work};
 use prime_server::topology::{LogFormat, ServerSection, Topology};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The largest request body without a topology file: a file server takes small requests.
 const MAX_BODY: usize = 64 * 1024;
@@ -30,9 +29,8 @@ struct Args {
     /// The directory to serve (default: the current directory). Requests cannot leave it, and
     /// its hidden files and folders answer 404 and are not listed (see --allow-hidden).
     root_dir: Option<PathBuf>,
-    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
-    #[arg(default_value_t = 28)]
-    drain_seconds: u64,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// A path answered by the server itself (200, or 503 while draining); --health-path
     /// overrides it.
     health_path: Option<String>,
@@ -44,6 +42,8 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 2, value_parser = flags::at_least_one)]
     workers: usize,
+    #[command(flatten)]
+    grace: GraceFlags,
     /// Serve and list hidden files and folders: any path segment starting with `.` (such as
     /// `.git/`, `.env` or `a/.secret`, also percent-encoded as `%2e`). Without it they answer
     /// 404, as a missing file would.
@@ -63,11 +63,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (mut section, drain, format) = match &args.config {
+    let (mut section, grace, format) = match &args.config {
         Some(path) => {
             let t = Topology::load(path)?;
             let s = t.server(args.server.as_deref())?.clone();
-            (s, t.drain(), t.log_format)
+            (s, t.grace(), t.log_format)
         }
         None => {
             let listen = args.front.listen.clone().or(args.listen.clone());
@@ -75,11 +75,7 @@ fn main() -> anyhow::Result<()> {
             let mut section = ServerSection::new(&listen, "-", "-");
             section.max_body_bytes = MAX_BODY;
             section.health_path = args.health_path.clone();
-            (
-                section,
-                Duration::from_secs(args.drain_seconds),
-                LogFormat::Text,
-            )
+            (section, Default::default(), LogFormat::Text)
         }
     };
     // The one rule: a flag given overrides the file's value (or the positional argument's).
@@ -98,7 +94,8 @@ fn main() -> anyhow::Result<()> {
             allow_hidden: args.allow_hidden,
         },
     )?;
-    daemon::run_all_in_one(&section, vec![(args.workers, files)], drain)?;
+    let grace = args.grace.grace(grace, args.drain_seconds);
+    daemon::run_all_in_one(&section, vec![(args.workers, files)], grace)?;
     tracing::info!("prime_filed stopped");
     Ok(())
 }

@@ -3,20 +3,20 @@
 //! `prime_httpd LISTEN PROXY LOOPBACK INTERRUPT [ENABLE_LOGGING] [MAX_REQUEST_SIZE]
 //! [TIMEOUT_SECONDS] [DRAIN_SECONDS] [HEALTH_PATH]` (the C++ daemon's arguments), the same as
 //! flags, or `prime_httpd --config FILE [--server NAME]`, where the flags given override the
-//! file's values (see `prime_bin::flags`). On SIGTERM it stops accepting, answers
-//! its health path 503, finishes what is in flight, then exits 0.
+//! file's values (see `prime_bin::flags`). On SIGTERM it drains: it keeps accepting and serving
+//! while its health path answers 503, then stops accepting, finishes what is in flight within
+//! the shutdown time, answers the rest 503, and exits 0.
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
-use prime_bin::flags::{self, FrontFlags};
+use prime_bin::flags::{self, FrontFlags, GraceFlags};
 use prime_server::metrics::Metrics;
 use prime_server::security::FrontKeys;
-use prime_server::shutdown::{OnDrain, Shutdown};
+use prime_server::shutdown::Shutdown;
 use prime_server::topology::{self, HeartbeatConfig, ServerSection, Topology};
 use prime_server::transport::Context;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,8 +41,8 @@ struct Args {
     max_request_size: Option<usize>,
     /// Seconds before a request is answered 504 (0 = never).
     timeout_seconds: Option<u64>,
-    /// Seconds to keep serving open connections after SIGTERM/SIGINT.
-    drain_seconds: Option<u64>,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// A path answered by the server itself (200, or 503 while draining).
     health_path: Option<String>,
     #[command(flatten)]
@@ -56,9 +56,8 @@ struct Args {
     /// Named form of INTERRUPT [file: `interrupt`].
     #[arg(long = "interrupt", value_name = "ENDPOINT")]
     interrupt_flag: Option<String>,
-    /// Named form of DRAIN_SECONDS.
-    #[arg(long = "drain-seconds", value_name = "SECONDS")]
-    drain_flag: Option<u64>,
+    #[command(flatten)]
+    grace: GraceFlags,
     /// A topology file; runs its front server (see --server).
     #[arg(long)]
     config: Option<String>,
@@ -100,7 +99,6 @@ fn main() -> anyhow::Result<()> {
     daemon::prefer_flag(&mut args.proxy, args.proxy_flag.take());
     daemon::prefer_flag(&mut args.loopback, args.loopback_flag.take());
     daemon::prefer_flag(&mut args.interrupt, args.interrupt_flag.take());
-    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
     let mut warnings = Vec::new();
     let (mut section, proxy, drain, format, mut heartbeat, default_limit, keys) = match &args.config
     {
@@ -118,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             (
                 s,
                 proxy,
-                t.drain(),
+                t.grace(),
                 format,
                 t.heartbeat,
                 t.max_message_bytes(),
@@ -150,7 +148,7 @@ fn main() -> anyhow::Result<()> {
             (
                 s,
                 proxy.clone(),
-                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                Default::default(),
                 args.log_format.unwrap_or_default(),
                 HeartbeatConfig::default(),
                 limit,
@@ -183,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     daemon::raise_fd_limit();
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
-    shutdown.on_signals(drain)?;
+    shutdown.on_signals(args.grace.grace(drain, args.drain_seconds))?;
     let metrics = Metrics::new();
     metrics.zmq(&ctx);
     let listener =
@@ -208,7 +206,6 @@ fn main() -> anyhow::Result<()> {
             &section,
             server,
             shutdown.clone(),
-            OnDrain::FinishAndExit,
             None,
             zmq_clients,
             &metrics,

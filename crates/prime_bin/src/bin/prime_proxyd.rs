@@ -8,14 +8,13 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use prime_bin::daemon;
-use prime_bin::flags::{self, ProxyFlags};
+use prime_bin::flags::{self, GraceFlags, ProxyFlags};
 use prime_server::metrics::Metrics;
 use prime_server::security::ProxyKeys;
 use prime_server::shutdown::{OnDrain, Shutdown};
 use prime_server::topology::{HeartbeatConfig, StageSection, Topology};
 use prime_server::transport::Context;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,13 +28,14 @@ struct Args {
     upstream: Option<String>,
     /// Where this stage's workers connect (bound), e.g. ipc:///tmp/ps/parse_out.
     downstream: Option<String>,
-    /// Seconds to keep going after SIGTERM/SIGINT while work is in flight.
-    drain_seconds: Option<u64>,
+    /// After SIGTERM/SIGINT: seconds to keep going while jobs are queued or held (the proxy
+    /// exits as soon as none is), or DRAIN,SHUTDOWN: it stops after both. Default 28,1.
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg)]
+    drain_seconds: Option<daemon::DrainArg>,
     #[command(flatten)]
     proxy: ProxyFlags,
-    /// Named form of DRAIN_SECONDS.
-    #[arg(long = "drain-seconds", value_name = "SECONDS")]
-    drain_flag: Option<u64>,
+    #[command(flatten)]
+    grace: GraceFlags,
     /// A topology file; with --stage, runs that stage's proxy.
     #[arg(long, requires = "stage")]
     config: Option<String>,
@@ -69,10 +69,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
-    // Named flags and the C++ positional arguments mean the same; a flag wins.
-    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
-    let (mut stage, mut heartbeat, drain, format, limit, keys) = match &args.config {
+    let args = Args::parse();
+    let (mut stage, mut heartbeat, grace, format, limit, keys) = match &args.config {
         Some(path) => {
             let t = Topology::load(path)?;
             let name = args
@@ -83,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             (
                 stage.clone(),
                 t.heartbeat,
-                t.drain(),
+                t.grace(),
                 args.log_format.unwrap_or(t.log_format),
                 daemon::message_limit(
                     args.max_message_bytes,
@@ -105,7 +103,7 @@ fn main() -> anyhow::Result<()> {
             (
                 StageSection::new("stage", "", &up, &down),
                 HeartbeatConfig::default(),
-                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                Default::default(),
                 args.log_format.unwrap_or_default(),
                 args.max_message_bytes
                     .unwrap_or(prime_server::transport::DEFAULT_MAX_MESSAGE_BYTES),
@@ -127,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     daemon::raise_fd_limit();
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
-    shutdown.on_signals(drain)?;
+    shutdown.on_signals(args.grace.grace(grace, args.drain_seconds))?;
     let metrics = Metrics::new();
     metrics.zmq(&ctx);
     let proxy = daemon::start_proxy(

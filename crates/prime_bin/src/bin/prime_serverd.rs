@@ -11,11 +11,10 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use prime_bin::flags::{self, FrontFlags};
+use prime_bin::flags::{self, FrontFlags, GraceFlags};
 use prime_bin::{daemon, prime};
 use prime_server::pipeline::{Pipeline, Transport};
 use prime_server::topology::{Protocol, ServerSection};
-use std::time::Duration;
 
 /// How the stages of the all-in-one service are joined.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -50,9 +49,8 @@ struct Args {
     /// Worker threads per stage (default: twice the number of cores, so a worker is always ready
     /// while another waits for its next job).
     workers: Option<usize>,
-    /// Seconds to keep serving after SIGTERM/SIGINT before stopping.
-    #[arg(default_value_t = 0)]
-    drain_seconds: u64,
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg, help = daemon::DRAIN_HELP)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// A health-check path (HTTP) or payload (netstring) answered by the server itself: 200 `OK`,
     /// or 503 during the drain (netstring: `OK` / `DRAINING`); --health-path overrides it.
     health: Option<String>,
@@ -62,6 +60,8 @@ struct Args {
     /// of every [[stage]]; default 4096].
     #[arg(long, value_name = "N", value_parser = flags::at_least_one)]
     queue_limit: Option<usize>,
+    #[command(flatten)]
+    grace: GraceFlags,
     /// How the stages are joined: `memory` (the default; measured ~2-3x faster on cheap
     /// requests, see BENCHMARKS.md) or `inproc` (zmq, the multi-process code path). Not with
     /// --config: the file's endpoints join the stages then.
@@ -115,6 +115,8 @@ fn main() -> anyhow::Result<()> {
         for stage in &mut t.stages {
             flags::given(&mut stage.queue_limit, args.queue_limit);
         }
+        let grace = args.grace.grace(t.grace(), args.drain_seconds);
+        (t.drain_seconds, t.shutdown_seconds) = (grace.drain.as_secs(), grace.shutdown.as_secs());
         let limit = daemon::message_limit(
             args.max_message_bytes,
             t.max_message_bytes(),
@@ -184,7 +186,7 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     daemon::run_pipeline(
         &section,
         p,
-        Duration::from_secs(args.drain_seconds),
+        args.grace.grace(Default::default(), args.drain_seconds),
         Some(hint),
     )?;
     tracing::info!("prime_serverd stopped");

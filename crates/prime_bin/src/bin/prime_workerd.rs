@@ -34,8 +34,10 @@ struct Args {
     loopback: Option<String>,
     /// The server's interrupt endpoint.
     interrupt: Option<String>,
-    /// Seconds to wait after SIGTERM/SIGINT for the job in hand before stopping it.
-    drain_seconds: Option<u64>,
+    /// After SIGTERM/SIGINT each worker leaves its proxy and finishes the job in hand: seconds
+    /// it may take before it is stopped, or DRAIN,SHUTDOWN (stopped after both). Default 28,1.
+    #[arg(value_name = "DRAIN_SECONDS", value_parser = daemon::drain_arg)]
+    drain_seconds: Option<daemon::DrainArg>,
     /// Named form of UPSTREAM_PROXY [file: the stage's `downstream`].
     #[arg(long = "upstream", value_name = "ENDPOINT")]
     upstream_flag: Option<String>,
@@ -50,9 +52,14 @@ struct Args {
     /// [[server]]'s `interrupt`].
     #[arg(long = "interrupt", value_name = "ENDPOINT")]
     interrupt_flag: Vec<String>,
-    /// Named form of DRAIN_SECONDS.
-    #[arg(long = "drain-seconds", value_name = "SECONDS")]
-    drain_flag: Option<u64>,
+    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN); with --config, overrides the file's
+    /// `drain_seconds`.
+    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
+    drain_flag: Option<daemon::DrainArg>,
+    /// Seconds after the drain before the job in hand is stopped (default 1; with --config,
+    /// overrides the file's `shutdown_seconds`).
+    #[arg(long, value_name = "SECONDS")]
+    shutdown_seconds: Option<u64>,
     /// A topology file; with --stage, runs that stage's workers.
     #[arg(long, requires = "stage")]
     config: Option<String>,
@@ -137,7 +144,7 @@ fn main() -> anyhow::Result<()> {
                 pool,
                 stage.workers_metrics_listen.clone(),
                 stage.work.clone(),
-                t.drain(),
+                daemon::grace(t.grace(), args.drain_seconds, args.shutdown_seconds),
                 args.log_format.unwrap_or(t.log_format),
                 limit,
             )
@@ -200,7 +207,11 @@ fn main() -> anyhow::Result<()> {
                 pool,
                 None,
                 DEFAULT_WORK.to_string(),
-                Duration::from_secs(args.drain_seconds.unwrap_or(28)),
+                daemon::grace(
+                    Default::default(),
+                    args.drain_seconds,
+                    args.shutdown_seconds,
+                ),
                 args.log_format.unwrap_or_default(),
                 limit,
             )

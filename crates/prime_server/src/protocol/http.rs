@@ -13,6 +13,15 @@
 //! Its job carries it to every worker ([`crate::Job::trace_id`]), and every answer returns it as
 //! `X-Request-Id`.
 //!
+//! **Half-closed clients.** A client that sends its request and then shuts down its sending
+//! side (as `nc` does at the end of its input) is answered if the request said it would send
+//! nothing more: HTTP/1.0 without `Connection: keep-alive`, or `Connection: close`. On a
+//! persistent connection (HTTP/1.1 by default) the end of the input means the client left:
+//! its request is cancelled and its workers interrupted. A reset, or an answer that cannot be
+//! written, means the client left whatever the request said. The two cannot be told apart
+//! from the end of the input alone: a client that closes its socket after a `Connection: close`
+//! request has its work run on until the answer (or the deadline).
+//!
 //! **The access log** ([`HttpConfig::access_log`]) has exactly one line per request that
 //! entered (that hyper parsed a head for), at target `access`: answered, refused before its body
 //! was read (413), or abandoned by its client before the answer (status 499, with the time it
@@ -98,10 +107,12 @@ struct Ctx {
 }
 
 /// Serves HTTP on `listener` until `shutdown` stops, at most [`HttpConfig::max_connections`]
-/// connections at once (one beyond is sent [`CONNECTION_REFUSAL`] and closed). When the drain
-/// starts it stops accepting new connections; those already open go on being served (the health
-/// path answers 503) until the stop, when each answers what it has in flight and closes. Returns
-/// when every connection is closed.
+/// connections at once (one beyond is sent [`CONNECTION_REFUSAL`] and closed). During the drain
+/// it goes on accepting and serving, the health path answers 503 and every answer says
+/// `Connection: close`. When the closing phase starts it stops accepting, answers new requests
+/// 503 at once, closes idle connections, and closes the others once their answer is written; at
+/// the stop each answers what it has in flight (503 for what the pipeline did not finish) and
+/// closes. Returns when every connection is closed.
 pub async fn serve(listener: TcpListener, server: Server, config: HttpConfig, shutdown: Shutdown) {
     let max_connections = config.max_connections;
     let ctx = Arc::new(Ctx {
@@ -109,7 +120,7 @@ pub async fn serve(listener: TcpListener, server: Server, config: HttpConfig, sh
         config,
         shutdown: shutdown.clone(),
     });
-    super::accept_until_drain(
+    super::accept_until_closing(
         listener,
         &shutdown,
         max_connections,
@@ -117,7 +128,7 @@ pub async fn serve(listener: TcpListener, server: Server, config: HttpConfig, sh
         ctx.server.stats(),
         |stream| {
             let peer = stream.peer_addr().ok();
-            connection(stream, peer, ctx.clone())
+            connection(HalfClose::tcp(stream), peer, ctx.clone())
         },
     )
     .await;
@@ -146,10 +157,10 @@ where
         config,
         shutdown,
     });
-    connection(io, None, ctx).await
+    connection(HalfClose::new(io), None, ctx).await
 }
 
-async fn connection<I>(stream: I, peer: Option<SocketAddr>, ctx: Arc<Ctx>)
+async fn connection<I>(stream: HalfClose<I>, peer: Option<SocketAddr>, ctx: Arc<Ctx>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -161,24 +172,244 @@ where
         .max_buf_size(ctx.config.max_head.max(8192))
         .max_headers(ctx.config.max_headers)
         .keep_alive(true);
+    let ends_input = stream.ends_input.clone();
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let svc_ctx = ctx.clone();
+    let svc_served = served.clone();
     let conn = builder.serve_connection(
         TokioIo::new(stream),
-        service_fn(move |req| handle(req, peer, svc_ctx.clone())),
+        service_fn(move |req: http::Request<Incoming>| {
+            // Decided as hyper hands the request over, before it looks for the end of the input.
+            ends_input.store(
+                declares_last_request(&req),
+                std::sync::atomic::Ordering::Release,
+            );
+            svc_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            handle(req, peer, svc_ctx.clone())
+        }),
     );
     tokio::pin!(conn);
     tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
+        res = conn.as_mut() => return log_end(res),
+        // Closing: a connection that has served a request closes now if idle, or after the
+        // answer it is writing. One that has not sent its first request yet is left to send it
+        // (it is answered 503), so that a request on its way is not cut off unanswered.
+        _ = shutdown.closing() => {
+            if served.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                conn.as_mut().graceful_shutdown();
             }
-            return;
         }
+    }
+    tokio::select! {
+        res = conn.as_mut() => return log_end(res),
         // Stopping: answer what is in flight (the server core answers what the pipeline did not
         // finish with 503) and close.
         _ = shutdown.stopped() => conn.as_mut().graceful_shutdown(),
     }
-    let _ = conn.await;
+    log_end(conn.await)
+}
+
+fn log_end(res: hyper::Result<()>) {
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Whether a request says its client sends nothing more on the connection: HTTP/1.0 without
+/// `Connection: keep-alive`, or `Connection: close`. Only then is the end of its input after
+/// the request taken as a half-close rather than as the client leaving.
+fn declares_last_request(req: &http::Request<Incoming>) -> bool {
+    let has = |token: &str| {
+        req.headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has("close") || (req.version() == Version::HTTP_10 && !has("keep-alive"))
+}
+
+/// A connection's byte stream that hides the end of the client's input while the request being
+/// served said it was the last (see [`declares_last_request`]): hyper, which takes the end of
+/// the input in the middle of a request for the client leaving, then answers it instead. A
+/// reset (seen by `reset`, over TCP) or any other error goes through as an error, which ends
+/// the connection and cancels its request.
+struct HalfClose<I> {
+    inner: I,
+    /// Set while the request being served is the client's last.
+    ends_input: Arc<std::sync::atomic::AtomicBool>,
+    /// Completes when the connection is reset; `None` for streams that cannot tell (the end
+    /// of the input is then held until the answer is written).
+    reset: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl<I> HalfClose<I> {
+    fn new(inner: I) -> Self {
+        HalfClose {
+            inner,
+            ends_input: Arc::default(),
+            reset: None,
+        }
+    }
+}
+
+impl HalfClose<SharedTcp> {
+    /// A TCP connection, watched for a reset while the end of its input is held.
+    fn tcp(stream: tokio::net::TcpStream) -> Self {
+        let stream = Arc::new(stream);
+        let watched = stream.clone();
+        HalfClose {
+            inner: SharedTcp(stream),
+            ends_input: Arc::default(),
+            reset: Some(Box::pin(async move {
+                // An error on the socket: after the end of the input, only a reset makes one.
+                let _ = watched.ready(tokio::io::Interest::ERROR).await;
+            })),
+        }
+    }
+}
+
+/// A TCP stream shared with the watch for its reset ([`HalfClose::tcp`]).
+struct SharedTcp(Arc<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for SharedTcp {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.0.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain system call on the socket this stream owns.
+        let rc = unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+        std::task::Poll::Ready(if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        })
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HalfClose<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let at_end = matches!(polled, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0;
+        if at_end && self.ends_input.load(std::sync::atomic::Ordering::Acquire) {
+            // Nothing more will come, and nothing more is wanted: the answer (written when the
+            // request is done, which wakes the connection) ends the connection, unless the
+            // client resets it first.
+            if let Some(reset) = self.reset.as_mut() {
+                if reset.as_mut().poll(cx).is_ready() {
+                    self.reset = None;
+                    return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+                }
+            }
+            return std::task::Poll::Pending;
+        }
+        polled
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for HalfClose<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 type Resp = http::Response<Full<Bytes>>;
@@ -284,6 +515,11 @@ async fn handle(
     let route = route(&ctx.config, req.uri().path());
     let method = ctx.config.requests.is_some().then(|| req.method().clone());
     let mut resp = respond(req, &ctx, &mut line.ids).await;
+    if ctx.shutdown.is_draining() {
+        // Draining: tell the client to take its next request elsewhere.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let (Some(requests), Some(method)) = (&ctx.config.requests, method) {
         requests.count(route, &method, resp.status().as_u16());
     }
@@ -445,6 +681,11 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx, ids: &mut Ids) -> Resp
             return r;
         }
     }
+    if ctx.shutdown.is_closing() {
+        // Past the drain: nothing new is taken in; what is in flight finishes.
+        let f = ctx.server.refuse_draining();
+        return text(f.status, &f.reason, After::Close);
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -501,16 +742,10 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx, ids: &mut Ids) -> Resp
         .server
         .submit_traced(frames, config.request_timeout, trace_id);
     ids.submitted(&pending);
-    let mut resp = match pending.await {
+    match pending.await {
         Answer::Reply(bytes) => from_reply(bytes, head),
         Answer::Failed(f) => text(f.status, &f.reason, After::KeepAlive),
-    };
-    if ctx.shutdown.is_draining() {
-        // Draining: tell the client to take its next request elsewhere.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp
 }
 
 #[cfg(test)]

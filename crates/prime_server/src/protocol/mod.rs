@@ -26,11 +26,12 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, FramedRead};
 
-/// A request the protocol cannot accept; the connection is answered and closed.
+/// A request the protocol cannot accept; the connection is answered and closed. Or, with
+/// status 0, a connection that failed (reset): the client is gone and nothing is answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct ProtocolError {
-    /// 400 for malformed input, 413 for too large.
+    /// 400 for malformed input, 413 for too large; 0 for a failed connection.
     pub status: u16,
     /// What was wrong, for the client.
     pub reason: String,
@@ -53,9 +54,25 @@ impl ProtocolError {
     }
 }
 
+impl ProtocolError {
+    /// Reading the connection failed (it was reset): the client is gone.
+    pub fn connection_failed(reason: impl Into<String>) -> Self {
+        ProtocolError {
+            status: 0,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the connection failed (rather than the input being refused).
+    pub fn is_connection_failure(&self) -> bool {
+        self.status == 0
+    }
+}
+
 impl From<std::io::Error> for ProtocolError {
+    /// What a codec's reader gets when the connection fails under it.
     fn from(e: std::io::Error) -> Self {
-        ProtocolError::malformed(e.to_string())
+        ProtocolError::connection_failed(e.to_string())
     }
 }
 
@@ -103,11 +120,19 @@ pub trait StreamProtocol: Clone + Send + Sync + 'static {
 pub const MAX_PIPELINE: usize = 1024;
 
 /// Serves `protocol` on `listener`, at most `max_connections` connections at once (see
-/// [`accept_until_drain`]; a connection beyond is answered a 503 failure and closed). When the
-/// drain starts it stops accepting; connections already open go on being served until
-/// `shutdown` stops, when each answers what it has in flight (503 for what the pipeline did not
-/// finish) and closes. Returns when every connection is closed. Each connection's answers go back
-/// in request order.
+/// [`accept_until_closing`]; a connection beyond is answered a 503 failure and closed). During
+/// the drain it goes on accepting and serving (health checks answer draining); when the closing
+/// phase starts it stops accepting, answers new requests 503 at once, and closes each
+/// connection once it has answered what it had in flight; at the stop, what the pipeline did not
+/// finish is answered 503. Returns when every connection is closed. Each connection's answers go
+/// back in request order.
+///
+/// **Half-closed clients.** A client that shuts down its sending side after its requests (as
+/// `nc` does at the end of its input) is answered: the end of its input is not taken for its
+/// departure. A client is gone when the connection is reset or an answer cannot be written;
+/// what it still had in flight is then cancelled (its workers are interrupted). A client that
+/// closes its socket without a reset looks the same as a half-close until the next answer is
+/// written to it, so its work runs on until then (or its deadline).
 pub async fn serve<P: StreamProtocol>(
     listener: TcpListener,
     server: Server,
@@ -118,7 +143,7 @@ pub async fn serve<P: StreamProtocol>(
     let refusal = protocol.answer(Answer::Failed(Failure::new(503, TOO_MANY_CONNECTIONS)));
     let protocol = Arc::new(protocol);
     let stats = server.stats();
-    accept_until_drain(
+    accept_until_closing(
         listener,
         &shutdown,
         max_connections,
@@ -132,9 +157,11 @@ pub async fn serve<P: StreamProtocol>(
 /// Why a connection beyond the cap is refused, as its refusal says.
 pub const TOO_MANY_CONNECTIONS: &str = "too many connections";
 
-/// Accepts connections until the drain starts, running `serve_one` on each as its own task while
-/// fewer than `max_connections` are open; then closes the listener and waits for every
-/// connection task to end.
+/// Accepts connections until the closing phase starts (through the drain: a load balancer's
+/// health probe on a new connection must see the 503), running `serve_one` on each as its own
+/// task while fewer than `max_connections` are open; then closes the listener and waits for
+/// every connection task to end. Each open connection keeps the process
+/// [busy](Shutdown::is_idle), so a drain ends early once none is left.
 ///
 /// The cap keeps descriptors for zmq (see [`crate::fd_limit`]): a connection beyond it is
 /// accepted, sent `refusal` if the socket takes it at once (it always does on a fresh socket;
@@ -142,7 +169,7 @@ pub const TOO_MANY_CONNECTIONS: &str = "too many connections";
 /// listen backlog. A connection's slot frees when its task ends. When accepting itself fails for
 /// want of descriptors (or memory), the loop backs off (10 ms doubling to 500 ms) and logs it
 /// once, then at most every 10 s with a count, and once more when accepting works again.
-pub async fn accept_until_drain<F, Fut>(
+pub async fn accept_until_closing<F, Fut>(
     listener: TcpListener,
     shutdown: &Shutdown,
     max_connections: usize,
@@ -155,9 +182,11 @@ pub async fn accept_until_drain<F, Fut>(
 {
     let connections = tokio_util::task::TaskTracker::new();
     let mut door = Door::new(max_connections, refusal);
+    shutdown.front_started();
     let mut spawn = |stream: TcpStream, door: &mut Door| {
         if let Some((stream, permit)) = door.admit(stream) {
             let _ = stream.set_nodelay(true);
+            let busy = shutdown.busy();
             let serving = serve_one(stream);
             let stats = stats.clone();
             stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -165,6 +194,7 @@ pub async fn accept_until_drain<F, Fut>(
                 serving.await;
                 stats.connections.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
+                drop(busy);
             });
         } else {
             stats.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +202,7 @@ pub async fn accept_until_drain<F, Fut>(
     };
     loop {
         tokio::select! {
-            _ = shutdown.draining() => break,
+            _ = shutdown.closing() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     door.accepted();
@@ -181,7 +211,7 @@ pub async fn accept_until_drain<F, Fut>(
                 Err(e) => {
                     let pause = door.accept_failed(&e);
                     tokio::select! {
-                        _ = shutdown.draining() => break,
+                        _ = shutdown.closing() => break,
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
@@ -189,11 +219,19 @@ pub async fn accept_until_drain<F, Fut>(
         }
     }
     // Serve the connections that already completed their handshake and wait in the backlog:
-    // closing the listener would reset them unanswered.
-    while let Some(Ok((stream, _))) = listener.accept().now_or_never() {
-        spawn(stream, &mut door);
+    // closing the listener would reset them unanswered. (Asked of the socket itself: tokio's
+    // accept would not try before its reactor saw the listener readable.)
+    if let Ok(std_listener) = listener.into_std() {
+        while let Ok((stream, _)) = std_listener.accept() {
+            match stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream))
+            {
+                Ok(stream) => spawn(stream, &mut door),
+                Err(e) => tracing::debug!(error = %e, "a connection from the backlog failed"),
+            }
+        }
     }
-    drop(listener);
     connections.close();
     connections.wait().await;
 }
@@ -369,48 +407,67 @@ async fn connection<P: StreamProtocol>(
     let mut pending: FuturesOrdered<Reply> = FuturesOrdered::new();
     let mut reading = true;
     let mut last_words: Option<Vec<u8>> = None;
-    loop {
-        if !reading && pending.is_empty() {
-            break;
+    // Whether the client's input ended (a half-close, or a close without a reset).
+    let mut ended = false;
+    while reading {
+        if pending.is_empty() && shutdown.is_closing() {
+            // Closing and nothing in flight: answer (503) what the client already sent, then
+            // close.
+            match requests.next().now_or_never() {
+                Some(item) => {
+                    let next = take(item, &server, &protocol, &shutdown, &mut pending);
+                    if next == Next::Gone {
+                        return;
+                    }
+                    ended = next == Next::Ended;
+                    apply(next, &mut reading, &mut last_words);
+                    continue;
+                }
+                None => break,
+            }
         }
         tokio::select! {
             biased;
             // Stopping: read no more; what is in flight is answered (the server core answers
             // everything still open with 503 as it stops), then the connection closes.
-            _ = shutdown.stopped(), if reading => reading = false,
+            _ = shutdown.stopped() => reading = false,
+            // Closing: an idle connection closes (looked at again at the top of the loop).
+            _ = shutdown.closing(), if pending.is_empty() => {}
             Some(bytes) = pending.next(), if !pending.is_empty() => {
-                if writer.write_all(&bytes).await.is_err() {
-                    return;
-                }
-                // Write every answer that is ready too, then flush once.
-                while let Some(Some(bytes)) = pending.next().now_or_never() {
-                    if writer.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                if writer.flush().await.is_err() {
+                // A failed write: the client is gone; dropping what it still waits for
+                // cancels it (its workers are interrupted).
+                if !write_answers(&mut writer, bytes, &mut pending).await {
                     return;
                 }
             }
-            item = requests.next(), if reading && pending.len() < MAX_PIPELINE => match item {
-                Some(Ok(req)) => {
-                    if let Some(resp) = protocol.health(&req, Health::of(&shutdown)) {
-                        pending.push_back(Box::pin(std::future::ready(resp)));
-                    } else {
-                        let p = server.submit(protocol.job_frames(req), None);
-                        let proto = protocol.clone();
-                        pending.push_back(Box::pin(p.map(move |a| proto.answer(a))));
-                    }
+            item = requests.next(), if pending.len() < MAX_PIPELINE => {
+                let next = take(item, &server, &protocol, &shutdown, &mut pending);
+                if next == Next::Gone {
+                    // The connection failed (reset): the client is gone, and dropping what it
+                    // waits for cancels it.
+                    return;
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "refusing a malformed request");
-                    last_words = Some(protocol.refuse(&e));
-                    reading = false;
+                ended = next == Next::Ended;
+                apply(next, &mut reading, &mut last_words);
+            }
+        }
+    }
+    // The input is over: answer what was asked.
+    let input = requests.into_inner();
+    while !pending.is_empty() {
+        tokio::select! {
+            biased;
+            Some(bytes) = pending.next() => {
+                if !write_answers(&mut writer, bytes, &mut pending).await {
+                    return;
                 }
-                // The client closed: what it still waits for is cancelled (dropping the pending
-                // answers interrupts the workers holding them).
-                None => return,
-            },
+            }
+            // After a half-close, a reset means the client is gone (a half-closed one would
+            // still read its answers): what it waits for is cancelled.
+            _ = input.ready(tokio::io::Interest::ERROR), if ended => {
+                tracing::debug!("the client reset its connection after its input ended");
+                return;
+            }
         }
     }
     if let Some(bytes) = last_words {
@@ -418,6 +475,85 @@ async fn connection<P: StreamProtocol>(
     }
     let _ = writer.flush().await;
     let _ = writer.shutdown().await;
+}
+
+/// Writes `first` and every other answer already done, then flushes; false if the client is
+/// gone (a write failed).
+async fn write_answers(
+    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    first: Vec<u8>,
+    pending: &mut FuturesOrdered<Reply>,
+) -> bool {
+    if writer.write_all(&first).await.is_err() {
+        return false;
+    }
+    while let Some(Some(bytes)) = pending.next().now_or_never() {
+        if writer.write_all(&bytes).await.is_err() {
+            return false;
+        }
+    }
+    writer.flush().await.is_ok()
+}
+
+/// What a stream connection does after the reader gave it something.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Go on reading.
+    Read,
+    /// The client's input ended (a half-close, or a close): answer what it sent, then close.
+    Ended,
+    /// Its input is refused: these last words, then close.
+    Refuse(Vec<u8>),
+    /// The connection failed: the client is gone.
+    Gone,
+}
+
+fn apply(next: Next, reading: &mut bool, last_words: &mut Option<Vec<u8>>) {
+    match next {
+        Next::Read | Next::Gone => {}
+        Next::Ended => *reading = false,
+        Next::Refuse(bytes) => {
+            *last_words = Some(bytes);
+            *reading = false;
+        }
+    }
+}
+
+/// Takes what the reader gave: a request is answered at once (health; 503 while closing) or
+/// submitted, its answer queued in `pending` in request order.
+fn take<P: StreamProtocol>(
+    item: Option<Result<P::Request, ProtocolError>>,
+    server: &Server,
+    protocol: &Arc<P>,
+    shutdown: &Shutdown,
+    pending: &mut FuturesOrdered<Reply>,
+) -> Next {
+    match item {
+        Some(Ok(req)) => {
+            if let Some(resp) = protocol.health(&req, Health::of(shutdown)) {
+                pending.push_back(Box::pin(std::future::ready(resp)));
+            } else if shutdown.is_closing() {
+                let answer = Answer::Failed(server.refuse_draining());
+                pending.push_back(Box::pin(std::future::ready(protocol.answer(answer))));
+            } else {
+                let p = server.submit(protocol.job_frames(req), None);
+                let proto = protocol.clone();
+                pending.push_back(Box::pin(p.map(move |a| proto.answer(a))));
+            }
+            Next::Read
+        }
+        Some(Err(e)) if e.is_connection_failure() => {
+            tracing::debug!(error = %e, "the client's connection failed");
+            Next::Gone
+        }
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "refusing a malformed request");
+            Next::Refuse(protocol.refuse(&e))
+        }
+        // The client closed its sending side: a half-close (nc at the end of its input) or a
+        // close. Either way it is answered; a client really gone shows as a failed write.
+        None => Next::Ended,
+    }
 }
 
 /// The listen backlog of front servers: large, so a burst of connections is not left waiting for

@@ -49,8 +49,11 @@ impl Default for ZmqFrontConfig {
 
 type Answered = Pin<Box<dyn Future<Output = (Frames, Answer)> + Send>>;
 
-/// Binds a ROUTER at `endpoint` and serves zmq clients until `shutdown` stops (new requests get
-/// 503 once the drain starts). Runs on the current tokio runtime.
+/// Binds a ROUTER at `endpoint` and serves zmq clients until `shutdown` stops: as usual during
+/// the drain (the health payload answers `503 draining`), new requests answered 503 at once from
+/// the closing phase on, and at the stop what the pipeline did not finish answered 503. Each
+/// request in flight keeps the process [busy](Shutdown::is_idle). Runs on the current tokio
+/// runtime.
 pub async fn serve(
     ctx: &Context,
     endpoint: &Endpoint,
@@ -65,6 +68,7 @@ pub async fn serve(
     // The socket is reached through `events` at each use: a reference to it (not `Sync`) held
     // across an await would keep this future from moving between threads.
     let events = SocketEvents::new(socket)?;
+    shutdown.front_started();
     let mut pending: FuturesUnordered<Answered> = FuturesUnordered::new();
     let mut warnings = DropWarnings::new("zmq front");
     let mut check = true;
@@ -150,8 +154,8 @@ fn request(
         } else {
             Answer::Reply(b"OK".to_vec())
         })
-    } else if shutdown.is_draining() {
-        Some(fail(503, "the server is draining"))
+    } else if shutdown.is_closing() {
+        Some(Answer::Failed(server.refuse_draining()))
     } else {
         None
     };
@@ -160,7 +164,12 @@ fn request(
         return Ok(None);
     }
     let p = server.submit(payload, config.request_timeout);
-    Ok(Some(Box::pin(async move { (envelope, p.await) })))
+    let busy = shutdown.busy();
+    Ok(Some(Box::pin(async move {
+        let answer = p.await;
+        drop(busy);
+        (envelope, answer)
+    })))
 }
 
 fn send(socket: &Socket, envelope: Frames, answer: Answer) -> Result<(), Error> {

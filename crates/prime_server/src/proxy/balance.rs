@@ -383,7 +383,7 @@ impl Balancer {
 
     /// The proxy stops: every job still queued is answered 503, so its sender answers its client.
     pub(crate) fn stop(&mut self) -> Vec<Action> {
-        let actions = self
+        let mut actions: Vec<Action> = self
             .queue
             .take_all()
             .into_iter()
@@ -394,6 +394,13 @@ impl Balancer {
                 reason: Cow::Borrowed(SHUTTING_DOWN),
             })
             .collect();
+        // Every worker is told the proxy is gone: a leaving worker takes it for the
+        // confirmation it waits for (and exits now), the others ignore it.
+        actions.extend(
+            self.workers
+                .keys()
+                .map(|w| Action::Acknowledge { worker: w.clone() }),
+        );
         self.publish_gauges();
         actions
     }

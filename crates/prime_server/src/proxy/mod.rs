@@ -145,7 +145,22 @@ pub struct Proxy {
     no_workers_since: Option<Instant>,
     /// When it last warned about having none.
     no_workers_warned: Option<Instant>,
+    /// The senders that asked lately whether this proxy is alive (fronts, the previous stage's
+    /// workers), and when: they are told at once when it leaves or loses its last worker.
+    senders: HashMap<Vec<u8>, Instant>,
+    /// It ends by itself once drained ([`OnDrain::FinishAndExit`]).
+    leaving: bool,
+    /// Its senders were told it drains.
+    told_leaving: bool,
+    /// It stopped serving.
+    gone: bool,
+    /// Whether it knew a worker when it last looked.
+    had_workers: bool,
 }
+
+/// The most senders a proxy remembers to tell about its state (beyond, new ones learn it when
+/// they next ask).
+const MAX_SENDERS: usize = 4096;
 
 impl Proxy {
     /// Binds both sockets. Fails with the endpoint's name if either cannot be bound.
@@ -177,6 +192,11 @@ impl Proxy {
             warnings: DropWarnings::new("proxy"),
             no_workers_since: Some(Instant::now()),
             no_workers_warned: None,
+            senders: HashMap::new(),
+            leaving: false,
+            told_leaving: false,
+            gone: false,
+            had_workers: false,
         })
     }
 
@@ -224,9 +244,15 @@ impl Proxy {
         if self.config.batch_scheduling {
             crate::transport::prefer_batch_scheduling();
         }
+        const WAKE: u64 = 2;
         let mut waiter = Waiter::new()?;
         waiter.watch(&self.upstream, UP)?;
         waiter.watch(&self.downstream, DOWN)?;
+        if let Some(fd) = shutdown.wake_fd() {
+            // Each phase of the shutdown wakes the loop at once.
+            waiter.watch_fd(fd, WAKE)?;
+        }
+        self.leaving = self.config.on_drain == OnDrain::FinishAndExit;
         // Which sockets may hold messages; each is drained to empty before the next wait (see
         // `Waiter`). Both at first.
         let (mut up, mut down) = (true, true);
@@ -256,6 +282,12 @@ impl Proxy {
                 // A batch limit was hit: go round again before sleeping.
                 continue;
             }
+            let has_workers = self.balancer.workers() > 0;
+            if self.had_workers && !has_workers {
+                // The last worker left: the senders that watch this proxy learn it now.
+                self.tell_senders()?;
+            }
+            self.had_workers = has_workers;
             if self.config.on_drain == OnDrain::FinishAndExit
                 && shutdown.is_draining()
                 && self.balancer.is_drained()
@@ -263,12 +295,18 @@ impl Proxy {
                 tracing::info!("drained: no job queued or in a worker's hands");
                 break;
             }
+            if self.leaving && shutdown.is_draining() && !self.told_leaving {
+                // Senders that watch this proxy (a draining front) learn at once.
+                self.told_leaving = true;
+                self.tell_senders()?;
+            }
             let timeout = POLL_INTERVAL.min(next_expiry.saturating_duration_since(Instant::now()));
             waiter.wait(timeout, &mut fired)?;
             for t in &fired {
                 match *t {
                     UP => up = true,
-                    _ => down = true,
+                    DOWN => down = true,
+                    _ => {}
                 }
             }
             if fired.is_empty() {
@@ -277,7 +315,38 @@ impl Proxy {
             }
         }
         let actions = self.balancer.stop();
-        self.perform(actions)
+        self.perform(actions)?;
+        self.gone = true;
+        self.tell_senders()
+    }
+
+    /// This proxy's Heartbeat to a sender: its incarnation, and flags saying whether it has
+    /// workers and whether it is leaving.
+    fn heartbeat_to_sender(&self) -> Header {
+        let mut alive = Header::new(Kind::Heartbeat);
+        alive.server_id = self.incarnation;
+        if self.balancer.workers() == 0 || self.gone {
+            alive.flags |= wire::flags::NO_WORKERS;
+        }
+        if self.gone || self.told_leaving {
+            alive.flags |= wire::flags::LEAVING;
+        }
+        alive
+    }
+
+    /// Sends the proxy's state to every sender heard asking lately (see
+    /// [`Proxy::heartbeat_to_sender`]): they need not wait for their next question to learn it
+    /// is leaving, or has no worker left.
+    fn tell_senders(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        let expiry = self.config.heartbeat.expiry();
+        self.senders
+            .retain(|_, heard| now.saturating_duration_since(*heard) <= expiry);
+        let head = self.heartbeat_to_sender().encode();
+        for sender in self.senders.keys() {
+            self.upstream.send([&sender[..], &head[..]])?;
+        }
+        Ok(())
     }
 
     /// Warns when the stage has had no worker for a heartbeat expiry, and again every
@@ -420,9 +489,11 @@ impl Proxy {
                 }
                 // A server asking whether its first stage is alive: yes, and which run of it.
                 Ok((sender, h, _)) if h.kind == Kind::Heartbeat => {
-                    let mut alive = Header::new(Kind::Heartbeat);
-                    alive.server_id = self.incarnation;
+                    let alive = self.heartbeat_to_sender();
                     self.upstream.send([&sender[..], &alive.encode()[..]])?;
+                    if self.senders.len() < MAX_SENDERS || self.senders.contains_key(&sender) {
+                        self.senders.insert(sender, Instant::now());
+                    }
                 }
                 Ok((_, h, _)) => self.malformed("upstream", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("upstream", &e.to_string()),

@@ -177,6 +177,11 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// One counter for both sides: `submit` enters, whoever answers leaves.
     pub(crate) in_flight: Arc<InFlight>,
+    /// Set by the pump while the first stage serves nobody (never for in-memory stages).
+    first_stage_down: Arc<std::sync::atomic::AtomicBool>,
+    /// The shutdown the server was started with: draining, it refuses new requests while the
+    /// first stage serves nobody.
+    shutdown: Shutdown,
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<ServerStats>,
     /// What every trace id this server makes begins with ([`TraceId::server_prefix`]).
@@ -210,7 +215,11 @@ impl Server {
     /// still open with 503.
     pub fn start(ctx: &Context, config: ServerConfig, shutdown: Shutdown) -> Result<Server, Error> {
         let dealer = ctx.socket(SocketKind::Dealer)?;
-        let hwm = i32::try_from(config.max_in_flight).unwrap_or(i32::MAX);
+        // Room for every request in flight, and for the few questions to the proxy that may
+        // wait beside them while it is not connected (see `Pump::watch_proxy`): a queued
+        // question must never take a request's place.
+        let hwm = i32::try_from(config.max_in_flight.saturating_add(pump::QUESTIONS_QUEUED))
+            .unwrap_or(i32::MAX);
         dealer.set_high_water_marks(hwm, 0)?;
         let keys = config.security.as_ref();
         dealer.connect_presenting(&config.proxy, keys.map(FrontKeys::to_proxy).as_ref())?;
@@ -231,6 +240,7 @@ impl Server {
         let loopback_endpoint = loopback.last_endpoint()?;
         let interrupt_endpoint = publisher.last_endpoint()?;
         let in_flight = Arc::new(InFlight::default());
+        let first_stage_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (done_tx, done) = watch::channel(());
         let (commands, rx) = mpsc::unbounded_channel();
         // Outside a runtime the pump gets one of its own, on its own thread; its descriptors
@@ -255,6 +265,7 @@ impl Server {
                 publisher,
                 stats: stats.clone(),
                 in_flight: in_flight.clone(),
+                first_stage_down: first_stage_down.clone(),
                 server_id: config.server_id,
                 heartbeat: config.heartbeat,
                 _done: done_tx,
@@ -262,8 +273,9 @@ impl Server {
             })?
         };
         let span = tracing::info_span!("pump", server_id = config.server_id);
+        let pump_shutdown = shutdown.clone();
         let task = async move {
-            if let Err(e) = pump.run(rx, shutdown).await {
+            if let Err(e) = pump.run(rx, pump_shutdown).await {
                 tracing::error!(error = %e, "server pump failed");
             }
         }
@@ -288,6 +300,8 @@ impl Server {
                 next_id: AtomicU64::new(1),
                 trace_prefix: TraceId::server_prefix(config.server_id),
                 in_flight,
+                first_stage_down,
+                shutdown,
                 limits: config.limits(),
                 stats,
             }),
@@ -319,6 +333,8 @@ impl Server {
                 next_id: AtomicU64::new(1),
                 trace_prefix: TraceId::server_prefix(limits.server_id),
                 in_flight: Arc::default(),
+                first_stage_down: Arc::default(),
+                shutdown: shutdown.clone(),
                 limits,
                 stats: Arc::new(ServerStats::default()),
             }),
@@ -422,6 +438,18 @@ impl Server {
             shared.in_flight.leave();
             overloaded(answer)
         };
+        if shared.shutdown.is_draining() && shared.first_stage_down.load(Ordering::Acquire) {
+            // Draining, and the pipeline is gone (its proxy left or went silent, or has no
+            // worker left): no answer would come before the stop.
+            shared
+                .stats
+                .draining_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return refuse(Answer::Failed(Failure::new(
+                503,
+                "the server is shutting down: the first stage has no proxy or worker left",
+            )));
+        }
         let timeout = timeout.or(shared.limits.timeout);
         let deadline = timeout.map(|t| Instant::now() + t);
         let arrival_us = wire::now_us();
@@ -466,6 +494,15 @@ impl Server {
                 Pending::waiting(id, trace_id, shared.clone(), rx, None, 0)
             }
         }
+    }
+
+    /// The answer to a request refused because this front is shutting down: a 503, counted
+    /// (`draining_refused`, and `overloaded` as every 503 the front makes).
+    pub fn refuse_draining(&self) -> Failure {
+        let stats = &self.shared.stats;
+        stats.draining_refused.fetch_add(1, Ordering::Relaxed);
+        stats.overloaded.fetch_add(1, Ordering::Relaxed);
+        Failure::new(503, crate::answer::SHUTTING_DOWN)
     }
 
     /// Completes when the pump has ended (after the shutdown it was started with stops, every

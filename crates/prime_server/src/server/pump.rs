@@ -28,10 +28,14 @@ use rand::rngs::{StdRng, SysRng};
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// Room the server's socket to the first proxy keeps beyond its requests for questions to the
+/// proxy that wait there while it is not connected (one per heartbeat expiry at most).
+pub(crate) const QUESTIONS_QUEUED: usize = 8;
 
 /// What the submitting side asks of the pump.
 pub(crate) enum Command {
@@ -75,6 +79,8 @@ pub(crate) struct Pump {
     proxy: ProxyWatch,
     /// When the first proxy was last heard, or its connection last made anew.
     proxy_contact: Instant,
+    /// When the question to the first proxy still unanswered was asked.
+    asked: Option<Instant>,
     table: HashMap<u64, Entry>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     warnings: DropWarnings,
@@ -94,6 +100,10 @@ pub(crate) struct Parts {
     pub(crate) publisher: Socket,
     pub(crate) stats: Arc<ServerStats>,
     pub(crate) in_flight: Arc<InFlight>,
+    /// Set while the first stage is known to serve nobody: its proxy went silent, or said it
+    /// has no worker or is leaving. A draining server refuses new requests then (see
+    /// [`Server::submit`](crate::server::Server::submit)).
+    pub(crate) first_stage_down: Arc<AtomicBool>,
     pub(crate) server_id: u64,
     /// How often to say on the interrupt channel that this server is alive, and to ask the
     /// first stage's proxy whether it is.
@@ -122,6 +132,7 @@ impl Pump {
         Ok(Pump {
             proxy: ProxyWatch::new(parts.heartbeat.expiry()),
             proxy_contact: Instant::now(),
+            asked: None,
             parts,
             table: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -166,8 +177,18 @@ impl Pump {
         // (which re-arms its descriptor) when its descriptor fires, and on every poll interval
         // as a safety net.
         let (mut check_loopback, mut check_dealer) = (true, true);
-        let mut next_heartbeat = Instant::now() + self.heartbeat.interval;
+        // At once, then every interval: the first proxy learns of this server from its first
+        // question (and can tell it when it leaves), and a draining server needs to know early
+        // whether its first stage still serves.
+        let mut next_heartbeat = Instant::now();
+        let mut asked_on_drain = false;
         loop {
+            if !asked_on_drain && shutdown.is_draining() {
+                // Draining: whether the first stage still serves decides whether new requests
+                // are taken, so ask now rather than at the next heartbeat.
+                asked_on_drain = true;
+                next_heartbeat = Instant::now();
+            }
             if Instant::now() >= next_heartbeat {
                 self.say_alive()?;
                 self.watch_proxy()?;
@@ -191,6 +212,7 @@ impl Pump {
             tokio::select! {
                 biased;
                 _ = shutdown.stopped() => return Ok(()),
+                _ = shutdown.draining(), if !asked_on_drain => {}
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => {
                         self.command(cmd)?;
@@ -228,12 +250,21 @@ impl Pump {
     /// Asks the first stage's proxy whether it is alive (it answers with a Heartbeat naming its
     /// incarnation), and acts on a proxy that went silent: see [`Pump::orphan_sent_before`].
     fn watch_proxy(&mut self) -> Result<(), Error> {
-        let mut h = Header::new(Kind::Heartbeat);
-        h.server_id = self.server_id;
-        // Queued while no proxy is connected: harmless, they are tiny and few.
-        self.dealer.socket().send([&h.encode()[..]])?;
         let now = Instant::now();
+        // A question waits in the socket while no proxy is connected, beside the requests:
+        // ask again only once the last one has gone unanswered for the expiry, so that at most
+        // `QUESTIONS_QUEUED` wait within a minute of silence (the socket has room for them).
+        let waiting = self
+            .asked
+            .is_some_and(|t| now.saturating_duration_since(t) < self.heartbeat.expiry());
+        if !waiting {
+            let mut h = Header::new(Kind::Heartbeat);
+            h.server_id = self.server_id;
+            self.dealer.socket().send([&h.encode()[..]])?;
+            self.asked = Some(now);
+        }
         if let Some(alive_at) = self.proxy.silent(now) {
+            self.first_stage_down.store(true, Ordering::Release);
             self.orphan_sent_before(alive_at);
         }
         if now.saturating_duration_since(self.proxy_contact) > self.heartbeat.expiry() {
@@ -251,8 +282,13 @@ impl Pump {
         Ok(())
     }
 
-    /// A Heartbeat from the first stage's proxy: alive, and which incarnation.
-    fn proxy_heard(&mut self, id: u64) {
+    /// A Heartbeat from the first stage's proxy: alive, which incarnation, and (its flags)
+    /// whether it has workers and stays.
+    fn proxy_heard(&mut self, id: u64, flags: u16) {
+        let serves_nobody = flags & (wire::flags::NO_WORKERS | wire::flags::LEAVING) != 0;
+        self.first_stage_down
+            .store(serves_nobody, Ordering::Release);
+        self.asked = None;
         self.proxy_contact = Instant::now();
         if let Some(alive_at) = self.proxy.heard(id, Instant::now()) {
             self.orphan_sent_before(alive_at);
@@ -399,7 +435,7 @@ impl Pump {
                         }
                     }
                 }
-                Ok((h, _)) if h.kind == Kind::Heartbeat => self.proxy_heard(h.server_id),
+                Ok((h, _)) if h.kind == Kind::Heartbeat => self.proxy_heard(h.server_id, h.flags),
                 Ok((h, _)) => self.malformed("proxy", &format!("unexpected {:?}", h.kind)),
                 Err(e) => self.malformed("proxy", &e.to_string()),
             }

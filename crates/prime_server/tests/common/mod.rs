@@ -108,3 +108,25 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
         Err(_) => panic!("after {LIMIT:?}: {what}"),
     }
 }
+
+/// Closes `s` with a reset (SO_LINGER 0), as a client that crashed or gave up abruptly: the
+/// server's next read fails instead of seeing the end of the input.
+pub fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a pointer to a live `linger` of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(s);
+}
