@@ -334,7 +334,7 @@ pub struct GraceFlags {
     /// while health checks answer 503, or DRAIN,SHUTDOWN (the C++ form, e.g. 10,5) [file:
     /// `drain_seconds`, `shutdown_seconds`; default 28,1].
     #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = crate::daemon::drain_arg)]
-    pub drain_seconds: Option<crate::daemon::DrainArg>,
+    pub drain_flag: Option<crate::daemon::DrainArg>,
     /// After the drain: seconds given to what is in flight, accepting nothing new, before the
     /// rest is answered 503 and the process exits [file: `shutdown_seconds`; default 1].
     #[arg(long, value_name = "SECONDS")]
@@ -349,10 +349,6 @@ impl GraceFlags {
         base: prime_server::shutdown::Grace,
         positional: Option<crate::daemon::DrainArg>,
     ) -> prime_server::shutdown::Grace {
-        crate::daemon::grace(
-            base,
-            self.drain_seconds.or(positional),
-            self.shutdown_seconds,
-        )
+        crate::daemon::grace(base, self.drain_flag.or(positional), self.shutdown_seconds)
     }
 }
