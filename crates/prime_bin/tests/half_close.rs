@@ -6,42 +6,6 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
-
-/// The path of `nc` (Debian's netcat-openbsd), installed with apt-get if it is missing (as
-/// root, as CI runs); one test at a time, so two installs never race for dpkg's lock.
-fn nc() -> &'static str {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let have = || {
-        Command::new("nc")
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if !have() {
-        let install = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install(&["install", "-y", "netcat-openbsd"]) {
-            install(&["update"]);
-            install(&["install", "-y", "netcat-openbsd"]);
-        }
-    }
-    assert!(
-        have(),
-        "nc is required for this test (apt-get install netcat-openbsd)"
-    );
-    "nc"
-}
 
 /// What `printf INPUT | nc -q1 HOST PORT` prints.
 fn through_nc(addr: std::net::SocketAddr, input: &[u8]) -> String {

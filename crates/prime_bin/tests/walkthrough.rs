@@ -125,6 +125,8 @@ struct Walk {
     started: usize,
     /// The stdout of the last command run in the foreground.
     last: Option<String>,
+    /// The stdout of every curl and nc run in the foreground, in order.
+    outputs: Vec<String>,
 }
 
 impl Walk {
@@ -146,6 +148,7 @@ impl Walk {
             jobs: Vec::new(),
             started: 0,
             last: None,
+            outputs: Vec::new(),
         }
     }
 
@@ -154,7 +157,8 @@ impl Walk {
         *self.ports.entry(port).or_insert_with(free_port)
     }
 
-    /// `text` with the examples' socket folders and 127.0.0.1 ports moved.
+    /// `text` with the examples' socket folders and ports moved (`127.0.0.1:PORT`, `*:PORT`, and
+    /// nc's `127.0.0.1 PORT`).
     fn moved(&mut self, text: &str) -> String {
         let ipc = self.ipc.display().to_string();
         let text = text
@@ -162,8 +166,14 @@ impl Walk {
             .replace("/tmp/prime_server", &ipc);
         let mut out = String::new();
         let mut rest = text.as_str();
-        while let Some(i) = rest.find("127.0.0.1:") {
-            let (head, tail) = rest.split_at(i + "127.0.0.1:".len());
+        let next_host = |r: &str| {
+            ["127.0.0.1:", "*:", "127.0.0.1 "]
+                .iter()
+                .filter_map(|h| r.find(h).map(|i| (i, h.len())))
+                .min()
+        };
+        while let Some((i, len)) = next_host(rest) {
+            let (head, tail) = rest.split_at(i + len);
             out += head;
             let digits = tail.chars().take_while(char::is_ascii_digit).count();
             if digits > 0 {
@@ -251,9 +261,55 @@ impl Walk {
                 assert!(out.status.success(), "{line}: {out:?}");
                 self.last = Some(String::from_utf8_lossy(&out.stdout).into_owned());
             }
+            // A user stops the server of the line before (Ctrl-C) and starts prime_serverd,
+            // which is what `cargo run` runs; the test runs the build cargo made for it, on the
+            // moved port when the line names none.
+            ["cargo", "run", "--release", rest @ ..] if !background => {
+                self.stop_all();
+                let mut args: Vec<String> = match rest {
+                    ["--", args @ ..] => args.iter().map(|a| self.arg(a)).collect(),
+                    [] => Vec::new(),
+                    _ => panic!("{line:?}: expected `cargo run --release [-- ARGS]`"),
+                };
+                if !args.iter().any(|a| a.contains(':') && !a.starts_with('-')) {
+                    args.push(format!("127.0.0.1:{}", self.port(8002)));
+                }
+                let port: u16 = args
+                    .iter()
+                    .find_map(|a| a.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+                    .unwrap();
+                self.spawn(line, Command::new(bin("prime_serverd")).args(args));
+                // Up before the next line (a user reads its first log lines first).
+                wait_until(&format!("{line}: nothing listens on {port}"), || {
+                    self.check_jobs();
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                });
+            }
+            // `printf INPUT | nc -q1 HOST PORT`: until the server listens, then what nc printed.
+            ["printf", input, "|", "nc", nc_args @ ..] if !background => {
+                let nc_args = self.moved(&nc_args.join(" "));
+                let t = Instant::now();
+                let printed = loop {
+                    let out = Command::new("sh")
+                        .arg("-c")
+                        .arg(format!("printf '{input}' | {} {nc_args}", nc()))
+                        .output()
+                        .unwrap();
+                    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+                    if !printed.is_empty() || t.elapsed() > LIMIT {
+                        break printed;
+                    }
+                    self.check_jobs();
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                };
+                self.outputs.push(printed.clone());
+                self.last = Some(printed);
+            }
             ["curl", args @ ..] if !background => {
                 let args: Vec<String> = args.iter().map(|a| self.arg(a)).collect();
-                self.last = Some(curl(&args, || self.check_jobs()));
+                let out = curl(&args, || self.check_jobs());
+                self.outputs.push(out.clone());
+                self.last = Some(out);
             }
             _ => panic!("the walk-through test does not know how to run {line:?}"),
         }
@@ -396,6 +452,38 @@ fn the_readme_daemon_walk_through_works_on_a_fresh_machine() {
             }
         },
     );
+}
+
+/// README.md's first block, "The demo: is this number prime?": every server line as the user
+/// runs it one after the other (each stopping the one before), every curl with the output the
+/// README shows, the netstring line through Debian's nc; every server exits 0 at the end.
+#[test]
+fn the_readme_demo_block_works_as_shown() {
+    let mut w = Walk::new("readme-demo");
+    w.run(&block(
+        "README.md",
+        "## The demo: is this number prime?",
+        "sh",
+    ));
+    let answers = std::mem::take(&mut w.outputs);
+    // curl -d 15: the POST's answer; curl -i …abc: a 400 with a body saying what works; nc: the
+    // netstring answer.
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.trim() == r#"{"possible_prime":15,"is_prime":false}"#),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().any(|a| a.starts_with("HTTP/1.1 400")),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.last().map(String::as_str),
+        Some(r#"46:{"possible_prime":32416190071,"is_prime":true},"#),
+        "{answers:?}"
+    );
+    w.stop_all();
 }
 
 /// examples/broker/README.md, every step, with real processes: the broker, the front, a Rust and

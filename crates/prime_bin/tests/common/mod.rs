@@ -338,3 +338,38 @@ pub fn keygen_ok(dir: &Path, names: &[&str]) {
     let out = keygen(dir, names);
     assert!(out.status.success(), "prime_keygen: {out:?}");
 }
+
+/// The path of `nc` (Debian's netcat-openbsd), installed with apt-get if it is missing (as
+/// root, as CI runs); one test at a time, so two installs never race for dpkg's lock.
+pub fn nc() -> &'static str {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let have = || {
+        std::process::Command::new("nc")
+            .arg("-h")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !have() {
+        let install = |args: &[&str]| {
+            std::process::Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !install(&["install", "-y", "netcat-openbsd"]) {
+            install(&["update"]);
+            install(&["install", "-y", "netcat-openbsd"]);
+        }
+    }
+    assert!(
+        have(),
+        "nc is required for this test (apt-get install netcat-openbsd)"
+    );
+    "nc"
+}
