@@ -825,7 +825,11 @@ pub fn fetch_path(addr: &str, path: &str, timeout: Duration) -> Result<Scraped, 
     let mut buf = [0u8; 16 * 1024];
     loop {
         s.set_read_timeout(Some(left()?))?;
-        let n = s.read(&mut buf)?;
+        let n = match s.read(&mut buf) {
+            // A signal to this process is not the end of the answer.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r?,
+        };
         if n == 0 {
             break;
         }

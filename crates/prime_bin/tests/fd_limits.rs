@@ -78,6 +78,7 @@ impl Idle {
                     Ok(0) => self.closed[i] = true,
                     Ok(n) => self.got[i].extend_from_slice(&buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => self.closed[i] = true,
                 }
             }

@@ -84,7 +84,9 @@ impl RawPeer {
             Ok(_) => false,
             Err(e) => !matches!(
                 e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
             ),
         }
     }

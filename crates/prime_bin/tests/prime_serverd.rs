@@ -1,6 +1,6 @@
 //! prime_serverd as a real process: simulation output, serving, and SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,7 +61,7 @@ fn ask(s: &mut TcpStream, req: &[u8]) -> String {
     let mut out = Vec::new();
     // Netstring answers: read until the frame's closing comma.
     loop {
-        let n = s.read(&mut buf).unwrap();
+        let n = common::read_some(s, &mut buf).unwrap();
         assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
         out.extend_from_slice(&buf[..n]);
         if let Some(colon) = out.iter().position(|&b| b == b':') {
@@ -185,7 +185,7 @@ fn http(s: &mut TcpStream, req: &str) -> (u16, String) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = s.read(&mut buf).unwrap();
+        let n = common::read_some(s, &mut buf).unwrap();
         assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
         out.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&out).into_owned();

@@ -112,6 +112,8 @@ impl Reader {
                 self.buf.extend_from_slice(&chunk[..n]);
                 true
             }
+            // A signal to this process interrupts a blocked read: read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
             Err(e) => panic!("read: {e}; have {:?}", String::from_utf8_lossy(&self.buf)),
         }
     }

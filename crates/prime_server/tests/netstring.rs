@@ -66,6 +66,7 @@ fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&out)),
         }
     }

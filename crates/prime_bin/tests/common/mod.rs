@@ -167,7 +167,12 @@ pub fn read_answer(s: &mut TcpStream) -> Option<(u16, String, String)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        let n = s.read(&mut buf).ok()?;
+        // A signal to this process (a child stopped or ended) interrupts a blocked read: that
+        // is not the peer closing.
+        let n = match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.ok()?,
+        };
         if n == 0 {
             return None;
         }
@@ -195,7 +200,7 @@ pub fn head_request(s: &mut TcpStream, path: &str) -> String {
     let mut out = Vec::new();
     let mut b = [0u8; 1];
     while !out.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).unwrap(), 1, "closed");
+        assert_eq!(read_some(s, &mut b).unwrap(), 1, "closed");
         out.push(b[0]);
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -372,4 +377,15 @@ pub fn nc() -> &'static str {
         "nc is required for this test (apt-get install netcat-openbsd)"
     );
     "nc"
+}
+
+/// `s.read(buf)`, read again when a signal to this process (a child stopped or ended)
+/// interrupts it: that is not the peer's doing.
+pub fn read_some(s: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
 }
