@@ -70,6 +70,41 @@ pub fn grace(
     g
 }
 
+/// An all-in-one daemon's front (`prime_echod`, `prime_filed`): the `[[server]]` named `server`
+/// of the topology file `config` with its drain times and log format, or without a file a
+/// section for `listen` that `defaults` adjusts; the front flags given over it either way (the
+/// one rule, see [`crate::flags`]). Sets up logging (`log_format` over the file's) and the
+/// open-file limit.
+pub fn all_in_one_front(
+    config: Option<&str>,
+    server: Option<&str>,
+    listen: Option<String>,
+    front: &crate::flags::FrontFlags,
+    log_format: Option<LogFormat>,
+    defaults: impl FnOnce(&mut ServerSection),
+) -> anyhow::Result<(ServerSection, Grace)> {
+    let (mut section, grace, format) = match config {
+        Some(path) => {
+            let t = Topology::load(path)?;
+            let s = t.server(server)?.clone();
+            (s, t.grace(), t.log_format)
+        }
+        None => {
+            let listen = front.listen.clone().or(listen);
+            let listen = listen
+                .ok_or_else(|| anyhow::anyhow!("give LISTEN, or --config FILE (see --help)"))?;
+            let mut section = ServerSection::new(&listen, "-", "-");
+            defaults(&mut section);
+            (section, Grace::default(), LogFormat::Text)
+        }
+    };
+    // The one rule: a flag given overrides the file's value (or the positional argument's).
+    front.apply(&mut section)?;
+    init_logging(log_format.unwrap_or(format));
+    raise_fd_limit();
+    Ok((section, grace))
+}
+
 /// Sets up `tracing` to stderr: text or JSON lines, level from `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

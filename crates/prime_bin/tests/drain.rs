@@ -29,20 +29,21 @@ fn echod(args: &[&str]) -> (Proc, SocketAddr) {
 #[test]
 fn sigterm_serves_new_connections_through_the_drain_then_finishes_what_is_in_flight() {
     let metrics = format!("127.0.0.1:{}", free_port());
-    // A 4 s drain, then 60 s at most for what is in flight.
+    // An 8 s drain (long enough for the checks below on a loaded machine), then 60 s at most
+    // for what is in flight.
     let (mut echod, addr) = echod(&[
         "2",
-        "4,60",
+        "8,60",
         "--health-path",
         "/health",
         "--metrics-listen",
         &metrics,
     ]);
     assert_eq!(ask(addr, "/health").unwrap().0, 200);
-    // In flight across the end of the drain: it takes 8 s.
+    // In flight across the end of the drain: it takes 12 s.
     let mut slow = connect(addr);
     use std::io::Write;
-    slow.write_all(get("/slow?sleep=8000").as_bytes()).unwrap();
+    slow.write_all(get("/slow?sleep=12000").as_bytes()).unwrap();
     // Open, having sent nothing yet: keeps the daemon busy through the drain.
     let mut waiting = connect(addr);
     wait_until("the connections were not accepted", || {
@@ -69,7 +70,7 @@ fn sigterm_serves_new_connections_through_the_drain_then_finishes_what_is_in_fli
     assert_eq!(status, 200, "{body}");
     assert!(head.contains("connection: close"), "{head}");
     assert!(
-        signalled.elapsed() < Duration::from_secs(4),
+        signalled.elapsed() < Duration::from_secs(8),
         "the checks of the drain ran past it ({:?}): the machine is too slow for this test",
         signalled.elapsed()
     );
@@ -94,7 +95,7 @@ fn sigterm_serves_new_connections_through_the_drain_then_finishes_what_is_in_fli
     // ...and finishes what was in flight, then exits 0 at once (nothing is left).
     let (status, _, body) = read_answer(&mut slow).expect("the request in flight was dropped");
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("GET /slow?sleep=8000 "), "{body}");
+    assert!(body.starts_with("GET /slow?sleep=12000 "), "{body}");
     drop((slow, waiting));
     let answered = Instant::now();
     assert!(echod.wait_exit(LIMIT).success());
@@ -109,11 +110,20 @@ fn sigterm_serves_new_connections_through_the_drain_then_finishes_what_is_in_fli
 #[test]
 fn what_the_shutdown_time_cannot_finish_is_answered_503_and_the_cpp_drain_form_works() {
     // `1,1`: the C++ DRAIN,SHUTDOWN form.
-    let (mut echod, addr) = echod(&["1", "1,1"]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (mut echod, addr) = echod(&["1", "1,1", "--metrics-listen", &metrics]);
     let mut s = connect(addr);
     use std::io::Write;
     s.write_all(get("/forever?sleep=600000").as_bytes())
         .unwrap();
+    // In flight before the signal (a connection not accepted yet would find the daemon idle).
+    wait_until("the request never reached the server", || {
+        value(
+            &metrics,
+            "prime_server_front_in_flight",
+            &[("front", "front")],
+        ) == 1.0
+    });
     let t = Instant::now();
     echod.signal("-TERM");
     let (status, _, body) = read_answer(&mut s).expect("no answer");

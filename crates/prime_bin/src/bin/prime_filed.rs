@@ -6,11 +6,10 @@
 //! `prime_filed --config FILE [--server NAME] [--root DIR]`: the front's settings from a topology
 //! file's `[[server]]`, overridden by the flags given (see `prime_bin::flags`).
 
-use anyhow::Context as _;
 use clap::Parser;
 use prime_bin::flags::{self, FrontFlags, GraceFlags};
 use prime_bin::{daemon, work};
-use prime_server::topology::{LogFormat, ServerSection, Topology};
+use prime_server::topology::LogFormat;
 use std::path::PathBuf;
 
 /// The largest request body without a topology file: a file server takes small requests.
@@ -63,25 +62,17 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (mut section, grace, format) = match &args.config {
-        Some(path) => {
-            let t = Topology::load(path)?;
-            let s = t.server(args.server.as_deref())?.clone();
-            (s, t.grace(), t.log_format)
-        }
-        None => {
-            let listen = args.front.listen.clone().or(args.listen.clone());
-            let listen = listen.context("give LISTEN, or --config FILE (see --help)")?;
-            let mut section = ServerSection::new(&listen, "-", "-");
-            section.max_body_bytes = MAX_BODY;
-            section.health_path = args.health_path.clone();
-            (section, Default::default(), LogFormat::Text)
-        }
-    };
-    // The one rule: a flag given overrides the file's value (or the positional argument's).
-    args.front.apply(&mut section)?;
-    daemon::init_logging(args.log_format.unwrap_or(format));
-    daemon::raise_fd_limit();
+    let (section, grace) = daemon::all_in_one_front(
+        args.config.as_deref(),
+        args.server.as_deref(),
+        args.listen.clone(),
+        &args.front,
+        args.log_format,
+        |s| {
+            s.max_body_bytes = MAX_BODY;
+            s.health_path = args.health_path.clone();
+        },
+    )?;
     let root = args
         .root
         .clone()
