@@ -59,8 +59,11 @@ pub const JSON: &str = "application/json";
 pub const USAGE: &str =
     "try GET /is_prime?possible_prime=32416190071 or POST /is_prime with the number as the body";
 
-/// Why a request that is not one decimal number is refused (netstring, zmq, direct).
-pub const NOT_A_NUMBER: &str =
+/// Why a request frame that is not a decimal number is refused (netstring, zmq, direct).
+pub const NOT_A_NUMBER: &str = "expected a decimal number from 0 to 18446744073709551615";
+
+/// Why a zmq (or direct) request of another number of frames than one is refused.
+pub const NOT_ONE_FRAME: &str =
     "expected one frame: a decimal number from 0 to 18446744073709551615";
 
 fn parse_number(text: &[u8]) -> Option<u64> {
@@ -75,18 +78,18 @@ fn forward(n: u64) -> Result<Outcome, WorkError> {
 /// (surrounding white space allowed). Anything else (another frame count included) is answered
 /// 400 here and never reaches stage 2.
 pub fn parse_stage_netstring(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
+    let refuse = |reason: &str| {
+        Err(WorkError::Failed {
+            status: 400,
+            reason: reason.into(),
+        })
+    };
     match job.frames.as_slice() {
         [only] => match parse_number(only) {
             Some(n) => forward(n),
-            None => Err(WorkError::Failed {
-                status: 400,
-                reason: NOT_A_NUMBER.into(),
-            }),
+            None => refuse(NOT_A_NUMBER),
         },
-        _ => Err(WorkError::Failed {
-            status: 400,
-            reason: NOT_A_NUMBER.into(),
-        }),
+        _ => refuse(NOT_ONE_FRAME),
     }
 }
 

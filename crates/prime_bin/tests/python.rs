@@ -259,10 +259,12 @@ assert d.recv_multipart() == [b"", b"", b"400", b"a request is [empty][id][paylo
 import struct
 target = b"/is_prime?possible_prime=7"
 head = b"HQ\x01\x00" + struct.pack("<H", 3) + b"GET" + struct.pack("<I", len(target)) + target + struct.pack("<H", 0)
-NOT_A_NUMBER = b"expected one frame: a decimal number from 0 to 18446744073709551615"
+NOT_A_NUMBER = b"expected a decimal number from 0 to 18446744073709551615"
+NOT_ONE_FRAME = b"expected one frame: a decimal number from 0 to 18446744073709551615"
 for frames, want in [
-    ([head, b""], (400, NOT_A_NUMBER)),   # an HTTP request head is not an HTTP request here
-    ([b"7", b"extra"], (400, NOT_A_NUMBER)),
+    ([head, b""], (400, NOT_ONE_FRAME)),   # an HTTP request head is not an HTTP request here
+    ([head], (400, NOT_A_NUMBER)),
+    ([b"7", b"extra"], (400, NOT_ONE_FRAME)),
     ([b" 7\n"], (200, b'{"possible_prime":7,"is_prime":true}')),
     ([b"18446744073709551616"], (400, NOT_A_NUMBER)),
     ([b""], (400, NOT_A_NUMBER)),
