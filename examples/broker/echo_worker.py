@@ -19,11 +19,13 @@ except ModuleNotFoundError:  # Python < 3.11: pip installs tomli with the packag
     import tomli as tomllib
 
 from prime_server import Failed, Reply, WireError, Worker
-from prime_server.http import Request, is_http_job, response
+from prime_server.http import Request, response
+from prime_server.wire import ClientProtocol
 
 
 def echo(job):
-    if not is_http_job(job.frames):
+    # The job's header says how the request came in (docs/PROTOCOL.md §2): no guessing.
+    if job.protocol != ClientProtocol.HTTP:
         return Reply(b"".join(job.frames))
     try:
         req = Request.decode(job.frames)

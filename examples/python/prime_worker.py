@@ -7,8 +7,10 @@
 With a `[security]` section in the topology it uses the stage's keys from the topology's key
 folder, as `prime_workerd --config` does.
 
-Stage 1 (Rust or not) forwards the number as 8 little-endian bytes and a frame saying how the
-request came in (b"h" HTTP, b"n" netstring); this stage answers in kind.
+Stage 1 (Rust or not) forwards the number as one frame of 8 little-endian bytes; the job's header
+says how the request came in (docs/PROTOCOL.md §2, byte 7: `job.protocol`), and this stage answers
+in kind: an HTTP response frame for HTTP, the bare JSON for netstring and zmq clients
+(docs/PROTOCOL.md §3, "The prime demo").
 """
 
 import argparse
@@ -25,6 +27,7 @@ except ModuleNotFoundError:  # Python < 3.11: pip installs tomli with the packag
 
 from prime_server import Failed, Reply, Worker, WorkerKeys
 from prime_server.http import response
+from prime_server.wire import ClientProtocol
 
 
 def is_prime(n, check):
@@ -42,11 +45,12 @@ def is_prime(n, check):
 
 
 def work(job):
-    if len(job.frames) < 1 or len(job.frames[0]) != 8:
-        raise Failed(500, "stage 2 expects an 8-byte number")
+    if len(job.frames) != 1 or len(job.frames[0]) != 8:
+        # Stage 1's fault, not the client's.
+        raise Failed(500, "stage 2 expects one frame: the number as 8 little-endian bytes")
     n = int.from_bytes(job.frames[0], "little")
     body = json.dumps({"possible_prime": n, "is_prime": is_prime(n, job.check)}, separators=(",", ":")).encode()
-    if len(job.frames) > 1 and job.frames[1] == b"h":
+    if job.protocol == ClientProtocol.HTTP:
         return Reply(response(200, body, [("content-type", "application/json"), ("x-worker", "python")]))
     return Reply(body)
 

@@ -1,6 +1,7 @@
 """Python peers for prime_server's ZeroMQ pipeline, written from docs/PROTOCOL.md.
 
-- :mod:`prime_server.wire`: the header (48 fixed bytes and the trace id) and the message kinds (protocol v2).
+- :mod:`prime_server.wire`: the header (48 fixed bytes and the trace id), the message kinds and the
+  client protocols (protocol v3).
 - :mod:`prime_server.http`: the HTTP job and reply encodings the HTTP front uses.
 - :class:`prime_server.worker.Worker`: serves one stage of a pipeline.
 - :class:`prime_server.client.Client`: asks the front server's zmq-native front.
@@ -8,10 +9,10 @@
   ``[security]``.
 """
 
-from .wire import Header, Kind, WireError, PROTOCOL_VERSION
+from .wire import ClientProtocol, Header, Kind, WireError, PROTOCOL_VERSION
 from .worker import Worker, Forward, Reply, Failed, Interrupted
 from .client import Client
 from .security import Keypair, KeyFileError, WorkerKeys, read_keypair, read_public
 
-__all__ = ["Client", "Header", "Kind", "WireError", "PROTOCOL_VERSION", "Worker", "Forward", "Reply", "Failed", "Interrupted",
+__all__ = ["Client", "ClientProtocol", "Header", "Kind", "WireError", "PROTOCOL_VERSION", "Worker", "Forward", "Reply", "Failed", "Interrupted",
            "Keypair", "KeyFileError", "WorkerKeys", "read_keypair", "read_public"]

@@ -60,6 +60,9 @@ class Request:
 
 
 def is_http_job(frames):
+    """Whether frames look like an HTTP job: a guess from the content, which a zmq client can fool.
+    A worker reads how the request came in from the job's header instead: ``job.protocol ==
+    ClientProtocol.HTTP`` (docs/PROTOCOL.md §2)."""
     return len(frames) == 2 and bytes(frames[0][:2]) == b"HQ"
 
 

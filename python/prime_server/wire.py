@@ -1,23 +1,26 @@
-"""Wire protocol v2 (docs/PROTOCOL.md §2): one header frame per message, 48 little-endian bytes
+"""Wire protocol v3 (docs/PROTOCOL.md §2): one header frame per message, 48 little-endian bytes
 optionally followed by the request's trace id (up to 64 printable ASCII bytes)."""
 
 import enum
 import struct
 import time
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAGIC = b"PS"
 HEADER_LEN = 48  # the fixed part of the header frame
 MAX_TRACE_LEN = 64
 MAX_HEADER_LEN = HEADER_LEN + MAX_TRACE_LEN
-BUSY = 1  # flags bit: a heartbeat sent for a worker in the middle of a job
+# Bits of the flags byte (6), on heartbeats only.
+BUSY = 1  # from a worker's heartbeat socket: the worker is in the middle of a job
+NO_WORKERS = 2  # from a proxy to a sender: it knows no worker now
+LEAVING = 4  # from a proxy to a sender: it is draining or leaving
 
 TOKEN_LEN = 6
 NO_TOKEN = bytes(TOKEN_LEN)
 
-# magic, version, kind, attempt, stage, flags, request_id, server_id, arrival_us, deadline_us,
-# status, token (the request's 6-byte reply token)
-_LAYOUT = struct.Struct("<2sBBBBHQQQQH6s")
+# magic, version, kind, attempt, stage, flags, protocol, request_id, server_id, arrival_us,
+# deadline_us, status, token (the request's 6-byte reply token)
+_LAYOUT = struct.Struct("<2sBBBBBBQQQQH6s")
 assert _LAYOUT.size == HEADER_LEN
 
 
@@ -29,6 +32,14 @@ class Kind(enum.IntEnum):
     INTERRUPT = 5
     REJECT = 6
     DISCONNECT = 7
+
+
+class ClientProtocol(enum.IntEnum):
+    """Byte 7: how the request came in, so the stage that answers knows the form of its Reply."""
+    DIRECT = 0  # no client protocol (a library caller's own job); also on messages about no job
+    HTTP = ord("h")  # the HTTP front: the job is [head][body], the Reply an HR frame (http.response)
+    NETSTRING = ord("n")  # the netstring front: one frame; the Reply is the response's bytes
+    ZMQ = ord("z")  # the zmq front: 1 to 64 frames; the Reply is the body of the client's 200
 
 
 # How many payload frames each kind carries (inclusive bounds).
@@ -44,7 +55,7 @@ _PAYLOAD = {
 
 
 class WireError(ValueError):
-    """Bytes that are not a v2 message."""
+    """Bytes that are not a v3 message."""
 
 
 def _check_trace_id(trace_id):
@@ -59,17 +70,19 @@ class Header:
     per request and takes a reply only if it carries it, so a worker copies it from the job it was
     handed into the reply and into the jobs it forwards (``with_kind`` keeps it). ``trace_id`` is
     the request's trace id (bytes), what its client knows it by (HTTP ``X-Request-Id``): empty, or
-    1 to 64 printable ASCII bytes after the fixed 48; copied the same way."""
+    1 to 64 printable ASCII bytes after the fixed 48; copied the same way. ``protocol`` is the
+    request's :class:`ClientProtocol` (byte 7), copied the same way too."""
 
-    __slots__ = ("kind", "attempt", "stage", "flags", "request_id", "server_id", "arrival_us", "deadline_us", "status",
-                 "token", "trace_id")
+    __slots__ = ("kind", "attempt", "stage", "flags", "protocol", "request_id", "server_id", "arrival_us", "deadline_us",
+                 "status", "token", "trace_id")
 
     def __init__(self, kind, attempt=0, stage=0, flags=0, request_id=0, server_id=0, arrival_us=0, deadline_us=0, status=0,
-                 token=NO_TOKEN, trace_id=b""):
+                 token=NO_TOKEN, trace_id=b"", protocol=ClientProtocol.DIRECT):
         self.kind = Kind(kind)
         self.attempt = attempt
         self.stage = stage
         self.flags = flags
+        self.protocol = ClientProtocol(protocol)
         self.request_id = request_id
         self.server_id = server_id
         self.arrival_us = arrival_us
@@ -83,7 +96,7 @@ class Header:
 
     def encode(self) -> bytes:
         return _LAYOUT.pack(MAGIC, PROTOCOL_VERSION, int(self.kind), self.attempt, self.stage, self.flags,
-                            self.request_id, self.server_id, self.arrival_us, self.deadline_us, self.status,
+                            int(self.protocol), self.request_id, self.server_id, self.arrival_us, self.deadline_us, self.status,
                             self.token) + self.trace_id
 
     @classmethod
@@ -92,20 +105,26 @@ class Header:
             raise WireError(f"protocol version {frame[2]} not supported (this side speaks {PROTOCOL_VERSION})")
         if not HEADER_LEN <= len(frame) <= MAX_HEADER_LEN:
             raise WireError(f"header frame is {len(frame)} bytes, expected {HEADER_LEN} to {MAX_HEADER_LEN}")
-        magic, version, kind, attempt, stage, flags, rid, sid, arr, dl, status, token = _LAYOUT.unpack_from(frame)
+        magic, version, kind, attempt, stage, flags, protocol, rid, sid, arr, dl, status, token = \
+            _LAYOUT.unpack_from(frame)
         if magic != MAGIC:
             raise WireError(f"bad magic {magic!r}")
         try:
             kind = Kind(kind)
         except ValueError:
             raise WireError(f"unknown message kind {kind}") from None
-        return cls(kind, attempt, stage, flags, rid, sid, arr, dl, status, token, _check_trace_id(frame[HEADER_LEN:]))
+        try:
+            protocol = ClientProtocol(protocol)
+        except ValueError:
+            raise WireError(f"unknown client protocol {protocol}") from None
+        return cls(kind, attempt, stage, flags, rid, sid, arr, dl, status, token, _check_trace_id(frame[HEADER_LEN:]),
+                   protocol)
 
     def with_kind(self, kind, status=0) -> "Header":
-        """The same request as a message of another kind: flags cleared, the reply token and the
-        trace id kept."""
+        """The same request as a message of another kind: flags cleared; the reply token, the
+        trace id, the client protocol and the other fields kept."""
         return Header(kind, self.attempt, self.stage, 0, self.request_id, self.server_id, self.arrival_us, self.deadline_us, status,
-                      self.token, self.trace_id)
+                      self.token, self.trace_id, self.protocol)
 
     def expired(self, now_us=None) -> bool:
         if self.deadline_us == 0:

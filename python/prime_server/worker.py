@@ -45,7 +45,9 @@ class Interrupted(Exception):
 class Job:
     """One job as the work function sees it. ``request_id`` is the server's number for the request
     (unique per server); ``trace_id`` (str, empty if none) is what its client knows it by, the HTTP
-    front's ``X-Request-Id``: put it in your log lines."""
+    front's ``X-Request-Id``: put it in your log lines. ``protocol`` (a
+    :class:`prime_server.wire.ClientProtocol`) is how the request came in: answer an ``HTTP`` one
+    with :func:`prime_server.http.response`, the others with the bytes the client gets."""
 
     def __init__(self, worker, header, frames):
         self._worker = worker
@@ -53,6 +55,7 @@ class Job:
         self.frames = frames
         self.request_id = header.request_id
         self.trace_id = header.trace_id.decode("ascii")
+        self.protocol = header.protocol
         self.server_id = header.server_id
         self.attempt = header.attempt
         self.heartbeat = None  # set to change the blob this worker advertises
@@ -103,6 +106,9 @@ class Worker:
             self._connect(self.down, downstream, keys and keys.next_proxy)
         self.loopback = self.ctx.socket(zmq.ROUTER)
         self.loopback.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A front that restarts has a new routing id: each new connection must be a new pipe that
+        # learns it (docs/PROTOCOL.md §1).
+        self.loopback.setsockopt(zmq.IMMEDIATE, 1)
         self.loopback.setsockopt(zmq.LINGER, 200)
         for i, ep in enumerate(loopbacks):
             self._connect(self.loopback, ep, keys and keys.fronts[i])
@@ -119,6 +125,7 @@ class Worker:
         self.stats = collections.Counter()
         self.last_sent = 0.0
         self.last_heard = time.monotonic()
+        self.last_job = (0, 0)  # (server_id, request_id) of the job taken last: what Disconnect names
         self._last_drain = 0.0
         self._stop = None
 
@@ -127,8 +134,8 @@ class Worker:
         security.connect(sock, endpoint, self.keys and self.keys.keypair, server_key)
 
     # -- sending ---------------------------------------------------------------------------
-    def _send_up(self, kind, payload=()):
-        h = Header(kind, stage=self.stage)
+    def _send_up(self, kind, payload=(), server_id=0, request_id=0):
+        h = Header(kind, stage=self.stage, server_id=server_id, request_id=request_id)
         try:
             # Never blocks, as the Rust worker's sends: with no proxy connected (not started yet,
             # or refusing our key) a blocking send would hang the worker, even its stop.
@@ -246,10 +253,42 @@ class Worker:
                         self._send_up(Kind.HEARTBEAT)
         finally:
             self.stopping.set()
-            self._send_up(Kind.DISCONNECT)
             hb.join()
+            self._leave()
             for s in [self.up, self.loopback] + self.subs + ([self.down] if self.down is not None else []):
                 s.close()
+
+    def _leave(self):
+        """Tells the proxy this worker leaves (Disconnect naming the job it took last) and waits
+        for its confirmation, at most a heartbeat expiry. A job that crossed the Disconnect (the
+        proxy had answered our last Ready with it) arrives before the confirmation: it is answered
+        503, since the worker is stopping, and named in a Disconnect of its own (§3)."""
+        self._send_up(Kind.DISCONNECT, server_id=self.last_job[0], request_id=self.last_job[1])
+        until = time.monotonic() + self.interval * self.liveness
+        while True:
+            left = until - time.monotonic()
+            if left <= 0 or not self.up.poll(left * 1000):
+                self.stats["leave_unconfirmed"] += 1
+                return
+            try:
+                header, _ = wire.decode(self.up.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                continue
+            except WireError as e:
+                self.stats["malformed"] += 1
+                log.warning("dropped a malformed message from the proxy: %s", e)
+                continue
+            if header.kind == Kind.DISCONNECT:
+                return  # confirmed: nothing comes after it
+            if header.kind == Kind.JOB:
+                self.stats["jobs"] += 1
+                self.last_job = (header.server_id, header.request_id)
+                self._drain_interrupts()
+                if (header.server_id, header.request_id) in self.cancelled or header.expired():
+                    self.stats["skipped"] += 1
+                else:
+                    self._reply(header, 503, b"the worker is shutting down")
+                self._send_up(Kind.DISCONNECT, server_id=header.server_id, request_id=header.request_id)
 
     def _relay_rejects(self):
         while True:
@@ -282,6 +321,7 @@ class Worker:
             self._send_up(Kind.READY, [self.blob])
             return
         self.stats["jobs"] += 1
+        self.last_job = (header.server_id, header.request_id)
         self._drain_interrupts()
         if (header.server_id, header.request_id) in self.cancelled or header.expired():
             self.stats["skipped"] += 1
@@ -292,7 +332,8 @@ class Worker:
                 self.cleanup()
             except Exception:  # noqa: BLE001 - a failing cleanup must not kill the worker
                 log.error("cleanup failed:\n%s", traceback.format_exc())
-        self._send_up(Kind.READY, [self.blob])
+        if not self._stopping():  # a stopping worker asks for nothing: its Disconnect follows
+            self._send_up(Kind.READY, [self.blob])
 
     def _run_job(self, header, payload):
         job = Job(self, header, payload)

@@ -3,15 +3,15 @@ import random
 import pytest
 
 from prime_server import http, wire
-from prime_server.wire import Header, Kind, WireError
+from prime_server.wire import ClientProtocol, Header, Kind, WireError
 
 
 def test_header_layout_matches_the_protocol_table():
-    h = Header(Kind.JOB, attempt=1, stage=2, flags=0x0102, request_id=0x0807060504030201,
-               server_id=1, arrival_us=2, deadline_us=3, status=504)
+    h = Header(Kind.JOB, attempt=1, stage=2, flags=0x05, request_id=0x0807060504030201,
+               server_id=1, arrival_us=2, deadline_us=3, status=504, protocol=ClientProtocol.NETSTRING)
     b = h.encode()
     assert len(b) == 48
-    assert b[0:8] == bytes([0x50, 0x53, 2, 1, 1, 2, 0x02, 0x01])
+    assert b[0:8] == bytes([0x50, 0x53, 3, 1, 1, 2, 0x05, ord("n")])
     assert b[8:16] == bytes([1, 2, 3, 4, 5, 6, 7, 8])
     assert b[16] == 1 and b[24] == 2 and b[32] == 3
     assert b[40:42] == (504).to_bytes(2, "little")
@@ -35,9 +35,9 @@ def test_the_reply_token_is_bytes_42_to_48_and_with_kind_keeps_it():
 def test_random_headers_round_trip():
     rnd = random.Random(1)
     for _ in range(500):
-        h = Header(rnd.choice(list(Kind)), rnd.randrange(256), rnd.randrange(256), rnd.randrange(65536),
+        h = Header(rnd.choice(list(Kind)), rnd.randrange(256), rnd.randrange(256), rnd.randrange(256),
                    rnd.getrandbits(64), rnd.getrandbits(64), rnd.getrandbits(64), rnd.getrandbits(64),
-                   rnd.randrange(65536), rnd.randbytes(6))
+                   rnd.randrange(65536), rnd.randbytes(6), protocol=rnd.choice(list(ClientProtocol)))
         assert Header.decode(h.encode()) == h
 
 
@@ -55,6 +55,25 @@ def test_wrong_version_is_named():
     b = bytearray(Header(Kind.JOB).encode())
     b[2] = 1  # a version-1 peer: it knows no reply tokens
     with pytest.raises(WireError, match="version 1 not supported"):
+        Header.decode(bytes(b))
+    b[2] = 2  # a version-2 peer: it knows no client protocol
+    with pytest.raises(WireError, match=r"version 2 not supported \(this side speaks 3\)"):
+        Header.decode(bytes(b))
+
+
+def test_the_client_protocol_is_byte_7_and_with_kind_keeps_it():
+    for protocol, byte in [(ClientProtocol.DIRECT, 0), (ClientProtocol.HTTP, ord("h")),
+                           (ClientProtocol.NETSTRING, ord("n")), (ClientProtocol.ZMQ, ord("z"))]:
+        h = Header(Kind.JOB, flags=wire.BUSY, protocol=protocol)
+        b = h.encode()
+        assert (b[6], b[7]) == (wire.BUSY, byte)
+        got = Header.decode(b)
+        assert got.protocol == protocol
+        for kind in (Kind.REPLY, Kind.JOB, Kind.REJECT):
+            assert Header.decode(got.with_kind(kind).encode()).protocol == protocol
+    b = bytearray(Header(Kind.JOB).encode())
+    b[7] = ord("x")
+    with pytest.raises(WireError, match="unknown client protocol"):
         Header.decode(bytes(b))
 
 

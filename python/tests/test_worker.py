@@ -15,6 +15,15 @@ def recv(sock, timeout=5.0):
     return sock.recv_multipart()
 
 
+def from_worker(proxy):
+    """The next message the worker sends its proxy other than a plain Heartbeat: (ident, Header)."""
+    while True:
+        frames = recv(proxy)
+        h = Header.decode(frames[1])
+        if h.kind != Kind.HEARTBEAT:
+            return frames[0], h
+
+
 def setup(work, name, downstream=None):
     ctx = zmq.Context.instance()
     proxy = ctx.socket(zmq.ROUTER)
@@ -139,3 +148,56 @@ def test_the_reply_token_of_the_job_is_echoed_in_replies_forwards_and_relayed_re
         stop.set()
         t.join()
         next_proxy.close()
+
+
+def test_the_work_function_sees_the_client_protocol_and_a_reply_keeps_it():
+    seen = []
+
+    def work(j):
+        seen.append(j.protocol)
+        return Reply(b"ok")
+
+    ctx, proxy, server, pub, w, stop, t = setup(work, "t4")
+    try:
+        ident = recv(proxy)[0]
+        for rid, protocol in enumerate(wire.ClientProtocol, start=1):
+            h, frames = job(rid, b"x")
+            h.protocol = protocol
+            proxy.send_multipart([ident] + wire.message(h, frames))
+            _, head, _ = recv(server)
+            assert Header.decode(head).protocol == protocol
+        assert seen == list(wire.ClientProtocol)
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_a_stopping_worker_names_its_last_job_answers_a_job_that_crossed_and_exits_on_the_confirmation():
+    """docs/PROTOCOL.md §3, "Leaving": Disconnect naming the job taken last (no Ready after it); a
+    job the proxy sent before it read the Disconnect is answered and named in a Disconnect of its
+    own; the proxy's header-only Disconnect ends it."""
+    ctx, proxy, server, pub, w, stop, t = setup(lambda j: Reply(b"done"), "t5")
+    try:
+        ident = recv(proxy)[0]
+        h, frames = job(11, b"x")
+        proxy.send_multipart([ident] + wire.message(h, frames))
+        recv(server)
+        assert from_worker(proxy)[1].kind == Kind.READY
+        stop.set()
+        bye = from_worker(proxy)[1]
+        assert (bye.kind, bye.server_id, bye.request_id) == (Kind.DISCONNECT, 42, 11)
+        # A job that crossed the Disconnect: the worker is stopping, so it is answered 503.
+        h, frames = job(12, b"y")
+        proxy.send_multipart([ident] + wire.message(h, frames))
+        _, head, body = recv(server)
+        r = Header.decode(head)
+        assert (r.kind, r.request_id, r.status, body) == (Kind.REPLY, 12, 503, b"the worker is shutting down")
+        bye = from_worker(proxy)[1]
+        assert (bye.kind, bye.request_id) == (Kind.DISCONNECT, 12)
+        proxy.send_multipart([ident, Header(Kind.DISCONNECT).encode()])
+        t.join(5)
+        assert not t.is_alive(), "the worker did not exit on the confirmation"
+        assert w.stats["leave_unconfirmed"] == 0
+    finally:
+        stop.set()
+        t.join()

@@ -1,15 +1,20 @@
 //! The demo service: "is this number prime?", in two stages.
 //!
-//! Stage 1 parses the request (a decimal number) and either answers a malformed one at once
-//! through the loopback (the short-circuit) or forwards the number as 8 little-endian bytes.
-//! Stage 2 tests it by the same trial division as the C++ reference (divisors 2, 3, 4, … up to
-//! the square root), so the work per request matches it, calling the interrupt check as it goes.
+//! Stage 1 parses the request (a decimal number; for HTTP, `GET /is_prime?possible_prime=N` or
+//! `POST /is_prime` with body `N`) and either answers a malformed one at once through the loopback
+//! (the short-circuit) or forwards the number as one frame of 8 little-endian bytes. Stage 2
+//! tests it by the same trial division as the C++ reference (divisors 2, 3, 4, … up to the square
+//! root), so the work per request matches it, calling the interrupt check as it goes, and answers
+//! in the request's client protocol, which both stages read from the job's header
+//! ([`Job::protocol`]): an HTTP response frame (200, `content-type: application/json`) for HTTP,
+//! the bare JSON body for the others. `docs/PROTOCOL.md` §3 ("The prime demo") describes it for
+//! workers in other languages.
 
 use prime_server::client::{BatchClient, BatchReport, HttpClient};
 use prime_server::http_job::{Request, Response};
 use prime_server::pipeline::{Pipeline, Transport};
 use prime_server::protocol::{self, http::HttpConfig};
-use prime_server::{Interrupt, Job, Outcome, WorkError};
+use prime_server::{ClientProtocol, Interrupt, Job, Outcome, WorkError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -47,34 +52,44 @@ pub fn answer_body(n: u64, prime: bool) -> Vec<u8> {
     format!("{{\"possible_prime\":{n},\"is_prime\":{prime}}}").into_bytes()
 }
 
-/// How a request came in, so stage 2 answers in kind (the second frame stage 1 forwards).
-const VIA_HTTP: &[u8] = b"h";
-const VIA_NETSTRING: &[u8] = b"n";
+/// The content type of the demo's answers over HTTP (the JSON of [`answer_body`]).
+pub const JSON: &str = "application/json";
 
 /// What a good request looks like, for 400 answers.
 pub const USAGE: &str =
     "try GET /is_prime?possible_prime=32416190071 or POST /is_prime with the number as the body";
 
+/// Why a request frame that is not a decimal number is refused (netstring, zmq, direct).
+pub const NOT_A_NUMBER: &str = "expected a decimal number from 0 to 18446744073709551615";
+
+/// Why a zmq (or direct) request of another number of frames than one is refused.
+pub const NOT_ONE_FRAME: &str =
+    "expected one frame: a decimal number from 0 to 18446744073709551615";
+
 fn parse_number(text: &[u8]) -> Option<u64> {
     std::str::from_utf8(text).ok()?.trim().parse::<u64>().ok()
 }
 
-fn forward(n: u64, via: &[u8]) -> Result<Outcome, WorkError> {
-    Ok(Outcome::Forward(vec![
-        n.to_le_bytes().to_vec(),
-        via.to_vec(),
-    ]))
+fn forward(n: u64) -> Result<Outcome, WorkError> {
+    Ok(Outcome::Forward(vec![n.to_le_bytes().to_vec()]))
 }
 
-/// Stage 1 for netstring requests (the payload is the number). A bad request is answered here
-/// and never reaches stage 2.
+/// Stage 1 for netstring and zmq requests (and direct ones): one frame, the number in decimal
+/// (surrounding white space allowed). Anything else (another frame count included) is answered
+/// 400 here and never reaches stage 2.
 pub fn parse_stage_netstring(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, WorkError> {
-    match job.frames.first().and_then(|f| parse_number(f)) {
-        Some(n) => forward(n, VIA_NETSTRING),
-        None => Err(WorkError::Failed {
+    let refuse = |reason: &str| {
+        Err(WorkError::Failed {
             status: 400,
-            reason: "expected a decimal number from 0 to 18446744073709551615".into(),
-        }),
+            reason: reason.into(),
+        })
+    };
+    match job.frames.as_slice() {
+        [only] => match parse_number(only) {
+            Some(n) => forward(n),
+            None => refuse(NOT_A_NUMBER),
+        },
+        _ => refuse(NOT_ONE_FRAME),
     }
 }
 
@@ -112,7 +127,7 @@ pub fn parse_stage_http(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, Wor
         }
     };
     match n {
-        Some(n) => forward(n, VIA_HTTP),
+        Some(n) => forward(n),
         None => Ok(Outcome::Reply(
             Response::text(
                 400,
@@ -125,39 +140,42 @@ pub fn parse_stage_http(job: &mut Job, _: &Interrupt<'_>) -> Result<Outcome, Wor
     }
 }
 
-/// Stage 1 for either protocol: HTTP jobs are two frames starting with the request head's magic.
+/// Stage 1 for every client protocol: the job's header says which ([`Job::protocol`]), so an
+/// HTTP-looking payload from a zmq client is a zmq request like any other (and refused 400).
 pub fn parse_stage(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
-    let is_http =
-        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http_job::REQUEST_MAGIC);
-    if is_http {
-        parse_stage_http(job, interrupt)
-    } else {
-        parse_stage_netstring(job, interrupt)
+    match job.protocol() {
+        ClientProtocol::Http => parse_stage_http(job, interrupt),
+        ClientProtocol::Netstring | ClientProtocol::Zmq | ClientProtocol::Direct => {
+            parse_stage_netstring(job, interrupt)
+        }
     }
 }
 
-/// Stage 2: test primality and answer in the protocol the request came in.
+/// Stage 2: test primality of the one 8-byte little-endian frame stage 1 forwarded and answer
+/// in the protocol the request came in (read from the header, as stage 1 did). Another payload
+/// is a fault of stage 1, not of the client: 500.
 pub fn test_stage(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
-    let bytes: [u8; 8] = job
-        .frames
-        .first()
-        .and_then(|f| f.as_slice().try_into().ok())
-        .ok_or_else(|| WorkError::Failed {
-            status: 500,
-            reason: "stage 2 expects an 8-byte number".into(),
-        })?;
+    let bytes: [u8; 8] = match job.frames.as_slice() {
+        [only] => only.as_slice().try_into().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| WorkError::Failed {
+        status: 500,
+        reason: "stage 2 expects one frame: the number as 8 little-endian bytes".into(),
+    })?;
     let n = u64::from_le_bytes(bytes);
     let prime = is_prime_interruptible(n, || interrupt.check().map_err(WorkError::from))?;
     let body = answer_body(n, prime);
-    if job.frames.get(1).map(Vec::as_slice) == Some(VIA_HTTP) {
-        Ok(Outcome::Reply(
+    match job.protocol() {
+        ClientProtocol::Http => Ok(Outcome::Reply(
             Response::new(200)
-                .header("content-type", "application/json")
+                .header("content-type", JSON)
                 .body(body)
                 .encode(),
-        ))
-    } else {
-        Ok(Outcome::Reply(body))
+        )),
+        ClientProtocol::Netstring | ClientProtocol::Zmq | ClientProtocol::Direct => {
+            Ok(Outcome::Reply(body))
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::{files, prime};
 use prime_server::http_job::{Request, Response};
-use prime_server::{Interrupt, Job, Outcome, WorkError, WorkFn};
+use prime_server::{ClientProtocol, Interrupt, Job, Outcome, WorkError, WorkFn};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +35,12 @@ pub fn factory(name: &str, files: FilesOptions) -> anyhow::Result<Factory> {
             Arc::new(move || {
                 let root = root.clone();
                 Box::new(move |job: &mut Job, _: &Interrupt<'_>| {
+                    if job.protocol() != ClientProtocol::Http {
+                        return Err(WorkError::Failed {
+                            status: 400,
+                            reason: "the files service answers HTTP requests only".into(),
+                        });
+                    }
                     let req = Request::decode(&job.frames).map_err(|e| WorkError::Failed {
                         status: 400,
                         reason: e.to_string(),
@@ -48,14 +54,13 @@ pub fn factory(name: &str, files: FilesOptions) -> anyhow::Result<Factory> {
 }
 
 /// Echo: answers an HTTP request with 200 and the request as the worker saw it (request line,
-/// headers, blank line, body), and a netstring request with its payload. The `x-worker` header
+/// headers, blank line, body), and a request of any other client protocol (netstring, zmq) with
+/// its payload frames, joined; the job's header says which ([`Job::protocol`]). The `x-worker` header
 /// names the process and thread that answered, `x-attempt` how many workers the proxy has handed
 /// the job to (2 and up: a worker died holding it). `?sleep=MS` makes it work that long first
 /// (interruptibly), to stand in for expensive requests in tests and demos.
 pub fn echo(job: &mut Job, interrupt: &Interrupt<'_>) -> Result<Outcome, WorkError> {
-    let is_http =
-        job.frames.len() == 2 && job.frames[0].starts_with(&prime_server::http_job::REQUEST_MAGIC);
-    if !is_http {
+    if job.protocol() != ClientProtocol::Http {
         return Ok(Outcome::Reply(job.frames.concat()));
     }
     let req = Request::decode(&job.frames).map_err(|e| WorkError::Failed {

@@ -24,6 +24,7 @@ fn mixed_pipeline(tag: &str, scheme: &str, secure: bool) {
     let py = python().clone();
     let dir = temp_dir(tag);
     let port = free_port();
+    let zmq_ep = format!("tcp://127.0.0.1:{}", free_port());
     let cfg = dir.join("mixed.toml");
     let ep = |name: &str| match scheme {
         "ipc" => format!("ipc://{}/{name}", dir.display()),
@@ -63,6 +64,7 @@ listen = "127.0.0.1:{port}"
 loopback = "{}"
 interrupt = "{}"
 {}
+{}
 [[stage]]
 name = "parse"
 work = "prime_parse"
@@ -80,6 +82,11 @@ downstream = "{}"
             ep("lb"),
             ep("int"),
             keys("key = \"front\""),
+            if secure {
+                String::new()
+            } else {
+                format!("zmq_listen = \"{zmq_ep}\"")
+            },
             ep("parse_in"),
             ep("parse_out"),
             keys("proxy_key = \"parse-proxy\"\nworker_key = \"parse-workers\""),
@@ -140,6 +147,29 @@ downstream = "{}"
         http(&mut s, &get("/is_prime?possible_prime=x")).unwrap().0,
         400
     );
+    if !secure {
+        // A zmq client's job says "zmq" in its header: the Python stage 2 answers the bare JSON
+        // (docs/PROTOCOL.md §3, "The prime demo").
+        let script = r#"
+import sys
+from prime_server import Client
+c = Client(sys.argv[1])
+for n, prime in [(32416190071, "true"), (1000, "false"), (2, "true")]:
+    got = c.request(str(n).encode())
+    assert got == (200, b'{"possible_prime":%d,"is_prime":%s}' % (n, prime.encode())), got
+print("ok")
+"#;
+        let out = Command::new(&py)
+            .args(["-c", script, &zmq_ep])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The Python worker stops cleanly on SIGTERM.
     pyw.signal("-TERM");
     assert!(pyw.wait_exit(LIMIT).success());
@@ -218,13 +248,31 @@ req = zmq.Context.instance().socket(zmq.REQ)
 req.connect(sys.argv[1])
 req.send_multipart([b"id-1", b"7"])
 assert req.recv_multipart() == [b"id-1", b"200", b'{"possible_prime":7,"is_prime":true}']
-# A malformed request (no id) gets a 400, not silence.
+# A malformed request (no id) gets a 400, not silence: the id frame is empty.
 d = zmq.Context.instance().socket(zmq.DEALER)
 d.connect(sys.argv[1])
 d.send_multipart([b""])
 assert d.poll(30000), "no answer to a malformed request"
-frames = d.recv_multipart()
-assert frames[2] == b"400", frames
+assert d.recv_multipart() == [b"", b"", b"400", b"a request is [empty][id][payload...]"]
+# Every payload kind gets one well-defined answer (docs/PROTOCOL.md §5, zmq): the job's header says
+# "zmq", so the demo's stage 1 takes one decimal frame and nothing else, however the frames look.
+import struct
+target = b"/is_prime?possible_prime=7"
+head = b"HQ\x01\x00" + struct.pack("<H", 3) + b"GET" + struct.pack("<I", len(target)) + target + struct.pack("<H", 0)
+NOT_A_NUMBER = b"expected a decimal number from 0 to 18446744073709551615"
+NOT_ONE_FRAME = b"expected one frame: a decimal number from 0 to 18446744073709551615"
+for frames, want in [
+    ([head, b""], (400, NOT_ONE_FRAME)),   # an HTTP request head is not an HTTP request here
+    ([head], (400, NOT_A_NUMBER)),
+    ([b"7", b"extra"], (400, NOT_ONE_FRAME)),
+    ([b" 7\n"], (200, b'{"possible_prime":7,"is_prime":true}')),
+    ([b"18446744073709551616"], (400, NOT_A_NUMBER)),
+    ([b""], (400, NOT_A_NUMBER)),
+    ([], (400, b"a request needs at least one payload frame")),
+    ([b"1"] * 65, (400, b"too many frames")),
+]:
+    got = c.request(*frames)
+    assert got == want, (frames[:2], got)
 print("ok")
 "#;
     let out = Command::new(&py)

@@ -10,7 +10,7 @@
 //! A map of the modules, from the bottom up:
 //! - [`endpoint`]: where a zmq socket binds or connects (`inproc`, `ipc`, `tcp`), checked once.
 //! - [`transport`]: the one module that talks to libzmq: sockets, and waiting on them.
-//! - [`wire`]: protocol v2, the frames between server, proxies and workers (`docs/PROTOCOL.md`).
+//! - [`wire`]: protocol v3, the frames between server, proxies and workers (`docs/PROTOCOL.md`).
 //! - [`heartbeat`]: heartbeat timing, shared by proxies and workers.
 //! - [`answer`]: the one [`Answer`] every request gets.
 //! - [`stats`]: the components' counters, read as snapshots.
@@ -90,6 +90,7 @@ pub use proxy::{Proxy, ProxyConfig};
 pub use server::{Pending, Server, ServerConfig};
 pub use shutdown::{OnDrain, Shutdown};
 pub use transport::Context;
+pub use wire::ClientProtocol;
 pub use work::{Job, Outcome, WorkError, WorkFn};
 pub use worker::{Worker, WorkerConfig};
 

@@ -1,4 +1,4 @@
-//! Wire protocol v2: the frames exchanged by server, proxies and workers.
+//! Wire protocol v3: the frames exchanged by server, proxies and workers.
 //!
 //! Every message starts with one **header frame**: [`HEADER_LEN`] fixed bytes, little-endian, laid
 //! out byte by byte (no compiler-dependent struct layout), optionally followed by a request's
@@ -9,11 +9,12 @@
 //! ```text
 //! offset size field
 //!  0     2    magic        b"PS"
-//!  2     1    version      2
+//!  2     1    version      3
 //!  3     1    kind         see [`Kind`]
 //!  4     1    attempt      how many times this job was handed to a worker (1 = first)
-//!  5     1    stage        index of the stage that sent this message (0 = the server)
-//!  6     2    flags        see [`flags`]
+//!  5     1    stage        index of the stage that sent this message (0 = the server, a proxy)
+//!  6     1    flags        see [`flags`]
+//!  7     1    protocol     the request's client protocol, see [`ClientProtocol`]
 //!  8     8    request_id   unique per server
 //! 16     8    server_id    the server that must receive the answer
 //! 24     8    arrival_us   when the server accepted the request, Unix microseconds
@@ -25,7 +26,7 @@
 //!                           absent on messages that concern no job
 //! ```
 //!
-//! Decoding never panics: anything that is not a well-formed v2 message is a [`WireError`].
+//! Decoding never panics: anything that is not a well-formed v3 message is a [`WireError`].
 
 use crate::transport::Frames;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,18 +39,20 @@ pub const MAX_TRACE_LEN: usize = 64;
 pub const MAX_HEADER_LEN: usize = HEADER_LEN + MAX_TRACE_LEN;
 /// The first two bytes of every header.
 pub const MAGIC: [u8; 2] = *b"PS";
-/// The protocol version this crate speaks.
-pub const VERSION: u8 = 2;
+/// The protocol version this crate speaks. Version 3 carries the request's [`ClientProtocol`]
+/// in byte 7 (the high byte of version 2's 16-bit flags, always zero there): a version-2 worker
+/// would drop it from the jobs it forwards, and the last stage would not know how to answer.
+pub const VERSION: u8 = 3;
 
 /// Bits of [`Header::flags`].
 pub mod flags {
     /// On a [`super::Kind::Heartbeat`] from a worker: the worker is busy with a job.
-    pub const BUSY: u16 = 1;
+    pub const BUSY: u8 = 1;
     /// On a [`super::Kind::Heartbeat`] from a proxy to a sender: the proxy knows no worker now.
-    pub const NO_WORKERS: u16 = 2;
+    pub const NO_WORKERS: u8 = 2;
     /// On a [`super::Kind::Heartbeat`] from a proxy to a sender: the proxy is draining or
     /// leaving; jobs sent to it now may find nobody (a draining front refuses them at once).
-    pub const LEAVING: u16 = 4;
+    pub const LEAVING: u8 = 4;
 }
 
 /// Length of the reply token, bytes 42..48 of the header.
@@ -273,7 +276,71 @@ impl Kind {
     }
 }
 
-/// Why bytes are not a v2 message.
+/// The client protocol a request came in by: byte 7 of the header. The server writes it into the
+/// job it sends into the pipeline, and every message about that job carries it (forwarded jobs,
+/// Replies, Rejects, Interrupts), so every stage knows how the last one must answer without
+/// guessing from the payload: an HTTP request's Reply is an HTTP response frame
+/// ([`http_job::Response`](crate::http_job::Response)), the others' is the bytes the client gets.
+/// Messages that concern no job carry [`ClientProtocol::Direct`] (0).
+///
+/// The wire values are ASCII letters, readable in a dump of the frame.
+///
+/// ```
+/// use prime_server::wire::{ClientProtocol, Header, Kind};
+/// let mut h = Header::new(Kind::Job);
+/// h.protocol = ClientProtocol::Http;
+/// assert_eq!(h.encode()[7], b'h');
+/// assert_eq!(Header::decode(&h.encode()).unwrap().protocol, ClientProtocol::Http);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum ClientProtocol {
+    /// 0: no client protocol. A job the application submitted itself
+    /// ([`Server::submit`](crate::Server::submit)); the Reply's body is handed back as it is.
+    /// Also the value of every message that concerns no job.
+    #[default]
+    Direct = 0,
+    /// `h`: the HTTP front (HTTP/1.0, 1.1 or 2). The job is the request head and body frames
+    /// (`docs/PROTOCOL.md` §5), the Reply body an HTTP response frame.
+    Http = b'h',
+    /// `n`: the netstring front. The job is one frame, the request's bytes; the Reply body is
+    /// the response's bytes (sent back as one netstring).
+    Netstring = b'n',
+    /// `z`: the zmq front. The job is the client's payload frames (1 to 64); the Reply body is
+    /// what the client gets as the body of a `200`.
+    Zmq = b'z',
+}
+
+impl ClientProtocol {
+    /// The protocol of this wire value, if it is one.
+    pub fn from_u8(v: u8) -> Option<ClientProtocol> {
+        Some(match v {
+            0 => ClientProtocol::Direct,
+            b'h' => ClientProtocol::Http,
+            b'n' => ClientProtocol::Netstring,
+            b'z' => ClientProtocol::Zmq,
+            _ => return None,
+        })
+    }
+
+    /// The wire value.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl std::fmt::Display for ClientProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientProtocol::Direct => "direct",
+            ClientProtocol::Http => "http",
+            ClientProtocol::Netstring => "netstring",
+            ClientProtocol::Zmq => "zmq",
+        })
+    }
+}
+
+/// Why bytes are not a v3 message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The message had no frame at all.
@@ -297,6 +364,9 @@ pub enum WireError {
     /// A kind this version does not define.
     #[error("unknown message kind {0}")]
     Kind(u8),
+    /// A client protocol (byte 7) this version does not define.
+    #[error("unknown client protocol {0}")]
+    Protocol(u8),
     /// The number of payload frames is wrong for the kind.
     #[error("{kind:?} message with {frames} payload frames")]
     FrameCount {
@@ -317,7 +387,10 @@ pub struct Header {
     /// The stage that sent the message (0 = server).
     pub stage: u8,
     /// See [`flags`].
-    pub flags: u16,
+    pub flags: u8,
+    /// The client protocol of the request the message concerns (copied like the token);
+    /// [`ClientProtocol::Direct`] on messages that concern no job.
+    pub protocol: ClientProtocol,
     /// Unique per server.
     pub request_id: u64,
     /// The server that must get the answer.
@@ -371,6 +444,7 @@ impl Header {
             attempt: 0,
             stage: 0,
             flags: 0,
+            protocol: ClientProtocol::Direct,
             request_id: 0,
             server_id: 0,
             arrival_us: 0,
@@ -381,8 +455,9 @@ impl Header {
         }
     }
 
-    /// The same request, as a message of another kind (status and flags cleared, the reply
-    /// token and the trace id kept: a reply or a forwarded job must carry them). Clear the token
+    /// The same request, as a message of another kind (status and flags cleared; the reply
+    /// token, the trace id, the client protocol and every other field kept: a reply or a
+    /// forwarded job must carry them). Clear the token
     /// before publishing a header to peers that were not handed the job.
     pub fn with_kind(&self, kind: Kind) -> Header {
         Header {
@@ -407,7 +482,8 @@ impl Header {
         b[3] = self.kind as u8;
         b[4] = self.attempt;
         b[5] = self.stage;
-        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[6] = self.flags;
+        b[7] = self.protocol.as_u8();
         b[8..16].copy_from_slice(&self.request_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.server_id.to_le_bytes());
         b[24..32].copy_from_slice(&self.arrival_us.to_le_bytes());
@@ -434,6 +510,7 @@ impl Header {
             return Err(WireError::Version(b[2]));
         }
         let kind = Kind::from_u8(b[3]).ok_or(WireError::Kind(b[3]))?;
+        let protocol = ClientProtocol::from_u8(b[7]).ok_or(WireError::Protocol(b[7]))?;
         let trace_id = TraceId::from_wire(&b[HEADER_LEN..]).ok_or(WireError::TraceId)?;
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         let u64_at = |i: usize| {
@@ -445,7 +522,8 @@ impl Header {
             kind,
             attempt: b[4],
             stage: b[5],
-            flags: u16_at(6),
+            flags: b[6],
+            protocol,
             request_id: u64_at(8),
             server_id: u64_at(16),
             arrival_us: u64_at(24),
@@ -546,14 +624,23 @@ mod tests {
             .prop_map(|b| TraceId::from_wire(&b).unwrap())
     }
 
+    fn protocol_strategy() -> impl Strategy<Value = ClientProtocol> {
+        prop_oneof![
+            Just(ClientProtocol::Direct),
+            Just(ClientProtocol::Http),
+            Just(ClientProtocol::Netstring),
+            Just(ClientProtocol::Zmq),
+        ]
+    }
+
     prop_compose! {
-        fn header_strategy()(kind in kind_strategy(), attempt: u8, stage: u8, flags: u16,
-            request_id: u64, server_id: u64, arrival_us: u64, deadline_us: u64, status: u16,
-            token: [u8; TOKEN_LEN], trace_id in trace_strategy())
+        fn header_strategy()(kind in kind_strategy(), attempt: u8, stage: u8, flags: u8,
+            protocol in protocol_strategy(), request_id: u64, server_id: u64, arrival_us: u64,
+            deadline_us: u64, status: u16, token: [u8; TOKEN_LEN], trace_id in trace_strategy())
             -> Header {
             Header {
-                kind, attempt, stage, flags, request_id, server_id, arrival_us, deadline_us, status,
-                token: ReplyToken(token), trace_id,
+                kind, attempt, stage, flags, protocol, request_id, server_id, arrival_us,
+                deadline_us, status, token: ReplyToken(token), trace_id,
             }
         }
     }
@@ -628,7 +715,8 @@ mod tests {
             kind: Kind::Job,
             attempt: 1,
             stage: 2,
-            flags: 0x0102,
+            flags: 0x05,
+            protocol: ClientProtocol::Netstring,
             request_id: 0x0807_0605_0403_0201,
             server_id: 1,
             arrival_us: 2,
@@ -639,7 +727,7 @@ mod tests {
         };
         let b = h.encode();
         assert_eq!(b.len(), HEADER_LEN);
-        assert_eq!(&b[0..8], &[b'P', b'S', 2, 1, 1, 2, 0x02, 0x01]);
+        assert_eq!(&b[0..8], &[b'P', b'S', 3, 1, 1, 2, 0x05, b'n']);
         assert_eq!(&b[8..16], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(b[16], 1);
         assert_eq!(b[24], 2);
@@ -741,8 +829,44 @@ mod tests {
         b[2] = 1;
         assert_eq!(Header::decode(&b), Err(WireError::Version(1)));
         assert_eq!(Header::decode(&b[..10]), Err(WireError::Version(1)));
-        b[2] = 3;
-        assert_eq!(Header::decode(&b), Err(WireError::Version(3)));
+        // A version-2 peer: it knows no client protocol, and would drop it from what it forwards.
+        b[2] = 2;
+        assert_eq!(Header::decode(&b), Err(WireError::Version(2)));
+        assert_eq!(
+            WireError::Version(2).to_string(),
+            "protocol version 2 not supported (this side speaks 3)"
+        );
+        b[2] = 4;
+        assert_eq!(Header::decode(&b), Err(WireError::Version(4)));
+    }
+
+    #[test]
+    fn the_client_protocol_is_byte_7_copied_with_the_request_and_checked() {
+        for (protocol, byte) in [
+            (ClientProtocol::Direct, 0),
+            (ClientProtocol::Http, b'h'),
+            (ClientProtocol::Netstring, b'n'),
+            (ClientProtocol::Zmq, b'z'),
+        ] {
+            let mut h = Header::new(Kind::Job);
+            h.protocol = protocol;
+            h.flags = flags::BUSY;
+            let b = h.encode();
+            assert_eq!((b[6], b[7]), (flags::BUSY, byte));
+            let decoded = Header::decode(&b).unwrap();
+            assert_eq!(decoded.protocol, protocol);
+            // A Reply, a forwarded job or a Reject made from the job keeps it.
+            for kind in [Kind::Reply, Kind::Job, Kind::Reject, Kind::Interrupt] {
+                assert_eq!(decoded.with_kind(kind).protocol, protocol);
+            }
+        }
+        let mut b = Header::new(Kind::Job).encode();
+        b[7] = b'x';
+        assert_eq!(Header::decode(&b), Err(WireError::Protocol(b'x')));
+        assert_eq!(
+            Header::new(Kind::Heartbeat).protocol,
+            ClientProtocol::Direct
+        );
     }
 
     #[test]

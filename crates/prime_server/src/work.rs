@@ -7,7 +7,7 @@
 use crate::interrupt::{Interrupt, Interrupted};
 use crate::stats::WorkerStats;
 use crate::transport::Frames;
-use crate::wire::Header;
+use crate::wire::{ClientProtocol, Header};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -41,6 +41,14 @@ impl Job {
     /// carry it.
     pub fn trace_id(&self) -> &str {
         self.header.trace_id.as_str()
+    }
+    /// How the request came in, and so what the stage that answers it must send
+    /// ([`ClientProtocol`]): for [`ClientProtocol::Http`] an HTTP response frame
+    /// ([`Response::encode`](crate::http_job::Response::encode)), for the others the bytes
+    /// the client gets. Every stage sees the protocol the server wrote into the job, whatever
+    /// the stages before it forwarded.
+    pub fn protocol(&self) -> ClientProtocol {
+        self.header.protocol
     }
     /// The server that will answer the client.
     pub fn server_id(&self) -> u64 {

@@ -880,16 +880,22 @@ fn a_peer_of_another_protocol_version_is_refused_counted_and_never_registered() 
     let mut ready = Header::new(Kind::Ready).encode();
     ready[2] = 1; // a version-1 peer, which knows no reply tokens
     w.send([&ready[..]]).unwrap();
-    wait_until("the version-1 Ready was not counted", || {
-        stats.snapshot().malformed >= 1
-    });
-    // The proxy handles one message at a time, so the version-1 Ready is done with. A valid peer
-    // registering now must find itself the only idle worker.
+    // A version-2 peer, which knows no client protocol (byte 7): its Ready has the same bytes
+    // as a version-3 one but for the version.
+    let v2 = lone.another_worker();
+    ready[2] = 2;
+    v2.send([&ready[..]]).unwrap();
+    wait_until(
+        "the version-1 and version-2 Readys were not counted",
+        || stats.snapshot().malformed >= 2,
+    );
+    // The proxy handles one message at a time, so both are done with. A valid peer registering
+    // now must find itself the only idle worker.
     let good = lone.another_worker();
     good.send([&Header::new(Kind::Ready).encode()[..]]).unwrap();
     wait_until_idle(stats, 1);
     assert_eq!(stats.snapshot().idle, 1);
-    assert_eq!(stats.snapshot().malformed, 1);
+    assert_eq!(stats.snapshot().malformed, 2);
     lone.stop();
 }
 

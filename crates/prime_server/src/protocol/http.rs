@@ -738,9 +738,12 @@ async fn respond(req: http::Request<Incoming>, ctx: &Ctx, ids: &mut Ids) -> Resp
         body,
     );
     let trace_id = ids.given.unwrap_or(TraceId::NONE);
-    let pending = ctx
-        .server
-        .submit_traced(frames, config.request_timeout, trace_id);
+    let pending = ctx.server.submit_from(
+        crate::wire::ClientProtocol::Http,
+        frames,
+        config.request_timeout,
+        trace_id,
+    );
     ids.submitted(&pending);
     match pending.await {
         Answer::Reply(bytes) => from_reply(bytes, head),

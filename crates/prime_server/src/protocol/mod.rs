@@ -15,6 +15,7 @@ use crate::server::Server;
 use crate::shutdown::Shutdown;
 use crate::stats::ServerStats;
 use crate::transport::Frames;
+use crate::wire::{ClientProtocol, TraceId};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use std::future::Future;
@@ -107,6 +108,9 @@ pub trait StreamProtocol: Clone + Send + Sync + 'static {
     fn codec(&self) -> Self::Codec;
     /// The response to a health check, answered by the server itself; `None` if `req` is not one.
     fn health(&self, req: &Self::Request, state: Health) -> Option<Vec<u8>>;
+    /// The client protocol its jobs carry in their header (`docs/PROTOCOL.md` §2): how the
+    /// stage that answers must encode its Reply.
+    fn client_protocol(&self) -> ClientProtocol;
     /// The frames the first stage receives for `req`.
     fn job_frames(&self, req: Self::Request) -> Frames;
     /// The response bytes for an answer.
@@ -536,7 +540,12 @@ fn take<P: StreamProtocol>(
                 let answer = Answer::Failed(server.refuse_draining());
                 pending.push_back(Box::pin(std::future::ready(protocol.answer(answer))));
             } else {
-                let p = server.submit(protocol.job_frames(req), None);
+                let p = server.submit_from(
+                    protocol.client_protocol(),
+                    protocol.job_frames(req),
+                    None,
+                    TraceId::NONE,
+                );
                 let proto = protocol.clone();
                 pending.push_back(Box::pin(p.map(move |a| proto.answer(a))));
             }

@@ -147,6 +147,10 @@ impl StreamProtocol for Netstring {
         })
     }
 
+    fn client_protocol(&self) -> crate::wire::ClientProtocol {
+        crate::wire::ClientProtocol::Netstring
+    }
+
     fn job_frames(&self, req: Bytes) -> Frames {
         vec![req.to_vec()]
     }

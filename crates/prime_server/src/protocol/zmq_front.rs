@@ -163,7 +163,12 @@ fn request(
         send(socket, envelope, a)?;
         return Ok(None);
     }
-    let p = server.submit(payload, config.request_timeout);
+    let p = server.submit_from(
+        crate::wire::ClientProtocol::Zmq,
+        payload,
+        config.request_timeout,
+        crate::wire::TraceId::NONE,
+    );
     let busy = shutdown.busy();
     Ok(Some(Box::pin(async move {
         let answer = p.await;

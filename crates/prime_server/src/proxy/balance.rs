@@ -184,6 +184,9 @@ pub(crate) struct Balancer {
     queue: JobQueue,
     /// Workers joined and left since the socket loop last took them.
     events: Vec<Membership>,
+    /// Workers forgotten on their Disconnect, and when: for a heartbeat expiry, heartbeats that
+    /// name them are late ones (see [`Balancer::heartbeat`]).
+    departed: HashMap<Vec<u8>, Instant>,
 }
 
 impl Balancer {
@@ -200,6 +203,7 @@ impl Balancer {
             idle: VecDeque::new(),
             queue: JobQueue::default(),
             events: Vec::new(),
+            departed: HashMap::new(),
         }
     }
 
@@ -288,8 +292,17 @@ impl Balancer {
     }
 
     /// A Heartbeat for `worker` (from the worker itself, or with `busy` from its heartbeat
-    /// thread while its work function runs).
+    /// thread while its work function runs). One naming a worker that left by Disconnect less
+    /// than a heartbeat expiry ago is ignored: its heartbeat thread's busy heartbeat for the last
+    /// job comes over another connection than the Disconnect and may arrive after it, and must
+    /// not register as busy a worker that is gone (a draining front would count it as a worker).
     pub(crate) fn heartbeat(&mut self, worker: Vec<u8>, busy: bool, now: Instant) {
+        if let Some(&left) = self.departed.get(&worker) {
+            if now.saturating_duration_since(left) <= self.expiry {
+                return;
+            }
+            self.departed.remove(&worker);
+        }
         match self.workers.get_mut(&worker) {
             Some(entry) => entry.last_seen = now,
             // A worker we don't know (we restarted): an idle one is welcome as if it had said
@@ -317,7 +330,7 @@ impl Balancer {
     /// acknowledgement, work it and say Disconnect again naming it. Until then the worker stays
     /// in the table, not idle, holding that job, so that if it dies instead the job is handed
     /// on as any dead worker's is.
-    pub(crate) fn disconnect(&mut self, worker: &[u8], last: (u64, u64)) -> Action {
+    pub(crate) fn disconnect(&mut self, worker: &[u8], last: (u64, u64), now: Instant) -> Action {
         let on_its_way = self
             .workers
             .get(worker)
@@ -330,6 +343,7 @@ impl Balancer {
             }
         } else if self.forget(worker).is_some() {
             self.left(worker, Leave::Disconnect);
+            self.departed.insert(worker.to_vec(), now);
         }
         self.publish_gauges();
         Action::Acknowledge {
@@ -361,6 +375,9 @@ impl Balancer {
             .collect();
         // The table's order is random; an order of our own keeps redelivery reproducible.
         dead.sort_unstable();
+        let expiry = self.expiry;
+        self.departed
+            .retain(|_, left| now.saturating_duration_since(*left) <= expiry);
         let mut actions = Vec::new();
         for w in dead {
             let Some(entry) = self.workers.remove(&w) else {
@@ -710,7 +727,7 @@ mod tests {
             ready(&mut b, w, t);
         }
         assert_eq!(members(&mut b).len(), 4);
-        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
+        assert_eq!(b.disconnect(b"w1", (0, 0), Instant::now()), ack("w1"));
         assert_eq!(b.unreachable(b"w2"), None);
         // w3 is heard from; w4 stays silent past the expiry.
         b.heartbeat(b"w3".to_vec(), false, t + DEAD);
@@ -728,8 +745,8 @@ mod tests {
         assert_eq!(dispatch_with(&mut b, t + DEAD, &["w3"]), [sent("w3", 1, 1)]);
         assert_eq!(members(&mut b), [member("w3", "unreachable")]);
         // Workers already gone, and strangers, leave nothing more.
-        b.disconnect(b"w1", (0, 0));
-        b.disconnect(b"stranger", (0, 0));
+        b.disconnect(b"w1", (0, 0), Instant::now());
+        b.disconnect(b"stranger", (0, 0), Instant::now());
         assert_eq!(b.unreachable(b"w2"), None);
         b.tick(t + 2 * DEAD);
         assert_eq!(members(&mut b), []);
@@ -755,13 +772,13 @@ mod tests {
             arrive(&mut b, id);
             ready(&mut b, w, t);
             assert_eq!(dispatch(&mut b, t), [sent(w, id, 1)]);
-            assert_eq!(b.disconnect(w.as_bytes(), (0, 0)), ack(w));
+            assert_eq!(b.disconnect(w.as_bytes(), (0, 0), Instant::now()), ack(w));
         }
         assert_eq!(
             members(&mut b),
             [member("w1", "joined"), member("w2", "joined")]
         );
-        assert_eq!(b.disconnect(b"w1", (0, 1)), ack("w1"));
+        assert_eq!(b.disconnect(b"w1", (0, 1), Instant::now()), ack("w1"));
         assert_eq!(members(&mut b), [member("w1", "disconnect")]);
         b.tick(t + DEAD);
         assert_eq!(members(&mut b), [member("w2", "silent")]);
@@ -1045,6 +1062,30 @@ mod tests {
         assert_eq!(count(&stats.dispatched), 1);
     }
 
+    /// A worker's busy heartbeat for its last job comes over its heartbeat socket, and can
+    /// arrive after the Disconnect it sent over its jobs-in socket once the job was done.
+    #[test]
+    fn a_heartbeat_that_arrives_after_its_workers_disconnect_does_not_register_it_again() {
+        let (mut b, stats) = balancer();
+        let t = Instant::now();
+        arrive(&mut b, 1);
+        ready(&mut b, "w1", t);
+        assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
+        assert_eq!(b.disconnect(b"w1", (0, 1), t), ack("w1"));
+        for busy in [true, false] {
+            b.heartbeat(b"w1".to_vec(), busy, t + INTERVAL);
+        }
+        assert_eq!(b.workers(), 0);
+        assert!(b.is_drained());
+        assert_eq!((count(&stats.joined), count(&stats.left)), (1, 1));
+        // Nothing is left of it at the next tick either: no silent worker to expire.
+        b.tick(t + 10 * INTERVAL);
+        assert_eq!(count(&stats.expired), 0);
+        // Past the expiry the id is a stranger's again, welcome as any.
+        b.heartbeat(b"w1".to_vec(), false, t + 20 * INTERVAL);
+        assert_eq!(b.workers(), 1);
+    }
+
     #[test]
     fn a_plain_heartbeat_from_an_unknown_worker_registers_it_idle() {
         let (mut b, stats) = balancer();
@@ -1094,7 +1135,7 @@ mod tests {
         let t = Instant::now();
         ready(&mut b, "w1", t);
         ready(&mut b, "w2", t);
-        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
+        assert_eq!(b.disconnect(b"w1", (0, 0), Instant::now()), ack("w1"));
         arrive(&mut b, 1);
         arrive(&mut b, 2);
         assert_eq!(dispatch(&mut b, t), [sent("w2", 1, 1)]);
@@ -1117,7 +1158,7 @@ mod tests {
         arrive(&mut b, 1);
         ready(&mut b, "w1", t);
         assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
-        assert_eq!(b.disconnect(b"w1", (0, 1)), ack("w1"));
+        assert_eq!(b.disconnect(b"w1", (0, 1), Instant::now()), ack("w1"));
         assert!(answers(&b.tick(t + 10 * INTERVAL)).is_empty());
         assert_eq!((count(&stats.redelivered), count(&stats.expired)), (0, 0));
     }
@@ -1132,14 +1173,14 @@ mod tests {
         arrive(&mut b, 1);
         ready(&mut b, "w1", t);
         assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
-        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
+        assert_eq!(b.disconnect(b"w1", (0, 0), Instant::now()), ack("w1"));
         arrive(&mut b, 2);
         assert!(
             dispatch(&mut b, t).is_empty(),
             "a leaving worker gets no job"
         );
         b.heartbeat(b"w1".to_vec(), true, t + 2 * INTERVAL);
-        assert_eq!(b.disconnect(b"w1", (0, 1)), ack("w1"));
+        assert_eq!(b.disconnect(b"w1", (0, 1), Instant::now()), ack("w1"));
         assert!(answers(&b.tick(t + 10 * INTERVAL)).is_empty());
         assert_eq!(count(&stats.redelivered), 0);
         ready(&mut b, "w2", t + 10 * INTERVAL);
@@ -1155,7 +1196,7 @@ mod tests {
         arrive(&mut b, 1);
         ready(&mut b, "w1", t);
         assert_eq!(dispatch(&mut b, t), [sent("w1", 1, 1)]);
-        assert_eq!(b.disconnect(b"w1", (0, 0)), ack("w1"));
+        assert_eq!(b.disconnect(b"w1", (0, 0), Instant::now()), ack("w1"));
         let later = t + 4 * INTERVAL;
         b.tick(later);
         assert_eq!((count(&stats.redelivered), count(&stats.expired)), (1, 1));
@@ -1166,7 +1207,10 @@ mod tests {
     #[test]
     fn a_worker_the_proxy_does_not_know_is_acknowledged_too() {
         let (mut b, _) = balancer();
-        assert_eq!(b.disconnect(b"stranger", (0, 0)), ack("stranger"));
+        assert_eq!(
+            b.disconnect(b"stranger", (0, 0), Instant::now()),
+            ack("stranger")
+        );
     }
 
     #[test]

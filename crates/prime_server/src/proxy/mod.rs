@@ -422,7 +422,7 @@ impl Proxy {
                 }
                 Kind::Disconnect => {
                     let last = (h.server_id, h.request_id);
-                    let action = self.balancer.disconnect(&worker, last);
+                    let action = self.balancer.disconnect(&worker, last, Instant::now());
                     self.perform([action])?;
                 }
                 other => self.malformed("downstream", &format!("unexpected {other:?}")),

@@ -29,7 +29,7 @@ use crate::security::FrontKeys;
 use crate::shutdown::Shutdown;
 pub use crate::stats::ServerStats;
 use crate::transport::{Context, Frames, Kind as SocketKind, PeerEvent, PeerWatch, SocketEvents};
-use crate::wire::{self, Header, Kind, TraceId};
+use crate::wire::{self, ClientProtocol, Header, Kind, TraceId};
 use crate::Error;
 use in_flight::InFlight;
 use pump::{Command, Pump};
@@ -396,18 +396,22 @@ impl Server {
 
     /// Sends a request into the pipeline. The returned future resolves to its one answer;
     /// dropping it before then cancels the request (workers holding it are interrupted).
-    /// `timeout` overrides the configured one. The job carries a trace id made from the
-    /// server's and the request's ids ([`Server::trace_id_for`]).
+    /// `timeout` overrides the configured one. The job's client protocol is
+    /// [`ClientProtocol::Direct`] (the Reply's body comes back as it is), and it carries a trace
+    /// id made from the server's and the request's ids ([`Server::trace_id_for`]).
     pub fn submit(&self, frames: Frames, timeout: Option<Duration>) -> Pending {
-        self.submit_traced(frames, timeout, TraceId::NONE)
+        self.submit_from(ClientProtocol::Direct, frames, timeout, TraceId::NONE)
     }
 
-    /// [`Server::submit`] with the trace id the client knows its request by (an HTTP
-    /// `X-Request-Id`); [`TraceId::NONE`] makes one ([`Server::trace_id_for`]). The job carries
-    /// it to every worker (see [`Job::trace_id`](crate::Job::trace_id)); the returned
-    /// [`Pending`] tells it.
-    pub fn submit_traced(
+    /// [`Server::submit`] for a request that came in by a client `protocol` (a front's), with
+    /// the trace id the client knows it by (an HTTP `X-Request-Id`); [`TraceId::NONE`] makes one
+    /// ([`Server::trace_id_for`]). The job's header carries both to every worker (see
+    /// [`Job::protocol`](crate::Job::protocol) and [`Job::trace_id`](crate::Job::trace_id)),
+    /// so the stage that answers knows the form of the answer; the returned [`Pending`] tells
+    /// the trace id.
+    pub fn submit_from(
         &self,
+        protocol: ClientProtocol,
         frames: Frames,
         timeout: Option<Duration>,
         trace_id: TraceId,
@@ -461,6 +465,7 @@ impl Server {
             arrival_us.saturating_add(t.as_micros() as u64).max(1)
         });
         header.trace_id = trace_id;
+        header.protocol = protocol;
         let (tx, rx) = oneshot::channel();
         match &shared.dispatch {
             Dispatch::Memory { first, .. } => {

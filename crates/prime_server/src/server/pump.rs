@@ -284,7 +284,7 @@ impl Pump {
 
     /// A Heartbeat from the first stage's proxy: alive, which incarnation, and (its flags)
     /// whether it has workers and stays.
-    fn proxy_heard(&mut self, id: u64, flags: u16) {
+    fn proxy_heard(&mut self, id: u64, flags: u8) {
         let serves_nobody = flags & (wire::flags::NO_WORKERS | wire::flags::LEAVING) != 0;
         self.first_stage_down
             .store(serves_nobody, Ordering::Release);
