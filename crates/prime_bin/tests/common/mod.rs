@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod exposition;
+pub mod h2;
 pub mod python;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,6 +50,17 @@ impl Proc {
     /// Like [`Proc::start`], with its log (stderr) going to `stderr`.
     pub fn start_logging(name: &str, args: &[&str], stderr: Stdio) -> Proc {
         Proc::spawn(name, Command::new(bin(name)).args(args).stderr(stderr))
+    }
+
+    /// Like [`Proc::start`], run in folder `cwd`.
+    pub fn spawn_in(name: &str, args: &[&str], cwd: &Path) -> Proc {
+        Proc::spawn(
+            name,
+            Command::new(bin(name))
+                .args(args)
+                .current_dir(cwd)
+                .stderr(Stdio::null()),
+        )
     }
 
     /// Like [`Proc::start_logging`], in a process whose open-file limit, soft and hard, is
@@ -337,4 +349,44 @@ pub fn keygen(dir: &Path, names: &[&str]) -> std::process::Output {
 pub fn keygen_ok(dir: &Path, names: &[&str]) {
     let out = keygen(dir, names);
     assert!(out.status.success(), "prime_keygen: {out:?}");
+}
+
+/// Whether command `cmd` can be run, installing Debian's package `package` for it if it is
+/// missing (as root, through apt-get). `false`, with a line on stderr saying why, only when the
+/// package cannot be had: the caller then skips what needs it.
+pub fn need(cmd: &str, package: &str) -> bool {
+    let have = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have() {
+        return true;
+    }
+    // One installer at a time: tests run in parallel, and apt-get holds a lock.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if have() {
+        return true;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+    };
+    let _ = apt(&["update", "-qq"]);
+    let installed = apt(&["install", "-y", "-qq", package]);
+    if have() {
+        return true;
+    }
+    eprintln!(
+        "skipping: `{cmd}` is missing and Debian's {package} could not be installed ({:?})",
+        installed.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
+    false
 }
