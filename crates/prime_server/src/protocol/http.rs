@@ -4,11 +4,11 @@
 //! hyper does the protocol (keep-alive by version and `Connection` tokens, pipelined requests
 //! answered in order, chunked bodies, `Expect: 100-continue`, HEAD, header limits → 431, header
 //! and idle timeouts; HTTP/2's streams, flow control, resets and GOAWAY). This module adds what
-//! is ours: the request-size limit (413), the body-read
-//! timeout (408), the Host check for HTTP/1.1 (400), the health path answered by the server
-//! itself, the mapping of a request to job frames ([`crate::http_job`]) and of an [`Answer`] to a
-//! response, request ids and the access log. A client that goes away drops its request's future,
-//! which interrupts the workers holding it.
+//! is ours: the request-size limit (413), the body-read timeout (408), the Host check for
+//! HTTP/1.1 (400), the health path answered by the server itself, the mapping of a request to
+//! job frames ([`crate::http_job`]) and of an [`Answer`] to a response, request ids and the
+//! access log. A client that goes away drops its request's future, which interrupts the workers
+//! holding it.
 //!
 //! **Request ids.** Each request is known by a trace id: the client's `X-Request-Id` if it is
 //! one (1 to 64 printable ASCII bytes), else one the server makes ([`Server::trace_id_for`]).
@@ -237,13 +237,17 @@ impl ConnState {
         self.last_activity_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// A request is taken: it is active until the guard drops.
-    fn request(self: &Arc<Self>, shutdown: &Shutdown) -> Active {
-        self.active.fetch_add(1, Ordering::Relaxed);
+    /// A request is taken.
+    fn taken(&self, shutdown: &Shutdown) {
         self.served.fetch_add(1, Ordering::Relaxed);
         if shutdown.is_closing() {
             self.kick.notify_one();
         }
+    }
+
+    /// A request is being served until the guard drops.
+    fn active(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
         Active(self.clone())
     }
 
@@ -261,7 +265,7 @@ impl ConnState {
     }
 }
 
-/// A request being served (see [`ConnState::request`]).
+/// An HTTP/2 request being served (see [`ConnState::active`]).
 struct Active(Arc<ConnState>);
 
 impl Drop for Active {
@@ -382,20 +386,18 @@ async fn connection<I>(
     let conn = ctx.builder(version).serve_connection(
         TokioIo::new(stream),
         service_fn(move |mut req: http::Request<Incoming>| {
-            if req.version() == Version::HTTP_2 {
+            svc_state.taken(&svc_ctx.shutdown);
+            let active = if req.version() == Version::HTTP_2 {
                 as_http11(&mut req);
+                // Counted while it runs, for the idle rule of HTTP/2 connections.
+                Some(svc_state.active())
             } else {
                 // Decided as hyper hands the request over, before it looks for the end of the
                 // input.
                 ends_input.store(declares_last_request(&req), Ordering::Release);
-            }
-            let active = svc_state.request(&svc_ctx.shutdown);
-            let ctx = svc_ctx.clone();
-            async move {
-                let answer = handle(req, peer, ctx).await;
-                drop(active);
-                answer
-            }
+                None
+            };
+            handle(req, peer, svc_ctx.clone(), active)
         }),
     );
     tokio::pin!(conn);
@@ -417,10 +419,12 @@ async fn connection<I>(
             // taken) before a phase change can close the connection under it.
             biased;
             res = conn.as_mut() => return log_end(res),
+            // One phase waited for at a time (the stop implies the closing phase).
             _ = shutdown.closing(), if !closing => closing = true,
-            _ = shutdown.stopped(), if !stopping => stopping = true,
-            // A request taken, or the version learnt, while closing or stopping.
-            _ = state.kick.notified(), if (closing || stopping) && !shut => {}
+            _ = shutdown.stopped(), if closing && !stopping => stopping = true,
+            // The version learnt (which ends the idle watch of an HTTP/1.1 connection), or a
+            // request taken while closing or stopping.
+            _ = state.kick.notified(), if state.version().is_none() || ((closing || stopping) && !shut) => {}
             // HTTP/1.1 has hyper's header timeout; a connection still of unknown version, or an
             // HTTP/2 one, is closed here once idle as long.
             _ = idle.as_mut(), if !shut && not_h1 => {
@@ -594,8 +598,13 @@ impl<I> HalfClose<I> {
 
     /// `bytes` arrived.
     fn arrived(&mut self, bytes: &[u8]) {
+        let version = self.state.version();
+        if version == Some(Proto::H1) {
+            // hyper's header timeout is HTTP/1.1's idle rule: nothing to note.
+            return;
+        }
         self.state.touch();
-        if self.sniffed < H2_PREFACE.len() && self.state.version().is_none() {
+        if self.sniffed < H2_PREFACE.len() && version.is_none() {
             let n = bytes.len().min(H2_PREFACE.len() - self.sniffed);
             if bytes[..n] != H2_PREFACE[self.sniffed..self.sniffed + n] {
                 self.state.set_version(Proto::H1);
@@ -846,10 +855,13 @@ fn route(config: &HttpConfig, path: &str) -> Route {
 /// The header a request's trace id comes in and goes back in.
 pub const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
+/// Answers one request; `_active`, an HTTP/2 request's mark in its connection's state, is held
+/// until the answer is made.
 async fn handle(
     req: http::Request<Incoming>,
     peer: Option<SocketAddr>,
     ctx: Arc<Ctx>,
+    _active: Option<Active>,
 ) -> Result<Resp, Infallible> {
     let given = req
         .headers()
