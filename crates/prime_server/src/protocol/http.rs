@@ -631,9 +631,15 @@ impl tokio::io::AsyncRead for SharedTcp {
     ) -> std::task::Poll<std::io::Result<()>> {
         loop {
             std::task::ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match self.0.try_read(unfilled) {
+            // Into the buffer as it is: hyper hands over its spare capacity uninitialized, and
+            // zeroing it first (`initialize_unfilled`) cost a third of a cheap request's
+            // instructions.
+            // SAFETY: the slice is only written to (by the read), never read or de-initialized.
+            let mut unfilled = unsafe { buf.unfilled_mut() };
+            match self.0.try_read_buf(&mut unfilled) {
                 Ok(n) => {
+                    // SAFETY: the read initialized the first `n` bytes of the unfilled part.
+                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     return std::task::Poll::Ready(Ok(()));
                 }
