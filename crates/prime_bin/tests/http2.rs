@@ -268,3 +268,42 @@ fn the_drain_ends_with_goaway_and_open_streams_finish() {
     let status = echod.wait_exit(LIMIT);
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn idle_http2_connections_and_silent_ones_are_closed_after_the_header_timeout() {
+    let mut echod = Proc::start(
+        "prime_echod",
+        &[
+            &format!("127.0.0.1:{}", free_port()),
+            "1",
+            "0",
+            "--header-timeout",
+            "1",
+        ],
+    );
+    let addr = echod.listening();
+    // An HTTP/2 connection, served, then idle: GOAWAY (no error), then closed.
+    let mut h = H2::connect(addr);
+    h.get(1, "/once", &[]);
+    assert_eq!(h.answer(1).expect("closed").status, Some(200));
+    let mut goaway = None;
+    while let Some(f) = h.read_frame() {
+        if f.kind == h2::GOAWAY {
+            goaway = Some(f.goaway());
+        }
+    }
+    let (last, code) = goaway.expect("closed without GOAWAY");
+    assert_eq!(code, 0, "GOAWAY with an error");
+    assert!(
+        last >= 1,
+        "the served stream was refused: last stream {last}"
+    );
+    // A connection that never sends a byte is closed too (hyper's own header timeout starts
+    // only once it knows the version).
+    let mut silent = connect(addr);
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut silent, &mut buf).expect("reset instead of closed");
+    assert_eq!(n, 0, "the silent connection was sent something");
+    drop((h, silent));
+    echod.stop();
+}
