@@ -4,7 +4,7 @@
 use crate::work::Factory;
 use prime_server::endpoint::{Endpoint, InvalidEndpoint};
 use prime_server::metrics::{HttpMetrics, Metrics};
-use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring};
+use prime_server::protocol::{self, http::HttpConfig, netstring::Netstring, tls::Tls};
 use prime_server::proxy::{Proxy, ProxyConfig};
 use prime_server::security::{self, FrontKeys, ProxyKeys, WorkerKeys};
 use prime_server::server::{Server, ServerConfig};
@@ -404,10 +404,23 @@ pub async fn serve_front(
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     use std::io::Write;
+    let tls = match section.tls_files().map_err(anyhow::Error::msg)? {
+        None => None,
+        Some((cert, key)) => {
+            let tls = Tls::load(cert, key)?;
+            tracing::info!(front = %section.name, cert = %cert.display(), key = %key.display(), "TLS certificate loaded (re-read on SIGHUP)");
+            tokio::spawn(protocol::tls::reload_on_sighup(
+                vec![tls.clone()],
+                shutdown.clone(),
+            )?);
+            Some(tls)
+        }
+    };
     let listener = protocol::bind_listener(&section.listen)?;
     let addr = listener.local_addr()?;
     let max_connections = connection_cap(section, 1);
     let protocol_name = match section.protocol {
+        Protocol::Http if tls.is_some() => "https",
         Protocol::Http => "http",
         Protocol::Netstring => "netstring",
     };
@@ -457,6 +470,7 @@ pub async fn serve_front(
                     .then(|| section.metrics_path.clone()),
                 metrics: Some(metrics.clone()),
                 requests: Some(HttpMetrics::new(metrics, &section.name)),
+                tls,
                 ..HttpConfig::default()
             };
             protocol::http::serve(listener, server.clone(), config, shutdown.clone()).await;

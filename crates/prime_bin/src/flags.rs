@@ -155,6 +155,15 @@ pub struct FrontFlags {
     /// `[[server]]`'s.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Serve HTTPS: the certificate chain (PEM, leaf first). HTTP/2 or HTTP/1.1 by ALPN; needs
+    /// --tls-key. Both files are re-read on SIGHUP (a bad new pair is logged and the one in
+    /// force kept) [file: `tls_cert`, relative to the file; default none: cleartext HTTP/1.1
+    /// and h2c].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1) [file: `tls_key`].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl FrontFlags {
@@ -173,7 +182,10 @@ impl FrontFlags {
         given(&mut s.access_log, self.access_log);
         given(&mut s.zmq_listen, self.zmq_listen.clone().map(Some));
         given(&mut s.metrics_listen, self.metrics_listen.clone().map(Some));
+        given(&mut s.tls_cert, self.tls_cert.clone().map(Some));
+        given(&mut s.tls_key, self.tls_key.clone().map(Some));
         prime_server::protocol::listen_addrs(&s.listen).map_err(anyhow::Error::msg)?;
+        s.tls_files().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -281,6 +293,28 @@ mod tests {
         let mut s = section();
         Front::parse_from(["d"]).front.apply(&mut s).unwrap();
         assert_eq!(format!("{s:?}"), format!("{:?}", section()));
+    }
+
+    #[test]
+    fn tls_flags_override_the_file_s_files_and_must_come_in_pairs() {
+        let mut s = section();
+        s.tls_cert = Some("/file/cert.pem".into());
+        s.tls_key = Some("/file/key.pem".into());
+        let args = Front::parse_from(["d", "--tls-cert", "flag.pem"]);
+        args.front.apply(&mut s).unwrap();
+        assert_eq!(s.tls_cert, Some("flag.pem".into()));
+        assert_eq!(s.tls_key, Some("/file/key.pem".into()));
+        // Without the file's key, a certificate alone is refused.
+        let mut s = section();
+        let e = Front::parse_from(["d", "--tls-cert", "c.pem"])
+            .front
+            .apply(&mut s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls_key"), "{e}");
+        let args = Front::parse_from(["d", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        args.front.apply(&mut s).unwrap();
+        assert_eq!(s.tls_key, Some("k.pem".into()));
     }
 
     #[test]

@@ -24,8 +24,8 @@
 //!   loopback.
 //! - [`server`]: the server core: ids, deadlines, the in-flight limit, interrupts, and the pump
 //!   that owns its zmq sockets.
-//! - [`protocol`]: client protocols (HTTP/1.1 on hyper, netstring, zmq) served over the server
-//!   core.
+//! - [`protocol`]: client protocols (HTTP/1.1 and HTTP/2 on hyper, in cleartext or over TLS with
+//!   rustls; netstring; zmq) served over the server core.
 //! - [`http_job`]: HTTP requests and responses as workers see them, and their job encoding
 //!   (named apart from the HTTP front, [`protocol::http`], and the `http` crate).
 //! - [`client`]: a batch client that keeps N requests in flight.

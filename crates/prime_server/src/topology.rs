@@ -220,6 +220,14 @@ pub struct ServerSection {
     /// `/metrics`; `""` turns it off, e.g. when the port is public).
     #[serde(default = "default_metrics_path")]
     pub metrics_path: String,
+    /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with the certificate chain in this PEM file,
+    /// leaf first; needs `tls_key`. Relative to the topology file. Re-read on SIGHUP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM: PKCS#8, PKCS#1 or SEC1). Relative to the topology
+    /// file. Re-read on SIGHUP.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_metrics_path() -> String {
@@ -248,6 +256,24 @@ impl ServerSection {
             key: Vec::new(),
             metrics_listen: None,
             metrics_path: default_metrics_path(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    /// The certificate and key files, if the front serves HTTPS; an error if only one of them
+    /// is given, or TLS is asked of a protocol other than HTTP.
+    pub fn tls_files(&self) -> Result<Option<(&Path, &Path)>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("tls_cert needs tls_key (the certificate's private key)".into()),
+            (None, Some(_)) => {
+                Err("tls_key needs tls_cert (the certificate it is the key of)".into())
+            }
+            (Some(_), Some(_)) if self.protocol != Protocol::Http => {
+                Err("TLS is served with protocol = \"http\" only".into())
+            }
+            (Some(c), Some(k)) => Ok(Some((c, k))),
         }
     }
 
@@ -436,6 +462,14 @@ impl Topology {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        // TLS files are named relative to the file, like the key folder.
+        for s in &mut t.servers {
+            for file in [&mut s.tls_cert, &mut s.tls_key].into_iter().flatten() {
+                if file.is_relative() {
+                    *file = t.dir.join(&*file);
+                }
+            }
+        }
         Ok(t)
     }
 
@@ -496,6 +530,7 @@ impl Topology {
                 ));
             }
             check_listen(&key("metrics_listen"), s.metrics_listen.as_deref())?;
+            s.tls_files().map_err(|why| invalid(key("tls_cert"), why))?;
             if let Some(limit) = self.max_message_bytes {
                 check_message_limit(limit, s.max_body_bytes).map_err(|why| {
                     invalid(
@@ -816,6 +851,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_for_http_and_are_relative_to_the_file() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "interrupt = \"ipc:///tmp/t/interrupt\"",
+                &format!("interrupt = \"ipc:///tmp/t/interrupt\"\n{extra}"),
+            )
+        };
+        for (extra, says) in [
+            ("tls_cert = \"c.pem\"", "needs tls_key"),
+            ("tls_key = \"k.pem\"", "needs tls_cert"),
+            (
+                "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nprotocol = \"netstring\"",
+                "http",
+            ),
+        ] {
+            let e = Topology::parse(&with(extra)).unwrap_err().to_string();
+            assert!(
+                e.contains("server.front.tls_cert") && e.contains(says),
+                "{e}"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("ps-topo-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.toml");
+        std::fs::write(
+            &path,
+            with("tls_cert = \"tls/c.pem\"\ntls_key = \"/etc/k.pem\""),
+        )
+        .unwrap();
+        let t = Topology::load(path.to_str().unwrap()).unwrap();
+        assert_eq!(t.servers[0].tls_cert, Some(dir.join("tls/c.pem")));
+        assert_eq!(t.servers[0].tls_key, Some(PathBuf::from("/etc/k.pem")));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

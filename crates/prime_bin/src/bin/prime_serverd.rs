@@ -180,6 +180,9 @@ fn serve(args: &Args, workers: usize) -> anyhow::Result<()> {
     p.stage(workers, prime::parse_stage)
         .stage(workers, prime::test_stage);
     let hint = match section.protocol {
+        Protocol::Http if section.tls_cert.is_some() => {
+            "curl -k 'https://ADDR/is_prime?possible_prime=32416190071'"
+        }
         Protocol::Http => "curl 'http://ADDR/is_prime?possible_prime=32416190071'",
         Protocol::Netstring => "printf '11:32416190071,' | nc -q1 HOST PORT",
     };

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod exposition;
+pub mod h2;
 pub mod python;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,6 +50,17 @@ impl Proc {
     /// Like [`Proc::start`], with its log (stderr) going to `stderr`.
     pub fn start_logging(name: &str, args: &[&str], stderr: Stdio) -> Proc {
         Proc::spawn(name, Command::new(bin(name)).args(args).stderr(stderr))
+    }
+
+    /// Like [`Proc::start`], run in folder `cwd`.
+    pub fn spawn_in(name: &str, args: &[&str], cwd: &Path) -> Proc {
+        Proc::spawn(
+            name,
+            Command::new(bin(name))
+                .args(args)
+                .current_dir(cwd)
+                .stderr(Stdio::null()),
+        )
     }
 
     /// Like [`Proc::start_logging`], in a process whose open-file limit, soft and hard, is
@@ -344,36 +356,11 @@ pub fn keygen_ok(dir: &Path, names: &[&str]) {
     assert!(out.status.success(), "prime_keygen: {out:?}");
 }
 
-/// The path of `nc` (Debian's netcat-openbsd), installed with apt-get if it is missing (as
-/// root, as CI runs); one test at a time, so two installs never race for dpkg's lock.
+/// The path of `nc` (Debian's netcat-openbsd), installed if it is missing (see [`need`]);
+/// the tests that use it cannot run without it.
 pub fn nc() -> &'static str {
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let have = || {
-        std::process::Command::new("nc")
-            .arg("-h")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if !have() {
-        let install = |args: &[&str]| {
-            std::process::Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !install(&["install", "-y", "netcat-openbsd"]) {
-            install(&["update"]);
-            install(&["install", "-y", "netcat-openbsd"]);
-        }
-    }
     assert!(
-        have(),
+        need("nc", "netcat-openbsd"),
         "nc is required for this test (apt-get install netcat-openbsd)"
     );
     "nc"
@@ -388,4 +375,44 @@ pub fn read_some(s: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
             r => return r,
         }
     }
+}
+
+/// Whether command `cmd` can be run, installing Debian's package `package` for it if it is
+/// missing (as root, through apt-get). `false`, with a line on stderr saying why, only when the
+/// package cannot be had: the caller then skips what needs it.
+pub fn need(cmd: &str, package: &str) -> bool {
+    let have = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {cmd}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have() {
+        return true;
+    }
+    // One installer at a time: tests run in parallel, and apt-get holds a lock.
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _apt = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if have() {
+        return true;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+    };
+    let _ = apt(&["update", "-qq"]);
+    let installed = apt(&["install", "-y", "-qq", package]);
+    if have() {
+        return true;
+    }
+    eprintln!(
+        "skipping: `{cmd}` is missing and Debian's {package} could not be installed ({:?})",
+        installed.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+    );
+    false
 }

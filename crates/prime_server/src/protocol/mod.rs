@@ -3,11 +3,13 @@
 //! A stream protocol (netstring here; others plug in the same way) is a [`StreamProtocol`]: a
 //! decoder for requests, a health check answered without touching workers, the mapping of a
 //! request to job frames and of an [`Answer`] to response bytes. [`serve`] runs any of them on a
-//! TCP listener over the [`Server`] bridge. The HTTP front (hyper) and the zmq-native front
-//! (a ROUTER for REQ/DEALER clients) use the same bridge.
+//! TCP listener over the [`Server`] bridge. The HTTP front (hyper: HTTP/1.1 and HTTP/2, in
+//! cleartext or over TLS, [`tls`]) and the zmq-native front (a ROUTER for REQ/DEALER clients)
+//! use the same bridge.
 
 pub mod http;
 pub mod netstring;
+pub mod tls;
 pub mod zmq_front;
 
 use crate::answer::{Answer, Failure};
