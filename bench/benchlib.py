@@ -12,6 +12,7 @@ From a shell script:
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,25 @@ def write(name, text, save):
         print(f"written to {where} and bench/results/{name}", file=sys.stderr)
     else:
         print(f"written to {where} (--save also copies it to bench/results/{name})", file=sys.stderr)
+
+
+def tasks(pid):
+    """The threads of process `pid` now: (thread id, name, CPU seconds, context switches) each,
+    from /proc (a thread that ends meanwhile is left out)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        switches = sum(int(m) for m in re.findall(r"ctxt_switches:\s+(\d+)", status))
+        yield int(tid), name, cpu, switches
 
 
 def main():

@@ -29,7 +29,6 @@ the end (and dies with this script where setpriv can arrange it).
 import argparse
 import http.client
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -112,24 +111,14 @@ def cost(pid):
     daemons name every thread they start (signals, zmq-monitor, the proxy, the workers); the
     unnamed ones other than the main thread (which carry the process's name) are libzmq's
     background threads (its I/O thread and its reaper)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {"zmq": [0.0, 0], "own": [0.0, 0]}
     with open(f"/proc/{pid}/comm") as f:
         process = f.read().strip()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        libzmq = name.startswith("ZMQbg") or (name == process and int(tid) != pid)
+    for tid, name, cpu, switches in benchlib.tasks(pid):
+        libzmq = name.startswith("ZMQbg") or (name == process and tid != pid)
         acc = out["zmq" if libzmq else "own"]
-        acc[0] += (int(fields[11]) + int(fields[12])) / tick
-        acc[1] += sum(int(m) for m in re.findall(r"ctxt_switches:\s+(\d+)", status))
+        acc[0] += cpu
+        acc[1] += switches
     return out
 
 

@@ -101,21 +101,9 @@ def wrk(port, path, conns, duration):
 def threads(pid):
     """The threads of `pid` by role (front = the main thread, proxies, workers, other):
     role -> [CPU seconds, context switches], summed over the role's threads."""
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                status = f.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        cpu = (int(fields[11]) + int(fields[12])) / tick
-        switches = sum(int(m) for m in re.findall(r"ctxt_switches:\s+(\d+)", status))
-        role = ("front" if int(tid) == pid else
+    for tid, name, cpu, switches in benchlib.tasks(pid):
+        role = ("front" if tid == pid else
                 "workers" if re.match(r"stage\d+-w", name) else
                 "proxies" if name.endswith("-proxy") else "other")
         acc = out.setdefault(role, [0.0, 0])
