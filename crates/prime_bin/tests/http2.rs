@@ -6,35 +6,13 @@
 
 mod common;
 use common::h2::{self, H2};
-use common::{connect, free_port, get, http, need, temp_dir, wait_until, Proc, LIMIT};
+use common::{
+    connect, curl_version, free_port, get, http, need, temp_dir, wait_until, Proc, LIMIT,
+};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-/// curl with `args`: (status, HTTP version as curl names it, body).
-fn curl(args: &[&str]) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "30",
-            "-w",
-            "\n%{http_code} %{http_version}",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (body, tail) = text.rsplit_once('\n').unwrap();
-    let (code, version) = tail.split_once(' ').unwrap();
-    (code.parse().unwrap(), version.to_string(), body.to_string())
-}
+use std::process::Stdio;
 
 /// The sum of every sample of metric family `name` that the front at `addr` reports (asked over
 /// HTTP/1.1 on its client port).
@@ -102,8 +80,8 @@ fn h2c_and_http11_share_the_plain_port_and_workers_see_the_same_job() {
         ];
         h2_args.extend_from_slice(extra);
         h2_args.push(&url);
-        let (s1, v1, echo1) = curl(&h1_args);
-        let (s2, v2, echo2) = curl(&h2_args);
+        let (s1, v1, echo1) = curl_version(&h1_args);
+        let (s2, v2, echo2) = curl_version(&h2_args);
         assert_eq!((s1, v1.as_str(), s2, v2.as_str()), (200, "1.1", 200, "2"));
         assert_eq!(echo1, echo2, "HTTP/1.1 and HTTP/2 jobs differ");
         let method = if extra.is_empty() { "GET" } else { "POST" };
@@ -118,11 +96,11 @@ fn h2c_and_http11_share_the_plain_port_and_workers_see_the_same_job() {
     }
     // The health path, over HTTP/2 too.
     assert_eq!(
-        curl(&["--http2-prior-knowledge", &format!("{base}/health")]),
+        curl_version(&["--http2-prior-knowledge", &format!("{base}/health")]),
         (200, "2".into(), "OK\n".into())
     );
     // curl --http2 in cleartext asks to upgrade: not offered, it is answered in HTTP/1.1.
-    let (status, version, _) = curl(&["--http2", &format!("{base}/up")]);
+    let (status, version, _) = curl_version(&["--http2", &format!("{base}/up")]);
     assert_eq!((status, version.as_str()), (200, "1.1"));
     echod.stop();
 }

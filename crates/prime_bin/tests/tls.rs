@@ -4,7 +4,7 @@
 //! here, at test time (rcgen).
 
 mod common;
-use common::{free_port, need, prime_topology, temp_dir, wait_until, Proc};
+use common::{curl_version, free_port, need, prime_topology, temp_dir, wait_until, Proc};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,28 +29,13 @@ fn make_pair(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
     (c, k)
 }
 
-/// curl with `args`: (status, HTTP version as curl names it, body).
-fn curl(args: &[&str]) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "30",
-            "-w",
-            "\n%{http_code} %{http_version}",
-        ])
-        .args(args)
+/// Whether curl, trusting only the certificate in file `ca`, gets the prime demo's answer for 7
+/// from `url` (false while nothing listens there yet).
+fn answers_seven(ca: &str, url: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "--max-time", "5", "--cacert", ca, url])
         .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (body, tail) = text.rsplit_once('\n').unwrap();
-    let (code, version) = tail.split_once(' ').unwrap();
-    (code.parse().unwrap(), version.to_string(), body.to_string())
+        .is_ok_and(|o| o.status.success() && o.stdout == SEVEN.as_bytes())
 }
 
 /// Whether curl fails the TLS handshake with `args` (a certificate it does not trust).
@@ -90,17 +75,17 @@ fn https_serves_http2_and_http11_by_alpn_to_curl_and_python() {
     let ca = cert.to_str().unwrap();
     // curl --http2, verifying the certificate (its IP and its name): HTTP/2 by ALPN.
     assert_eq!(
-        curl(&["--http2", "--cacert", ca, &url("127.0.0.1")]),
+        curl_version(&["--http2", "--cacert", ca, &url("127.0.0.1")]),
         (200, "2".into(), SEVEN.into())
     );
     assert_eq!(
-        curl(&["--http2", "--cacert", ca, &url("localhost")]),
+        curl_version(&["--http2", "--cacert", ca, &url("localhost")]),
         (200, "2".into(), SEVEN.into())
     );
     // curl -k (no verification, curl's own ALPN offer), and HTTP/1.1 when that is all it offers.
-    assert_eq!(curl(&["-k", &url("127.0.0.1")]).0, 200);
+    assert_eq!(curl_version(&["-k", &url("127.0.0.1")]).0, 200);
     assert_eq!(
-        curl(&["-k", "--http1.1", &url("127.0.0.1")]),
+        curl_version(&["-k", "--http1.1", &url("127.0.0.1")]),
         (200, "1.1".into(), SEVEN.into())
     );
     // Plain HTTP on the HTTPS port is no request.
@@ -182,20 +167,10 @@ fn a_topology_names_tls_files_relative_to_itself_and_flags_override_them() {
     let addr = p.listening();
     assert_eq!(addr.port(), port);
     wait_until("the prime demo never answered over HTTPS", || {
-        Command::new("curl")
-            .args([
-                "-sf",
-                "--max-time",
-                "5",
-                "--cacert",
-                file_cert.to_str().unwrap(),
-                &url,
-            ])
-            .output()
-            .is_ok_and(|o| o.status.success() && o.stdout == SEVEN.as_bytes())
+        answers_seven(file_cert.to_str().unwrap(), &url)
     });
     assert_eq!(
-        curl(&["--cacert", file_cert.to_str().unwrap(), &url]),
+        curl_version(&["--cacert", file_cert.to_str().unwrap(), &url]),
         (200, "2".into(), SEVEN.into())
     );
     p.stop();
@@ -214,19 +189,7 @@ fn a_topology_names_tls_files_relative_to_itself_and_flags_override_them() {
     p.listening();
     wait_until(
         "the prime demo never answered with the flags' certificate",
-        || {
-            Command::new("curl")
-                .args([
-                    "-sf",
-                    "--max-time",
-                    "5",
-                    "--cacert",
-                    flag_cert.to_str().unwrap(),
-                    &url,
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success() && o.stdout == SEVEN.as_bytes())
-        },
+        || answers_seven(flag_cert.to_str().unwrap(), &url),
     );
     assert!(curl_refuses(&[
         "--cacert",

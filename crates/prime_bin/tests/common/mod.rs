@@ -416,3 +416,27 @@ pub fn need(cmd: &str, package: &str) -> bool {
     );
     false
 }
+
+/// curl with `args`: (status, HTTP version as curl names it, body).
+pub fn curl_version(args: &[&str]) -> (u16, String, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, tail) = text.rsplit_once('\n').unwrap();
+    let (code, version) = tail.split_once(' ').unwrap();
+    (code.parse().unwrap(), version.to_string(), body.to_string())
+}
