@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
@@ -55,6 +56,22 @@ def write(name, text, save):
         print(f"written to {where} and bench/results/{name}", file=sys.stderr)
     else:
         print(f"written to {where} (--save also copies it to bench/results/{name})", file=sys.stderr)
+
+
+def stop_all(procs, grace=5.0):
+    """SIGTERM to every process of `procs` still running, then SIGKILL to those that have not
+    exited within `grace` seconds (all of them together)."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    until = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def tasks(pid):

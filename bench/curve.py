@@ -165,16 +165,7 @@ class Deployment:
         return {name: sum(v[0] for v in threads(p.pid).values()) for name, p in self.procs.items()}
 
     def stop(self):
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        until = time.monotonic() + 5
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(0.0, until - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        benchlib.stop_all(self.procs.values())
 
     def log_text(self):
         text = ""
