@@ -52,14 +52,8 @@ struct Args {
     /// [[server]]'s `interrupt`].
     #[arg(long = "interrupt", value_name = "ENDPOINT")]
     interrupt_flag: Vec<String>,
-    /// Named form of DRAIN_SECONDS (also DRAIN,SHUTDOWN); with --config, overrides the file's
-    /// `drain_seconds`.
-    #[arg(long = "drain-seconds", value_name = "SECONDS", value_parser = daemon::drain_arg)]
-    drain_flag: Option<daemon::DrainArg>,
-    /// Seconds after the drain before the job in hand is stopped (default 1; with --config,
-    /// overrides the file's `shutdown_seconds`).
-    #[arg(long, value_name = "SECONDS")]
-    shutdown_seconds: Option<u64>,
+    #[command(flatten)]
+    grace: flags::GraceFlags,
     /// A topology file; with --stage, runs that stage's workers.
     #[arg(long, requires = "stage")]
     config: Option<String>,
@@ -124,7 +118,6 @@ fn main() -> anyhow::Result<()> {
     // Named flags and the C++ positional arguments mean the same; a flag wins.
     daemon::prefer_flag(&mut args.upstream_proxy, args.upstream_flag.take());
     daemon::prefer_flag(&mut args.downstream_proxy, args.downstream_flag.take());
-    daemon::prefer_flag(&mut args.drain_seconds, args.drain_flag.take());
     let mut notes = Vec::new();
     let (mut pool, mut metrics_listen, kind, drain, format, limit) = match &args.config {
         Some(path) => {
@@ -144,7 +137,7 @@ fn main() -> anyhow::Result<()> {
                 pool,
                 stage.workers_metrics_listen.clone(),
                 stage.work.clone(),
-                daemon::grace(t.grace(), args.drain_seconds, args.shutdown_seconds),
+                t.grace(),
                 args.log_format.unwrap_or(t.log_format),
                 limit,
             )
@@ -207,11 +200,7 @@ fn main() -> anyhow::Result<()> {
                 pool,
                 None,
                 DEFAULT_WORK.to_string(),
-                daemon::grace(
-                    Default::default(),
-                    args.drain_seconds,
-                    args.shutdown_seconds,
-                ),
+                Default::default(),
                 args.log_format.unwrap_or_default(),
                 limit,
             )
@@ -251,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     let factory = work::factory(&kind, files)?;
     let ctx = Context::with_max_message_bytes(limit);
     let shutdown = Shutdown::new();
-    shutdown.on_signals(drain)?;
+    shutdown.on_signals(args.grace.grace(drain, args.drain_seconds))?;
     let metrics = Metrics::new();
     metrics.zmq(&ctx);
     let threads = daemon::start_workers(&ctx, &pool, &factory, &metrics, &shutdown)?;
